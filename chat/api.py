@@ -1,0 +1,131 @@
+"""REST API: thin views that parse, authorize, call a service and reply."""
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DatabaseError, IntegrityError
+from rest_framework import generics, serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from . import selectors, services
+from .errors import ChatError, Invalid
+from .payloads import message_data
+from .serializers import (
+    MessagePostSerializer,
+    RegisterSerializer,
+    RoomCreateSerializer,
+    RoomSerializer,
+)
+from .tickets import ticket_issue
+
+
+def exception_handler(exc, context):
+    """Contract errors keep their HTTP status; field errors name their field."""
+    if isinstance(exc, DjangoValidationError):
+        exc = serializers.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+        )
+    if isinstance(exc, ChatError):
+        if exc.field and isinstance(exc, Invalid):
+            data = {exc.field: [exc.detail]}
+        else:
+            data = {"detail": exc.detail, "code": exc.code}
+        response = Response(data, status=exc.http_status)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return response
+    if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
+        return Response(
+            {"detail": "The database is unavailable; retry later.", "code": "unavailable"},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    return drf_exception_handler(exc, context)
+
+
+class RegisterView(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes = []
+
+    def post(self, request):
+        serializer = RegisterSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        token = services.user_register(**serializer.validated_data)
+        return Response({"token": token.key}, status=status.HTTP_201_CREATED)
+
+
+class WsTicketView(APIView):
+    def post(self, request):
+        ticket = ticket_issue(request.user.pk)
+        return Response({"ticket": ticket, "expires_in": settings.VOICEFLOW["TICKET_TTL"]})
+
+
+class RoomListView(generics.ListAPIView):
+    serializer_class = RoomSerializer
+
+    def get_queryset(self):
+        return selectors.room_list()
+
+    def post(self, request):
+        serializer = RoomCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        room = services.room_create(user=request.user, **serializer.validated_data)
+        room = selectors.room_list().get(pk=room.pk)
+        return Response(RoomSerializer(room).data, status=status.HTTP_201_CREATED)
+
+
+class RoomDetailView(APIView):
+    def get(self, request, slug):
+        room = selectors.room_list().filter(slug=slug).first()
+        if room is None:
+            selectors.room_get(slug)  # raises NotFound
+        return Response(RoomSerializer(room).data)
+
+
+class RoomMessagesView(APIView):
+    def get(self, request, slug):
+        room = selectors.room_get(slug)
+        limit = selectors.history_limit(request.query_params.get("limit"))
+        after = _seq_param(request, "after")
+        before = _seq_param(request, "before")
+        if after is not None:
+            rows, has_more = selectors.messages_after(room.id, after, limit, before=before)
+        elif before is not None:
+            rows, has_more = selectors.messages_before(room.id, before, limit)
+        else:
+            rows, has_more = selectors.messages_latest(room.id, limit)
+        results = [message_data(m, room_slug=room.slug) for m in rows]
+        return Response({"results": results, "has_more": has_more})
+
+    def post(self, request, slug):
+        room = selectors.room_get(slug)
+        serializer = MessagePostSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = async_to_sync(services.message_send)(
+            user=request.user, room=room, **serializer.validated_data
+        )
+        code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+        return Response(result.message, status=code)
+
+
+class MembershipView(APIView):
+    def delete(self, request, slug):
+        room = selectors.room_get(slug)
+        services.membership_end(user=request.user, room=room)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _seq_param(request, name):
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        seq = int(value)
+    except ValueError:
+        raise Invalid(f"{name} must be an integer.", field=name) from None
+    if seq < 0:
+        raise Invalid(f"{name} must not be negative.", field=name)
+    return seq
+

@@ -1,0 +1,48 @@
+"""Who is on a socket: origin check and session-or-ticket authentication."""
+
+from urllib.parse import parse_qs, urlsplit
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.http.request import split_domain_port, validate_host
+
+from .tickets import ticket_redeem
+
+
+def _header(scope, name):
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def origin_allowed(scope):
+    """True if the socket has no Origin (bots) or one whose host is an allowed host."""
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    domain, _port = split_domain_port(netloc)
+    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+
+
+async def socket_user(scope):
+    """The authenticated user of a socket (ticket first, then session), or None.
+
+    Raises if the ticket store is unreachable, so the caller can close with 1013.
+    """
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    tickets = query.get("ticket")
+    if tickets:
+        user_id = await ticket_redeem(tickets[0])
+        if user_id is None:
+            return None
+        user = await get_user_model().objects.filter(pk=user_id, is_active=True).afirst()
+        return user
+    user = scope.get("user")
+    if user is not None and user.is_authenticated:
+        return user
+    return None

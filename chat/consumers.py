@@ -1,0 +1,265 @@
+"""The chat socket at /ws/chat/: one per browser tab, any number of rooms."""
+
+import logging
+import time
+import uuid
+
+import orjson
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+
+from . import broadcast, selectors, services
+from .auth import origin_allowed, socket_user
+from .errors import ChatError, Forbidden, Invalid, NotFound, Unavailable
+from .models import Room
+from .payloads import message_data
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TOO_LARGE = 1009
+CLOSE_SERVICE_DOWN = 1013
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_ORIGIN_REFUSED = 4403
+
+
+def _room_slug(frame):
+    slug = frame.get("room")
+    if not isinstance(slug, str) or not slug:
+        raise Invalid("room is required.", field="room")
+    return slug
+
+
+def _optional_seq(frame, name):
+    value = frame.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise Invalid(f"{name} must be a non-negative integer.", field=name)
+    return value
+
+
+@database_sync_to_async
+def _join(user, slug, since):
+    """Membership plus what the socket missed, in one trip to the database."""
+    room = selectors.room_get(slug)
+    services.room_join(user=user, room=room)
+    missed, truncated = [], False
+    if since is not None:
+        rows, truncated = selectors.messages_after(
+            room.id, since, settings.VOICEFLOW["MISSED_LIMIT"]
+        )
+        missed = [message_data(m, room_slug=room.slug) for m in rows]
+    last_seq = max(room.last_seq, missed[-1]["seq"] if missed else 0)
+    return room, last_seq, missed, truncated
+
+
+@database_sync_to_async
+def _room_exists(slug):
+    return Room.objects.filter(slug=slug).exists()
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """Parses frames, calls services, replies; layer events are forwarded as is."""
+
+    user = None
+
+    async def connect(self):
+        # Accept first: a refused handshake reaches a browser as 1006 ("reconnect").
+        await self.accept()
+        self.rooms = {}
+        if not origin_allowed(self.scope):
+            await self.close(code=CLOSE_ORIGIN_REFUSED)
+            return
+        try:
+            user = await socket_user(self.scope)
+        except Exception:
+            logger.warning("ticket check failed: service unavailable", exc_info=True)
+            await self.close(code=CLOSE_SERVICE_DOWN)
+            return
+        if user is None:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user = user
+        self.connection_id = uuid.uuid4().hex
+        conf = settings.VOICEFLOW
+        await self.send_frame(
+            {
+                "type": "hello",
+                "user": user.username,
+                "connection_id": self.connection_id,
+                "heartbeat_interval": conf["HEARTBEAT_INTERVAL"],
+                "limits": {
+                    "max_frame_bytes": conf["MAX_FRAME_BYTES"],
+                    "max_body_chars": conf["MAX_BODY_CHARS"],
+                },
+            }
+        )
+
+    async def disconnect(self, code):
+        for slug in list(getattr(self, "rooms", ())):
+            await self._unsubscribe(slug)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        limit = settings.VOICEFLOW["MAX_FRAME_BYTES"]
+        if text_data is None:
+            if len(bytes_data or b"") > limit:
+                await self.close(code=CLOSE_TOO_LARGE)
+                return
+            await self.send_error(Invalid("Frames must be JSON text."), None, None)
+            return
+        if len(text_data) * 4 > limit and len(text_data.encode()) > limit:
+            await self.close(code=CLOSE_TOO_LARGE)
+            return
+        if self.user is None:
+            return  # closing: frames that raced the close are ignored
+        try:
+            frame = orjson.loads(text_data)
+        except orjson.JSONDecodeError:
+            await self.send_error(Invalid("Frame is not valid JSON."), None, None)
+            return
+        if not isinstance(frame, dict):
+            await self.send_error(Invalid("Frame is not a JSON object."), None, None)
+            return
+        kind = frame.get("type")
+        handler = self.frame_handlers.get(kind) if isinstance(kind, str) else None
+        ref = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
+        request = kind if isinstance(kind, str) else None
+        if handler is None:
+            await self.send_error(Invalid(f"Unknown frame type {kind!r}."), request, ref)
+            return
+        try:
+            await handler(self, frame)
+        except ChatError as error:
+            await self.send_error(error, request, ref)
+        except DatabaseError:
+            logger.warning("%s frame failed: database unavailable", kind, exc_info=True)
+            await self.send_error(
+                Unavailable("The database is unavailable; retry later."), request, ref
+            )
+        except Exception:
+            logger.exception("%s frame failed", kind)
+            await self.send_error(
+                Unavailable("The server could not handle this frame; retry later."),
+                request,
+                ref,
+            )
+
+    # Client frames
+
+    async def frame_join(self, frame):
+        slug = _room_slug(frame)
+        since = _optional_seq(frame, "since")
+        if not selectors.is_room_slug(slug):
+            raise NotFound(f"No room {slug!r}.", field="room")
+        # Subscribe before reading what was missed, so nothing falls in between.
+        await broadcast.room_subscribe(self.channel_name, slug)
+        try:
+            room, last_seq, missed, truncated = await _join(self.user, slug, since)
+        except Exception:
+            if slug not in self.rooms:
+                await broadcast.room_unsubscribe(self.channel_name, slug)
+            raise
+        self.rooms[slug] = room
+        await self.send_frame(
+            {
+                "type": "joined",
+                "room": slug,
+                "last_seq": last_seq,
+                "members": [],
+                "missed": missed,
+                "truncated": truncated,
+            }
+        )
+
+    async def frame_leave(self, frame):
+        slug = _room_slug(frame)
+        if slug in self.rooms:
+            await self._unsubscribe(slug)
+        await self.send_frame({"type": "left", "room": slug})
+
+    async def frame_message(self, frame):
+        room = await self._joined_room(frame)
+        result = await services.message_send(
+            user=self.user,
+            room=room,
+            body=frame.get("body"),
+            client_id=frame.get("client_id"),
+            ensure_membership=False,
+        )
+        message = result.message
+        await self.send_frame(
+            {
+                "type": "ack",
+                "client_id": message["client_id"],
+                "id": message["id"],
+                "seq": message["seq"],
+                "room": message["room"],
+                "created_at": message["created_at"],
+            }
+        )
+
+    async def frame_typing(self, frame):
+        await self._joined_room(frame)
+        if frame.get("state") not in ("start", "stop"):
+            raise Invalid("state must be 'start' or 'stop'.", field="state")
+
+    async def frame_ping(self, frame):
+        ts = frame.get("ts")
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))):
+            raise Invalid("ts must be a number.", field="ts")
+        await self.send_frame(
+            {"type": "pong", "ts": ts, "server_ts": int(time.time() * 1000)}
+        )
+
+    async def frame_status(self, frame):
+        if frame.get("status") not in ("online", "away"):
+            raise Invalid("status must be 'online' or 'away'.", field="status")
+
+    frame_handlers = {
+        "join": frame_join,
+        "leave": frame_leave,
+        "message": frame_message,
+        "typing": frame_typing,
+        "ping": frame_ping,
+        "status": frame_status,
+    }
+
+    # Channel layer events
+
+    async def chat_message(self, event):
+        await self.send(text_data=event["text"])
+
+    # Helpers
+
+    async def _joined_room(self, frame):
+        slug = _room_slug(frame)
+        room = self.rooms.get(slug)
+        if room is None:
+            if not selectors.is_room_slug(slug) or not await _room_exists(slug):
+                raise NotFound(f"No room {slug!r}.", field="room")
+            raise Forbidden(f"Join {slug!r} before using it.", field="room")
+        return room
+
+    async def _unsubscribe(self, slug):
+        self.rooms.pop(slug, None)
+        try:
+            await broadcast.room_unsubscribe(self.channel_name, slug)
+        except Exception:
+            logger.warning("unsubscribe from %s failed", slug, exc_info=True)
+
+    async def send_frame(self, frame):
+        await self.send(text_data=orjson.dumps(frame).decode())
+
+    async def send_error(self, error, request, ref):
+        frame = {
+            "type": "error",
+            "code": error.code,
+            "detail": error.detail,
+            "request": request,
+            "ref": ref,
+        }
+        if error.retry_after is not None:
+            frame["retry_after"] = error.retry_after
+        await self.send_frame(frame)

@@ -1,0 +1,83 @@
+"""Rooms, memberships and messages."""
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,49}\Z"
+slug_validator = RegexValidator(
+    SLUG_PATTERN,
+    "1–50 characters: lowercase letters, digits and hyphens, not starting with a hyphen.",
+)
+
+
+class Room(models.Model):
+    slug = models.CharField(max_length=50, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=100)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    is_locked = models.BooleanField(default=False)
+    # The room's latest seq; bumped under the row lock in the insert's transaction.
+    last_seq = models.BigIntegerField(default=0, editable=False)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self):
+        return self.slug
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
+    joined_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["room", "user"], name="membership_unique")
+        ]
+        indexes = [models.Index(fields=["user", "room"], name="membership_user_room")]
+
+    def __str__(self):
+        return f"{self.user_id}@{self.room_id}"
+
+
+class Message(models.Model):
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    seq = models.BigIntegerField()
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages"
+    )
+    body = models.TextField()
+    client_id = models.CharField(max_length=64, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["room", "seq"]
+        constraints = [
+            # Also the index behind "after seq N" and "newest N" range scans.
+            models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq"),
+            models.UniqueConstraint(
+                fields=["user", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="message_user_client_id",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.room_id}#{self.seq}"
+
+    @property
+    def is_deleted(self):
+        return self.deleted_at is not None

@@ -1,0 +1,31 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+from rest_framework.authtoken.views import obtain_auth_token
+
+from . import api, views
+
+api_urlpatterns = [
+    path("auth/register/", api.RegisterView.as_view(), name="api-register"),
+    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("ws-ticket/", api.WsTicketView.as_view(), name="api-ws-ticket"),
+    path("rooms/", api.RoomListView.as_view(), name="api-rooms"),
+    path("rooms/<str:slug>/", api.RoomDetailView.as_view(), name="api-room"),
+    path(
+        "rooms/<str:slug>/messages/",
+        api.RoomMessagesView.as_view(),
+        name="api-room-messages",
+    ),
+    path(
+        "rooms/<str:slug>/membership/",
+        api.MembershipView.as_view(),
+        name="api-room-membership",
+    ),
+]
+
+page_urlpatterns = [
+    path("", views.room_list, name="room_list"),
+    path("rooms/<slug:slug>/", views.room, name="room"),
+    path("signup/", views.signup, name="signup"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+]
