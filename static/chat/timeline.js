@@ -44,6 +44,17 @@ export class Timeline {
     if (Number.isInteger(seq) && seq > this.highestSeen) this.highestSeen = seq;
   }
 
+  // The server has nothing between lastSeq and the next seq we hold: stop waiting for it.
+  acceptGap() {
+    let next = null;
+    for (const msg of this.byId.values()) {
+      if (msg.seq > this.lastSeq && (next === null || msg.seq < next)) next = msg.seq;
+    }
+    if (next !== null) this.lastSeq = next;
+    this.#advance();
+    if (next === null) this.highestSeen = this.lastSeq;
+  }
+
   // Add or update messages; returns the ones that are new or changed (tombstoned).
   merge(messages) {
     const changed = [];

@@ -1,0 +1,347 @@
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from chat.models import Membership, Message, Room
+from chat.tickets import ticket_issue
+from voiceflow.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def open_socket(user=None, *, origin=None, ticket=None, query=None):
+    """A connected communicator; the hello frame is not consumed."""
+    if query is None:
+        if ticket is None and user is not None:
+            ticket = await sync_to_async(ticket_issue)(user.pk)
+        query = f"?ticket={ticket}" if ticket else ""
+    headers = [(b"origin", origin.encode())] if origin else []
+    socket = WebsocketCommunicator(application, f"/ws/chat/{query}", headers=headers)
+    connected, _ = await socket.connect()
+    assert connected
+    return socket
+
+
+async def signed_in(user):
+    socket = await open_socket(user)
+    hello = await socket.receive_json_from()
+    assert hello["type"] == "hello"
+    return socket
+
+
+async def joined(user, room="lobby", **join):
+    socket = await signed_in(user)
+    await socket.send_json_to({"type": "join", "room": room, **join})
+    reply = await socket.receive_json_from()
+    assert reply["type"] == "joined", reply
+    return socket
+
+
+async def send_message(socket, body="hi", client_id=None, room="lobby"):
+    await socket.send_json_to(
+        {"type": "message", "room": room, "body": body, "client_id": client_id}
+    )
+
+
+async def assert_still_serving(socket):
+    await socket.send_json_to({"type": "ping", "ts": 123})
+    pong = await socket.receive_json_from()
+    assert pong["type"] == "pong" and pong["ts"] == 123
+    assert isinstance(pong["server_ts"], int)
+
+
+async def assert_closed_with(socket, code):
+    output = await socket.receive_output()
+    assert output == {"type": "websocket.close", "code": code}
+
+
+@pytest.fixture
+def room(db):
+    return Room.objects.get_or_create(slug="lobby", defaults={"name": "Lobby"})[0]
+
+
+async def test_hello_names_the_user_and_the_heartbeat(alice, room):
+    socket = await open_socket(alice)
+    hello = await socket.receive_json_from()
+    assert hello["user"] == "alice"
+    assert hello["heartbeat_interval"] == 25
+    assert hello["connection_id"]
+    assert hello["limits"]["max_frame_bytes"] == 65536
+    await socket.disconnect()
+
+
+async def test_a_socket_without_credentials_is_closed_with_4401(room):
+    socket = await open_socket(query="")
+    await assert_closed_with(socket, 4401)
+
+
+async def test_an_unknown_ticket_is_closed_with_4401(room):
+    socket = await open_socket(query="?ticket=forged")
+    await assert_closed_with(socket, 4401)
+
+
+async def test_a_ticket_works_once(alice, room):
+    ticket = await sync_to_async(ticket_issue)(alice.pk)
+    first = await open_socket(ticket=ticket)
+    assert (await first.receive_json_from())["type"] == "hello"
+    second = await open_socket(ticket=ticket)
+    await assert_closed_with(second, 4401)
+    await first.disconnect()
+
+
+@override_settings(VOICEFLOW={**__import__("django.conf").conf.settings.VOICEFLOW, "TICKET_TTL": 1})
+async def test_an_expired_ticket_is_refused(alice, room):
+    ticket = await sync_to_async(ticket_issue)(alice.pk)
+    await asyncio.sleep(1.2)
+    socket = await open_socket(ticket=ticket)
+    await assert_closed_with(socket, 4401)
+
+
+async def test_the_session_cookie_authenticates_a_browser(alice, room, client):
+    await sync_to_async(client.force_login)(alice)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    socket = WebsocketCommunicator(
+        application,
+        "/ws/chat/",
+        headers=[(b"cookie", cookie.encode()), (b"origin", b"http://127.0.0.1:8000")],
+    )
+    assert (await socket.connect())[0]
+    assert (await socket.receive_json_from())["user"] == "alice"
+    await socket.disconnect()
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1.evil.example"])
+async def test_a_foreign_origin_is_closed_with_4403(alice, room, origin):
+    socket = await open_socket(alice, origin=origin)
+    await assert_closed_with(socket, 4403)
+
+
+@pytest.mark.parametrize("origin", [None, "http://localhost:8000", "https://127.0.0.1"])
+async def test_allowed_and_missing_origins_are_served(alice, room, origin):
+    socket = await open_socket(alice, origin=origin)
+    assert (await socket.receive_json_from())["type"] == "hello"
+    await socket.disconnect()
+
+
+async def test_a_message_reaches_every_socket_of_the_room_and_is_acked(alice, bob, room):
+    alice_tab1 = await joined(alice)
+    alice_tab2 = await joined(alice)
+    bob_tab = await joined(bob)
+    await send_message(alice_tab1, "hello room", "c-1")
+    ack = await alice_tab1.receive_json_from()
+    assert ack["type"] == "ack"
+    assert {k: ack[k] for k in ("client_id", "seq", "room")} == {
+        "client_id": "c-1",
+        "seq": 1,
+        "room": "lobby",
+    }
+    for socket in (alice_tab1, alice_tab2, bob_tab):
+        event = await socket.receive_json_from()
+        assert event["type"] == "message"
+        assert event["id"] == ack["id"] and event["body"] == "hello room"
+        assert event["user"] == "alice" and event["created_at"] == ack["created_at"]
+    for socket in (alice_tab1, alice_tab2, bob_tab):
+        assert await socket.receive_nothing()
+        await socket.disconnect()
+
+
+async def test_join_makes_a_member_and_reports_the_last_seq(alice, room):
+    await sync_to_async(Message.objects.create)(room=room, seq=1, user=alice, body="x")
+    await sync_to_async(Room.objects.filter(pk=room.pk).update)(last_seq=1)
+    socket = await signed_in(alice)
+    await socket.send_json_to({"type": "join", "room": "lobby"})
+    reply = await socket.receive_json_from()
+    assert reply == {
+        "type": "joined",
+        "room": "lobby",
+        "last_seq": 1,
+        "members": reply["members"],
+        "missed": [],
+        "truncated": False,
+    }
+    assert await sync_to_async(Membership.objects.filter(user=alice, room=room).exists)()
+    await socket.disconnect()
+
+
+async def test_join_with_since_returns_exactly_the_missed_messages_in_order(alice, bob, room):
+    sender = await joined(alice)
+    for i in range(5):
+        await send_message(sender, f"m{i}", f"c{i}")
+        await sender.receive_json_from()  # ack
+        await sender.receive_json_from()  # broadcast
+    late = await signed_in(bob)
+    await late.send_json_to({"type": "join", "room": "lobby", "since": 2})
+    reply = await late.receive_json_from()
+    assert [m["seq"] for m in reply["missed"]] == [3, 4, 5]
+    assert [m["body"] for m in reply["missed"]] == ["m2", "m3", "m4"]
+    assert reply["last_seq"] == 5 and reply["truncated"] is False
+    await sender.disconnect()
+    await late.disconnect()
+
+
+async def test_join_since_is_capped_and_says_truncated(alice, room, settings):
+    settings.VOICEFLOW = {**settings.VOICEFLOW, "MISSED_LIMIT": 3}
+    await sync_to_async(Message.objects.bulk_create)(
+        [Message(room=room, seq=i, user=alice, body=str(i)) for i in range(1, 8)]
+    )
+    await sync_to_async(Room.objects.filter(pk=room.pk).update)(last_seq=7)
+    socket = await signed_in(alice)
+    await socket.send_json_to({"type": "join", "room": "lobby", "since": 1})
+    reply = await socket.receive_json_from()
+    assert [m["seq"] for m in reply["missed"]] == [2, 3, 4]
+    assert reply["truncated"] is True and reply["last_seq"] == 7
+    await socket.disconnect()
+
+
+async def test_leave_stops_delivery_to_that_socket(alice, bob, room):
+    listener = await joined(bob)
+    sender = await joined(alice)
+    await listener.send_json_to({"type": "leave", "room": "lobby"})
+    assert await listener.receive_json_from() == {"type": "left", "room": "lobby"}
+    await send_message(sender, "after leave")
+    assert (await sender.receive_json_from())["type"] == "ack"
+    assert await listener.receive_nothing()
+    await listener.disconnect()
+    await sender.disconnect()
+
+
+async def test_a_repeated_client_id_is_acked_again_but_not_broadcast_again(alice, bob, room):
+    sender = await joined(alice)
+    listener = await joined(bob)
+    await send_message(sender, "once", "dup-1")
+    first_ack = await sender.receive_json_from()
+    await sender.receive_json_from()  # broadcast
+    assert (await listener.receive_json_from())["id"] == first_ack["id"]
+    await send_message(sender, "once", "dup-1")
+    assert await sender.receive_json_from() == first_ack
+    assert await sender.receive_nothing()
+    assert await listener.receive_nothing()
+    assert await sync_to_async(Message.objects.count)() == 1
+    await sender.disconnect()
+    await listener.disconnect()
+
+
+async def test_one_client_id_sent_from_two_sockets_at_once_is_stored_and_broadcast_once(
+    alice, bob, room
+):
+    tab1 = await joined(alice)
+    tab2 = await joined(alice)
+    listener = await joined(bob)
+    await asyncio.gather(
+        send_message(tab1, "racing", "race-1"), send_message(tab2, "racing", "race-1")
+    )
+    frames = [await tab1.receive_json_from() for _ in range(2)]
+    frames += [await tab2.receive_json_from() for _ in range(2)]
+    acks = [f for f in frames if f["type"] == "ack"]
+    assert len(acks) == 2 and acks[0] == acks[1]
+    assert (await listener.receive_json_from())["id"] == acks[0]["id"]
+    assert await listener.receive_nothing()
+    assert await sync_to_async(Message.objects.count)() == 1
+    for socket in (tab1, tab2, listener):
+        await socket.disconnect()
+
+
+BAD_FRAMES = [
+    ("not json", "{nope", "invalid", None),
+    ("not an object", "[1, 2]", "invalid", None),
+    ("a string", '"join"', "invalid", None),
+    ("unknown type", {"type": "dance"}, "invalid", "dance"),
+    ("no type", {"room": "lobby"}, "invalid", None),
+    ("message without room", {"type": "message", "body": "x"}, "invalid", "message"),
+    ("join without room", {"type": "join"}, "invalid", "join"),
+    ("join of an unknown room", {"type": "join", "room": "nowhere"}, "not_found", "join"),
+    ("join of a malformed slug", {"type": "join", "room": "No Such!"}, "not_found", "join"),
+    ("join with a bad since", {"type": "join", "room": "lobby", "since": "x"}, "invalid", "join"),
+    ("message to an unknown room", {"type": "message", "room": "nowhere", "body": "x"}, "not_found", "message"),
+    ("message to an unjoined room", {"type": "message", "room": "lobby", "body": "x", "client_id": "c-9"}, "forbidden", "message"),
+    ("ping with a bad ts", {"type": "ping", "ts": "soon"}, "invalid", "ping"),
+]
+
+
+@pytest.mark.parametrize("name,frame,code,request_type", BAD_FRAMES, ids=[b[0] for b in BAD_FRAMES])
+async def test_a_bad_frame_gets_an_error_and_the_socket_keeps_serving(
+    alice, room, name, frame, code, request_type
+):
+    socket = await signed_in(alice)
+    await socket.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
+    error = await socket.receive_json_from()
+    assert error["type"] == "error"
+    assert error["code"] == code
+    assert error["request"] == request_type
+    assert error["detail"]
+    assert error["ref"] == (frame.get("client_id") if isinstance(frame, dict) else None)
+    await assert_still_serving(socket)
+    assert not await sync_to_async(Message.objects.exists)()
+    await socket.disconnect()
+
+
+@pytest.mark.parametrize("body", ["", "   ", "x" * 4001, "a\x00b", None])
+async def test_a_bad_body_is_invalid_with_its_client_id_as_ref(alice, room, body):
+    socket = await joined(alice)
+    await send_message(socket, body, "c-bad")
+    error = await socket.receive_json_from()
+    assert (error["type"], error["code"], error["request"], error["ref"]) == (
+        "error",
+        "invalid",
+        "message",
+        "c-bad",
+    )
+    await assert_still_serving(socket)
+    assert not await sync_to_async(Message.objects.exists)()
+    await socket.disconnect()
+
+
+async def test_a_frame_over_64_kib_closes_the_socket_with_1009(alice, room):
+    socket = await joined(alice)
+    await socket.send_to(text_data=json.dumps({"type": "ping", "pad": "x" * 65536}))
+    await assert_closed_with(socket, 1009)
+    assert not await sync_to_async(Message.objects.exists)()
+
+
+async def test_a_frame_of_exactly_64_kib_is_served(alice, room):
+    socket = await joined(alice)
+    frame = json.dumps({"type": "ping", "ts": 1, "pad": ""})
+    frame = frame.replace('"pad": ""', '"pad": "' + "x" * (65536 - len(frame)) + '"')
+    assert len(frame.encode()) == 65536
+    await socket.send_to(text_data=frame)
+    assert (await socket.receive_json_from())["type"] == "pong"
+    await socket.disconnect()
+
+
+async def test_a_binary_frame_is_invalid(alice, room):
+    socket = await signed_in(alice)
+    await socket.send_to(bytes_data=b'{"type": "ping"}')
+    error = await socket.receive_json_from()
+    assert error["code"] == "invalid"
+    await assert_still_serving(socket)
+    await socket.disconnect()
+
+
+async def test_a_locked_room_refuses_posts_but_still_lets_people_read(alice, room):
+    socket = await joined(alice)
+    await sync_to_async(Room.objects.filter(pk=room.pk).update)(is_locked=True)
+    await send_message(socket, "anyone?", "c-locked")
+    error = await socket.receive_json_from()
+    assert (error["code"], error["ref"]) == ("forbidden", "c-locked")
+    await socket.send_json_to({"type": "join", "room": "lobby", "since": 0})
+    assert (await socket.receive_json_from())["type"] == "joined"
+    await socket.disconnect()
+
+
+async def test_a_message_posted_over_rest_reaches_sockets(alice, bob, room, client):
+    listener = await joined(bob)
+    await sync_to_async(client.force_login)(alice)
+    response = await sync_to_async(client.post)(
+        "/api/rooms/lobby/messages/",
+        {"body": "from a bot", "client_id": "rest-1"},
+        content_type="application/json",
+    )
+    assert response.status_code == 201
+    event = await listener.receive_json_from()
+    assert event["type"] == "message" and event["body"] == "from a bot"
+    assert event["id"] == response.json()["id"]
+    await listener.disconnect()

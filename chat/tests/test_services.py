@@ -1,0 +1,159 @@
+import threading
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import connection, connections
+
+from chat import services
+from chat.errors import Forbidden, Invalid
+from chat.models import Membership, Message, Room
+
+pytestmark = pytest.mark.django_db
+
+
+def post(user, room, body="hi", client_id=None):
+    return services.message_post(user=user, room=room, body=body, client_id=client_id)
+
+
+def test_each_room_numbers_its_messages_from_one(alice, lobby):
+    other = services.room_create(user=alice, name="Other")
+    seqs = [post(alice, lobby).message["seq"] for _ in range(3)]
+    assert seqs == [1, 2, 3]
+    assert post(alice, other).message["seq"] == 1
+    lobby.refresh_from_db()
+    assert lobby.last_seq == 3
+
+
+def test_a_stored_message_has_the_contract_shape(alice, lobby):
+    message = post(alice, lobby, "  hello  ", "c-1").message
+    assert set(message) == {"id", "room", "seq", "user", "body", "created_at", "client_id"}
+    assert message["room"] == "lobby"
+    assert message["user"] == "alice"
+    assert message["body"] == "hello"
+    assert message["client_id"] == "c-1"
+    assert message["created_at"].endswith("Z")
+
+
+def test_a_repeated_client_id_returns_the_original_and_stores_nothing(alice, lobby):
+    first = post(alice, lobby, "one", "c-1")
+    again = post(alice, lobby, "two", "c-1")
+    assert first.created and not again.created
+    assert again.message == first.message
+    assert Message.objects.count() == 1
+    lobby.refresh_from_db()
+    assert lobby.last_seq == 1  # the replay's seq bump was rolled back
+
+
+def test_client_ids_are_per_user(alice, bob, lobby):
+    assert post(alice, lobby, client_id="same").created
+    assert post(bob, lobby, client_id="same").created
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["", "   \n\t ", "x" * 4001, "nul\x00byte", "bell\x07", "esc\x1b[31m", "c1\x85c1", None, 5],
+)
+def test_bad_bodies_are_invalid_and_nothing_is_stored(alice, lobby, body):
+    with pytest.raises(Invalid) as refused:
+        post(alice, lobby, body)
+    assert refused.value.field == "body"
+    assert not Message.objects.exists()
+
+
+def test_a_body_of_4000_code_points_newlines_and_tabs_is_accepted(alice, lobby):
+    assert post(alice, lobby, "é" * 4000).created
+    assert post(alice, lobby, "line one\n\tline two").message["body"] == "line one\n\tline two"
+
+
+@pytest.mark.parametrize("client_id", ["", "x" * 65, 7, ["a"]])
+def test_bad_client_ids_are_invalid(alice, lobby, client_id):
+    with pytest.raises(Invalid):
+        post(alice, lobby, client_id=client_id)
+
+
+def test_posting_in_a_locked_room_is_forbidden_and_leaves_no_gap(alice, lobby):
+    post(alice, lobby)
+    Room.objects.filter(pk=lobby.pk).update(is_locked=True)
+    with pytest.raises(Forbidden):
+        post(alice, lobby)  # the socket's cached room still says unlocked
+    Room.objects.filter(pk=lobby.pk).update(is_locked=False)
+    assert post(alice, lobby).message["seq"] == 2
+
+
+def test_posting_makes_the_poster_a_member(alice, lobby):
+    post(alice, lobby)
+    assert Membership.objects.filter(user=alice, room=lobby).exists()
+
+
+def test_room_create_makes_a_slug_from_the_name_and_refuses_a_taken_one(alice):
+    room = services.room_create(user=alice, name="Tea & Biscuits!")
+    assert room.slug == "tea-biscuits"
+    with pytest.raises(ValidationError) as refused:
+        services.room_create(user=alice, name="Again", slug="tea-biscuits")
+    assert "slug" in refused.value.message_dict
+
+
+@pytest.mark.parametrize("slug", ["-lead", "UPPER", "sp ace", "x" * 51])
+def test_room_create_refuses_malformed_slugs(alice, slug):
+    with pytest.raises(ValidationError):
+        services.room_create(user=alice, name="Room", slug=slug)
+
+
+def run_concurrently(workers):
+    """Start every worker at once; return what each returned or raised."""
+    barrier = threading.Barrier(len(workers))
+    results = [None] * len(workers)
+
+    def run(i, work):
+        try:
+            barrier.wait()
+            results[i] = work()
+        except Exception as error:  # reported to the test, not swallowed
+            results[i] = error
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(i, w)) for i, w in enumerate(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_get_gap_free_unique_seqs(make_user):
+    users = [make_user(f"writer{i}") for i in range(6)]
+    lobby = Room.objects.get_or_create(slug="lobby", defaults={"name": "Lobby"})[0]
+    per_writer = 15
+
+    def writer(user):
+        return lambda: [post(user, lobby).message["seq"] for _ in range(per_writer)]
+
+    results = run_concurrently([writer(u) for u in users])
+    seqs = [seq for result in results for seq in result]
+    assert sorted(seqs) == list(range(1, per_writer * len(users) + 1))
+    stored = list(Message.objects.filter(room=lobby).values_list("seq", flat=True))
+    assert sorted(stored) == sorted(seqs)
+    # Within each writer, its own messages are numbered in the order it sent them.
+    assert all(result == sorted(result) for result in results)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_copies_of_one_client_id_store_one_message(alice):
+    lobby = Room.objects.get_or_create(slug="lobby", defaults={"name": "Lobby"})[0]
+    results = run_concurrently([lambda: post(alice, lobby, "once", "race")] * 4)
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert sum(r.created for r in results) == 1
+    assert len({r.message["id"] for r in results}) == 1
+    assert Message.objects.count() == 1
+    lobby.refresh_from_db()
+    assert lobby.last_seq == 1
+
+
+def test_the_test_database_is_the_configured_engine():
+    # Guards the two CI passes: the Redis/PostgreSQL pass must really use PostgreSQL.
+    import os
+
+    expected = "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
+    assert connection.vendor == expected

@@ -1,0 +1,53 @@
+"""Fixtures shared by every app's tests."""
+
+import pytest
+from asgiref.sync import SyncToAsync
+from channels.layers import channel_layers
+from django.core.cache import cache
+from django.db import connections
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_async_db_connections(django_db_setup):
+    """Close the persistent connection of the thread behind database_sync_to_async.
+
+    Otherwise PostgreSQL refuses to drop the test database at the end of the run.
+    """
+    yield
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_layer_and_cache():
+    """Each test gets its own channel layer (bound to its loop) and an empty cache."""
+    channel_layers.backends.clear()
+    cache.clear()
+    yield
+    channel_layers.backends.clear()
+    cache.clear()
+
+
+@pytest.fixture
+def make_user(db, django_user_model):
+    def make(username="alice", password="Correct-Horse-9"):
+        return django_user_model.objects.create_user(username=username, password=password)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user("bob")
+
+
+@pytest.fixture
+def lobby(db):
+    from chat.models import Room
+
+    # Transactional tests flush the migration's lobby; make sure it is there.
+    return Room.objects.get_or_create(slug="lobby", defaults={"name": "Lobby"})[0]

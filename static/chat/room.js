@@ -1,0 +1,440 @@
+// Entry point of the room page: wires history (REST), the socket, the outbox and the UI.
+
+import { Alerts } from './alerts.js';
+import { fetchMessages } from './api.js';
+import { Composer } from './composer.js';
+import { ChatConnection } from './connection.js';
+import { MemberList } from './members.js';
+import { MessageView } from './message-view.js';
+import { Outbox } from './outbox.js';
+import { Timeline, isMessage } from './timeline.js';
+import { TypingIndicator, TypingSender } from './typing.js';
+
+const config = JSON.parse(document.getElementById('vf-config').textContent);
+const ROOM = config.room;
+const ME = config.user;
+const LOGIN_URL = '/login/';
+const PAGE_SIZE = 50;
+const GAP_PAGE_SIZE = 200; // the server's maximum `limit`
+const GAP_WAIT_MS = 2000; // out-of-order delivery settles within a second or two
+const MAX_GAP_PAGES = 10; // beyond this, jump to the newest page instead
+const MAX_BODY = 4000;
+const OLDER_TRIGGER_PX = 80;
+
+const $ = (id) => document.getElementById(id);
+const scroller = $('message-scroller');
+const log = $('message-log');
+const loadOlderButton = $('load-older');
+const jumpButton = $('jump-latest');
+const baseTitle = document.title;
+
+const alerts = new Alerts($('error-region'));
+const timeline = new Timeline(ROOM);
+const outbox = new Outbox(ME, ROOM);
+const view = new MessageView({
+  list: $('message-list'),
+  scroller,
+  empty: $('message-empty'),
+  me: ME,
+  onEdit: (body) => composer.setText(body),
+});
+const members = new MemberList({ list: $('member-list'), count: $('member-count'), empty: $('member-empty'), me: ME });
+const typingIndicator = new TypingIndicator($('typing-indicator'), ME);
+const conn = new ChatConnection({
+  wsPath: config.wsPath,
+  heartbeatInterval: config.heartbeatInterval,
+  loginUrl: LOGIN_URL,
+});
+const typingSender = new TypingSender((state) => conn.send({ type: 'typing', room: ROOM, state }));
+const composer = new Composer({
+  form: $('composer-form'),
+  textarea: $('composer'),
+  button: $('send-button'),
+  counter: $('char-counter'),
+  max: MAX_BODY,
+  onSend: sendMessage,
+  onInput: (text) => typingSender.input(text),
+  onBlur: () => typingSender.stop(),
+});
+
+let historyLoaded = false;
+let earlyFrames = []; // message frames that arrive before the first history page
+let joined = false; // our join for this room has been answered on the current socket
+let hasOlder = false;
+let loadingOlder = false;
+let fillingGap = false;
+let gapTimer = null;
+let flushTimer = null;
+let unread = 0;
+
+// ---------------------------------------------------------------- messages
+
+// Merge messages into the timeline and the list. `source` is one of
+// 'initial' | 'older' | 'live' | 'catchup' and decides scrolling and unread counting.
+function addMessages(messages, source) {
+  const changed = timeline.merge(messages);
+  if (changed.length === 0) return;
+
+  // A stored copy of one of our queued messages means it arrived: stop resending it.
+  for (const msg of changed) if (msg.client_id && msg.user === ME) outbox.remove(msg.client_id);
+
+  if (source === 'older') {
+    quietly(() => view.keepScrollPosition(() => view.upsert(changed)));
+  } else {
+    const stick = source === 'initial' || view.isNearBottom();
+    view.upsert(changed);
+    const ownLive = source === 'live' && changed.some((m) => m.user === ME);
+    if (stick || ownLive) view.scrollToBottom();
+    else jumpButton.hidden = false;
+  }
+
+  if ((source === 'live' || source === 'catchup') && document.hidden) {
+    unread += changed.filter((m) => m.user !== ME && !m.deleted).length;
+    updateTitle();
+  }
+  scheduleGapCheck();
+}
+
+// Older pages are not news: keep the live region from reading them all out.
+function quietly(change) {
+  log.setAttribute('aria-live', 'off');
+  const result = change();
+  requestAnimationFrame(() => log.setAttribute('aria-live', 'polite'));
+  return result;
+}
+
+async function loadInitial() {
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      showNewestPage(await fetchMessages(config.messagesUrl, { limit: PAGE_SIZE }));
+      break;
+    } catch (err) {
+      if (redirectIfLoggedOut(err)) return;
+      alerts.show('Could not load messages. Retrying…', { timeout: 5000 });
+      await sleep(Math.min(30_000, 1000 * 2 ** attempt));
+    }
+  }
+  historyLoaded = true;
+  $('message-loading').hidden = true;
+  updateHistoryEdge();
+  view.scrollToBottom();
+  for (const frame of earlyFrames) handleFrame(frame);
+  earlyFrames = [];
+  // Join only now, so `since` covers everything after the page we just rendered.
+  conn.join(ROOM, () => timeline.lastSeq);
+}
+
+// Start the list over from a page of the newest messages.
+function showNewestPage(page) {
+  view.clear();
+  const messages = timeline.reset(page.results);
+  // History holding one of our queued messages means it was stored after all.
+  for (const msg of messages) if (msg.client_id && msg.user === ME) outbox.remove(msg.client_id);
+  view.upsert(messages);
+  hasOlder = page.hasMore;
+}
+
+async function loadOlder() {
+  if (loadingOlder || !hasOlder || !historyLoaded || timeline.minSeq === null) return;
+  loadingOlder = true;
+  loadOlderButton.disabled = true;
+  loadOlderButton.textContent = 'Loading…';
+  try {
+    const page = await fetchMessages(config.messagesUrl, { before: timeline.minSeq, limit: PAGE_SIZE });
+    hasOlder = page.hasMore && page.results.length > 0;
+    addMessages(page.results, 'older');
+  } catch (err) {
+    if (!redirectIfLoggedOut(err)) alerts.show('Could not load older messages.', { timeout: 8000 });
+  } finally {
+    loadingOlder = false;
+    loadOlderButton.disabled = false;
+    loadOlderButton.textContent = 'Load older messages';
+    updateHistoryEdge();
+  }
+}
+
+function updateHistoryEdge() {
+  loadOlderButton.hidden = !hasOlder;
+  $('history-start').hidden = hasOlder || timeline.size === 0;
+}
+
+// A seq jump may just be out-of-order delivery: wait a moment, then fetch what is missing.
+function scheduleGapCheck(delay = GAP_WAIT_MS) {
+  if (!timeline.hasGap || gapTimer !== null || fillingGap) return;
+  gapTimer = setTimeout(() => {
+    gapTimer = null;
+    if (timeline.hasGap) fillGap();
+  }, delay);
+}
+
+async function fillGap() {
+  if (fillingGap || !historyLoaded) return;
+  fillingGap = true;
+  clearTimeout(gapTimer);
+  gapTimer = null;
+  try {
+    for (let pages = 0; timeline.hasGap; pages += 1) {
+      if (pages === MAX_GAP_PAGES) {
+        await reloadNewest(); // too far behind: show the present, scroll back for the rest
+        break;
+      }
+      const after = timeline.lastSeq;
+      const page = await fetchMessages(config.messagesUrl, { after, limit: GAP_PAGE_SIZE });
+      addMessages(page.results, 'catchup');
+      if (!page.hasMore && timeline.hasGap) {
+        timeline.acceptGap(); // the server has nothing there: do not wait forever
+        break;
+      }
+      if (timeline.lastSeq === after) break; // no progress; the next jump retries
+    }
+  } catch (err) {
+    if (!redirectIfLoggedOut(err)) {
+      fillingGap = false;
+      scheduleGapCheck((err.retryAfter || 5) * 1000);
+      return;
+    }
+  }
+  fillingGap = false;
+}
+
+async function reloadNewest() {
+  showNewestPage(await fetchMessages(config.messagesUrl, { limit: PAGE_SIZE }));
+  updateHistoryEdge();
+  view.scrollToBottom();
+}
+
+// ---------------------------------------------------------------- sending
+
+function sendMessage(body) {
+  if ([...body].length > MAX_BODY) return;
+  const item = outbox.add(body);
+  view.addPending(item);
+  view.scrollToBottom();
+  jumpButton.hidden = true;
+  typingSender.stop();
+  flushOutbox();
+}
+
+// Send every queued message that is due. `force` resends those still awaiting an ack,
+// as after a re-join: with no ack, the server may have stored nothing.
+function flushOutbox({ force = false } = {}) {
+  clearTimeout(flushTimer);
+  flushTimer = null;
+  if (joined) {
+    for (const item of outbox.due({ force })) {
+      const frame = { type: 'message', room: ROOM, body: item.body, client_id: item.client_id };
+      if (!conn.send(frame)) break;
+      outbox.noteSent(item.client_id);
+      if (!view.hasPending(item.client_id)) view.addPending(item);
+      view.setLocalState(item.client_id, 'pending', 'sending…');
+    }
+  }
+  const wait = outbox.nextDeferral();
+  if (wait !== null) flushTimer = setTimeout(flushOutbox, wait + 50);
+}
+
+function onAck(frame) {
+  if (frame.room !== ROOM || typeof frame.client_id !== 'string') return;
+  const body = outbox.get(frame.client_id)?.body ?? view.pendingBody(frame.client_id);
+  outbox.remove(frame.client_id);
+  if (body === null || !Number.isInteger(frame.id)) return;
+  const msg = {
+    id: frame.id,
+    room: ROOM,
+    seq: frame.seq,
+    user: ME,
+    body,
+    created_at: frame.created_at,
+    client_id: frame.client_id,
+  };
+  addMessages([msg], 'live');
+}
+
+function failLocal(clientId, text) {
+  outbox.remove(clientId);
+  view.setLocalState(clientId, 'failed', `Not sent: ${text}`);
+}
+
+// ---------------------------------------------------------------- socket frames
+
+const ERROR_TEXT = {
+  invalid: 'The server could not accept that.',
+  not_found: 'This room does not exist (any more).',
+  forbidden: 'You are not allowed to do that here.',
+  rate_limited: 'Slow down a little.',
+  unavailable: 'The server is having trouble. Try again shortly.',
+};
+
+function onError(frame) {
+  const { code, request, ref } = frame;
+  const text = typeof frame.detail === 'string' && frame.detail ? frame.detail : ERROR_TEXT[code] || 'Error.';
+  const retryAfter = Math.max(1, Number(frame.retry_after) || 5);
+
+  if (request === 'message' && typeof ref === 'string' && (outbox.has(ref) || view.hasPending(ref))) {
+    if (code === 'rate_limited' || code === 'unavailable') {
+      // Nothing was stored: hold this message back and resend it with the same client_id.
+      outbox.defer(ref, retryAfter * 1000);
+      view.setLocalState(ref, 'pending', `waiting ${Math.ceil(retryAfter)} s to resend…`);
+      flushOutbox();
+      return;
+    }
+    if (code === 'invalid' || code === 'forbidden' || code === 'not_found') {
+      failLocal(ref, text);
+      return;
+    }
+  }
+  // Typing is best effort; its refusals (e.g. while muted) would only be noise.
+  if (request === 'typing' || request === 'ping' || request === 'status') return;
+  if (request === 'join' && (code === 'rate_limited' || code === 'unavailable')) {
+    setTimeout(() => conn.rejoin(ROOM), retryAfter * 1000);
+    return;
+  }
+  alerts.show(text);
+}
+
+function handleFrame(frame) {
+  switch (frame.type) {
+    case 'joined':
+      if (frame.room !== ROOM) return;
+      joined = true;
+      members.setAll(frame.members);
+      timeline.noteLastSeq(frame.last_seq);
+      addMessages(Array.isArray(frame.missed) ? frame.missed : [], 'catchup');
+      flushOutbox({ force: true });
+      if (frame.truncated || timeline.hasGap) fillGap();
+      break;
+    case 'left':
+      if (frame.room === ROOM) joined = false;
+      break;
+    case 'message':
+      if (frame.room !== ROOM || !isMessage(frame)) return;
+      typingIndicator.clear(frame.user);
+      addMessages([withoutType(frame)], 'live');
+      break;
+    case 'offline_messages':
+      if (Array.isArray(frame.messages)) {
+        addMessages(frame.messages.filter((m) => m?.room === ROOM), 'catchup');
+      }
+      break;
+    case 'message_deleted': {
+      if (frame.room !== ROOM) return;
+      const tombstone = timeline.markDeleted(frame.id);
+      if (tombstone) view.upsert([tombstone]);
+      break;
+    }
+    case 'ack':
+      onAck(frame);
+      break;
+    case 'typing':
+      if (frame.room === ROOM) typingIndicator.update(frame.user, frame.state);
+      break;
+    case 'presence':
+      if (typeof frame.user === 'string') members.setStatus(frame.user, frame.status);
+      break;
+    case 'member_joined':
+      if (frame.room === ROOM && typeof frame.user === 'string') members.joined(frame.user);
+      break;
+    case 'member_left':
+      if (frame.room === ROOM && typeof frame.user === 'string') {
+        members.left(frame.user);
+        typingIndicator.clear(frame.user);
+      }
+      break;
+    case 'error':
+      onError(frame);
+      break;
+    default:
+      break; // hello, pong and future frame types
+  }
+}
+
+function withoutType(frame) {
+  const { type, ...message } = frame;
+  return message;
+}
+
+const BUFFERED_BEFORE_HISTORY = new Set(['message', 'offline_messages', 'message_deleted']);
+
+conn.addEventListener('frame', (event) => {
+  const frame = event.detail;
+  if (!historyLoaded && BUFFERED_BEFORE_HISTORY.has(frame.type)) earlyFrames.push(frame);
+  else handleFrame(frame);
+});
+
+conn.addEventListener('ready', () => {
+  if (document.hidden) conn.send({ type: 'status', status: 'away' });
+});
+
+conn.addEventListener('state', (event) => {
+  const { state, retryIn, rtt } = event.detail;
+  const el = $('connection-state');
+  el.dataset.state = state;
+  if (state === 'connected') el.textContent = rtt === null ? 'connected' : `connected · ${rtt} ms`;
+  else if (state === 'reconnecting') el.textContent = `reconnecting in ${retryIn} s`;
+  else if (state === 'offline') el.textContent = 'offline';
+  else el.textContent = 'connecting…';
+  if (state !== 'connected') {
+    joined = false; // a new socket must join again before we send
+    typingIndicator.clearAll();
+  }
+});
+
+conn.addEventListener('toolarge', (event) => {
+  const clientId = event.detail?.client_id;
+  if (clientId) failLocal(clientId, 'message too large');
+});
+
+// ---------------------------------------------------------------- page chrome
+
+function updateTitle() {
+  document.title = unread > 0 ? `(${unread}) ${baseTitle}` : baseTitle;
+}
+
+function redirectIfLoggedOut(err) {
+  // DRF answers 403 "credentials were not provided" when session auth comes first.
+  const loggedOut = err?.status === 401 || (err?.status === 403 && /credential|authenticat/i.test(err.message));
+  if (loggedOut) {
+    location.assign(`${LOGIN_URL}?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
+  return loggedOut;
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+document.addEventListener('visibilitychange', () => {
+  conn.send({ type: 'status', status: document.hidden ? 'away' : 'online' });
+  if (!document.hidden) {
+    unread = 0;
+    updateTitle();
+  }
+});
+
+scroller.addEventListener(
+  'scroll',
+  () => {
+    if (scroller.scrollTop < OLDER_TRIGGER_PX && scroller.scrollHeight > scroller.clientHeight) loadOlder();
+    if (view.isNearBottom()) jumpButton.hidden = true;
+  },
+  { passive: true },
+);
+loadOlderButton.addEventListener('click', loadOlder);
+jumpButton.addEventListener('click', () => {
+  view.scrollToBottom();
+  jumpButton.hidden = true;
+  $('composer').focus();
+});
+
+// Resend anything whose ack is overdue; refresh "3 min ago" labels.
+setInterval(() => flushOutbox(), 5000);
+setInterval(() => view.refreshTimes(), 30_000);
+
+// The member list starts folded on phones, where it would push the chat down.
+const narrow = window.matchMedia('(max-width: 720px)');
+$('members-details').open = !narrow.matches;
+
+// Unsent messages from an earlier visit appear at once and go out after the join.
+for (const item of outbox.list()) view.addPending(item);
+conn.connect();
+loadInitial();
