@@ -1,0 +1,33 @@
+# VoiceFlow: `make run` serves on http://127.0.0.1:8000, `make test` runs every test.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+
+# The Redis/PostgreSQL pass of the suite (a spare Redis DB; pytest makes test_voiceflow).
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow
+
+.PHONY: install run test test-embedded test-redis lint
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+# Embedded mode: SQLite, in-memory channel layer; the production server from the Procfile.
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	PATH="$(CURDIR)/$(BIN):$$PATH" HOST=$${HOST:-127.0.0.1} PORT=$${PORT:-8000} \
+		bash -c "exec $$(sed -n 's/^web: //p' Procfile)"
+
+test: test-embedded test-redis
+
+test-embedded: install
+	env -u REDIS_URL -u DATABASE_URL $(BIN)/pytest
+
+test-redis: install
+	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) \
+		REDIS_KEY_PREFIX=vftest SECRET_KEY=test-only-secret-key $(BIN)/pytest

@@ -1,0 +1,127 @@
+"""Real VoiceFlow server processes for end-to-end tests, started from the Procfile."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def procfile_command(name):
+    text = (ROOT / "Procfile").read_text()
+    match = re.search(rf"^{name}:\s*(.+)$", text, re.MULTILINE)
+    assert match, f"Procfile has no {name} line"
+    return match.group(1)
+
+
+def test_database_url():
+    """A DATABASE_URL for the database this test run uses (SQLite file or PostgreSQL)."""
+    conf = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{conf['NAME']}"
+    user = conf.get("USER") or "postgres"
+    return f"postgres://{user}@{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{conf['NAME']}"
+
+
+class ServerProcess:
+    """One `web` process of the Procfile on a free port, sharing this run's database."""
+
+    def __init__(self, **env):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws/chat/"
+        self.env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "PORT": str(self.port),
+            "HOST": "127.0.0.1",
+            "DATABASE_URL": test_database_url(),
+            "DEBUG": "0",
+            "SECRET_KEY": "end-to-end-test-secret-key",
+            "VOICEFLOW_FAST_PASSWORD_HASHER": "1",
+            **env,
+        }
+        self.env.pop("DJANGO_SETTINGS_MODULE", None)
+        self.process = None
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"voiceflow-e2e-{self.port}.log"
+
+    def start(self, timeout=20):
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            ["bash", "-c", f"exec {procfile_command('web')}"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited at start:\n{self.output()}")
+            try:
+                urllib.request.urlopen(self.base + "/login/", timeout=1).read()
+                return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.output()}")
+
+    def output(self):
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process:
+            self.log.close()
+        return self.process.returncode
+
+    def request(self, method, path, data=None, token=None):
+        """(status, JSON body) of an API call."""
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Token {token}"
+        body = None if data is None else json.dumps(data).encode()
+        req = urllib.request.Request(self.base + path, body, headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            return error.code, json.loads(raw) if raw.startswith(b"{") else raw
+
+    def register(self, username, password="Correct-Horse-9"):
+        status, body = self.request(
+            "POST", "/api/auth/register/", {"username": username, "password": password}
+        )
+        assert status == 201, body
+        return body["token"]
+
+    def socket_url(self, token):
+        status, body = self.request("POST", "/api/ws-ticket/", {}, token)
+        assert status == 200, body
+        return f"{self.ws_url}?ticket={body['ticket']}"

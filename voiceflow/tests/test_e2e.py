@@ -1,0 +1,89 @@
+"""End to end: a real server process and real WebSocket clients."""
+
+import asyncio
+import json
+
+import pytest
+import websockets
+
+from chat.models import Message
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+async def frame(socket, timeout=5):
+    return json.loads(await asyncio.wait_for(socket.recv(), timeout))
+
+
+async def open_joined(server, token, room="lobby"):
+    socket = await websockets.connect(server.socket_url(token))
+    assert (await frame(socket))["type"] == "hello"
+    await socket.send(json.dumps({"type": "join", "room": room}))
+    assert (await frame(socket))["type"] == "joined"
+    return socket
+
+
+async def test_a_message_reaches_both_users_and_all_their_sockets(server, lobby):
+    alice, bob = server.register("alice"), server.register("bob")
+    alice_tabs = [await open_joined(server, alice) for _ in range(2)]
+    bob_tab = await open_joined(server, bob)
+
+    await bob_tab.send(
+        json.dumps({"type": "message", "room": "lobby", "body": "hi all", "client_id": "e1"})
+    )
+    ack = await frame(bob_tab)
+    assert ack["type"] == "ack" and ack["client_id"] == "e1" and ack["seq"] == 1
+    for socket in [*alice_tabs, bob_tab]:
+        event = await frame(socket)
+        assert event["type"] == "message"
+        assert (event["id"], event["user"], event["body"]) == (ack["id"], "bob", "hi all")
+    assert await asyncio.to_thread(Message.objects.filter(pk=ack["id"]).exists)
+    for socket in [*alice_tabs, bob_tab]:
+        await socket.close()
+
+
+async def test_contract_close_codes_reach_a_real_client(server, lobby):
+    token = server.register("carol")
+    async with websockets.connect(server.ws_url) as anonymous:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await frame(anonymous)
+    assert closed.value.rcvd.code == 4401
+
+    async with websockets.connect(server.socket_url(token), origin="http://evil.example") as foreign:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await frame(foreign)
+    assert closed.value.rcvd.code == 4403
+
+    async with websockets.connect(server.socket_url(token), max_size=None) as big:
+        await frame(big)  # hello
+        await big.send("x" * 70_000)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await frame(big)
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_sigterm_closes_sockets_with_1012(server, lobby):
+    token = server.register("dave")
+    socket = await open_joined(server, token)
+    server.process.terminate()
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await frame(socket, timeout=10)
+    assert closed.value.rcvd.code == 1012
+    # uvicorn re-raises the signal after its clean shutdown, so "killed by TERM" is clean.
+    assert await asyncio.to_thread(server.process.wait, 10) in (0, -15)
+
+
+def test_tickets_never_reach_the_log(server, lobby):
+    token = server.register("erin")
+    url = server.socket_url(token)
+    ticket = url.split("ticket=")[1]
+
+    async def connect():
+        async with websockets.connect(url) as socket:
+            await frame(socket)
+
+    asyncio.run(connect())
+    server.stop()
+    log = server.output()
+    assert "WebSocket /ws/chat/" in log
+    assert ticket not in log

@@ -1,0 +1,84 @@
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from voiceflow.logging import RedactQueryStringFilter
+from voiceflow.tests.servers import ROOT
+
+PROBE = """
+import json
+from django.conf import settings
+print(json.dumps({
+    "debug": settings.DEBUG,
+    "layer": settings.CHANNEL_LAYERS["default"]["BACKEND"],
+    "cache": settings.CACHES["default"]["BACKEND"],
+    "engine": settings.DATABASES["default"]["ENGINE"],
+    "db_name": str(settings.DATABASES["default"]["NAME"]),
+}))
+"""
+
+
+def load_settings(**env):
+    clean = {k: v for k, v in os.environ.items() if k not in {
+        "REDIS_URL", "DATABASE_URL", "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS"}}
+    clean["DJANGO_SETTINGS_MODULE"] = "voiceflow.settings"
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE], env={**clean, **env}, cwd=ROOT,
+        capture_output=True, text=True, timeout=60,
+    )
+    return result
+
+
+def test_no_environment_means_embedded_mode_with_debug():
+    result = load_settings()
+    assert result.returncode == 0, result.stderr
+    conf = json.loads(result.stdout)
+    assert conf["debug"] is True
+    assert conf["layer"] == "channels.layers.InMemoryChannelLayer"
+    assert conf["cache"].endswith("LocMemCache")
+    assert conf["engine"].endswith("sqlite3")
+
+
+def test_redis_and_database_urls_select_the_shared_backends():
+    result = load_settings(
+        REDIS_URL="redis://127.0.0.1:6379/5",
+        DATABASE_URL="postgres://someone@db.example:5433/chat",
+        SECRET_KEY="s3cret",
+    )
+    assert result.returncode == 0, result.stderr
+    conf = json.loads(result.stdout)
+    assert conf["debug"] is False
+    assert conf["layer"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    assert conf["cache"] == "django_redis.cache.RedisCache"
+    assert conf["engine"] == "django.db.backends.postgresql"
+    assert conf["db_name"] == "chat"
+
+
+def test_a_sqlite_database_url_is_honoured(tmp_path):
+    result = load_settings(DATABASE_URL=f"sqlite:///{tmp_path}/x.db", SECRET_KEY="s")
+    assert json.loads(result.stdout)["db_name"] == f"{tmp_path}/x.db"
+
+
+@pytest.mark.parametrize("env", [{"DEBUG": "0"}, {"REDIS_URL": "redis://127.0.0.1:6379/5"}])
+def test_production_refuses_to_start_with_the_development_secret_key(env):
+    result = load_settings(**env)
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set" in result.stderr
+
+
+def record(msg, *args):
+    return logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, msg, args, None)
+
+
+def test_query_strings_are_redacted_from_log_records():
+    entry = record('%s - "WebSocket %s" [accepted]', "127.0.0.1:5", "/ws/chat/?ticket=abc")
+    RedactQueryStringFilter().filter(entry)
+    assert "abc" not in entry.getMessage()
+    assert "/ws/chat/?[redacted]" in entry.getMessage()
+    inline = record("GET /api/x?ticket=zzz HTTP/1.1")
+    RedactQueryStringFilter().filter(inline)
+    assert "zzz" not in inline.getMessage()
