@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1
 # The Redis/PostgreSQL pass of the suite (a spare Redis DB; pytest makes test_voiceflow).
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow
+TEST_REDIS_PREFIX ?= vftest
 
 .PHONY: install run test test-embedded test-redis lint
 
@@ -30,4 +31,4 @@ test-embedded: install
 
 test-redis: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) \
-		REDIS_KEY_PREFIX=vftest SECRET_KEY=test-only-secret-key $(BIN)/pytest
+		REDIS_KEY_PREFIX=$(TEST_REDIS_PREFIX) SECRET_KEY=test-only-secret-key $(BIN)/pytest
