@@ -1,7 +1,7 @@
 // Entry point of the room page: wires history (REST), the socket, the outbox and the UI.
 
 import { Alerts } from './alerts.js';
-import { fetchMessages } from './api.js';
+import { fetchMessages, getJSON } from './api.js';
 import { Composer } from './composer.js';
 import { ChatConnection } from './connection.js';
 import { MemberList } from './members.js';
@@ -69,8 +69,8 @@ let unread = 0;
 
 // ---------------------------------------------------------------- messages
 
-// Merge messages into the timeline and the list. `source` is one of
-// 'initial' | 'older' | 'live' | 'catchup' and decides scrolling and unread counting.
+// Merge messages into the timeline and the list. `source` ('older' | 'live' | 'catchup')
+// decides scrolling and unread counting.
 function addMessages(messages, source) {
   const changed = timeline.merge(messages);
   if (changed.length === 0) return;
@@ -81,7 +81,7 @@ function addMessages(messages, source) {
   if (source === 'older') {
     quietly(() => view.keepScrollPosition(() => view.upsert(changed)));
   } else {
-    const stick = source === 'initial' || view.isNearBottom();
+    const stick = view.isNearBottom();
     view.upsert(changed);
     const ownLive = source === 'live' && changed.some((m) => m.user === ME);
     if (stick || ownLive) view.scrollToBottom();
@@ -203,6 +203,16 @@ async function reloadNewest() {
   view.scrollToBottom();
 }
 
+async function loadPresence() {
+  if (!config.presenceUrl) return;
+  try {
+    const data = await getJSON(config.presenceUrl);
+    if (Array.isArray(data?.users)) members.setAll(data.users);
+  } catch {
+    // Presence is a nicety: an old or failing endpoint just leaves the list as it is.
+  }
+}
+
 // ---------------------------------------------------------------- sending
 
 function sendMessage(body) {
@@ -297,7 +307,8 @@ function handleFrame(frame) {
     case 'joined':
       if (frame.room !== ROOM) return;
       joined = true;
-      members.setAll(frame.members);
+      if (Array.isArray(frame.members)) members.setAll(frame.members);
+      else loadPresence(); // a server without members in `joined`: ask the REST endpoint
       timeline.noteLastSeq(frame.last_seq);
       addMessages(Array.isArray(frame.missed) ? frame.missed : [], 'catchup');
       flushOutbox({ force: true });
