@@ -5,6 +5,7 @@ No environment → the embedded mode (SQLite, in-memory channel layer and cache,
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -193,6 +194,11 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # runs without a collectstatic step; set STATIC_ROOT to collect them instead.
 STATIC_ROOT = env_str("STATIC_ROOT") or None
 WHITENOISE_USE_FINDERS = True
+# WhiteNoise's file responses are sync iterators; under ASGI Django reads them whole and
+# warns on every static file. Our static files are small, so the warning is only noise.
+warnings.filterwarnings(
+    "ignore", message="StreamingHttpResponse must consume synchronous iterators"
+)
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
