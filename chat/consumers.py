@@ -83,6 +83,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Accept first: a refused handshake reaches a browser as 1006 ("reconnect").
         await self.accept()
         self.rooms = {}
+        self.released = False
         self.connection_id = uuid.uuid4().hex
         if not origin_allowed(self.scope):
             await self.close(code=CLOSE_ORIGIN_REFUSED)
@@ -127,8 +128,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
             }
         )
 
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # A send to a client that has just gone away raises out of the dispatch
+            # loop before its disconnect event is read: release the socket anyway.
+            await self._release(1006)
+
     async def disconnect(self, code):
-        rooms = list(getattr(self, "rooms", ()))
+        await self._release(code)
+
+    async def _release(self, code):
+        """Leave every group and the socket registry, once; log the close code."""
+        if getattr(self, "released", True):
+            return
+        self.released = True
+        rooms = list(self.rooms)
         for slug in rooms:
             await self._unsubscribe(slug)
         if self.user is None:

@@ -1,5 +1,6 @@
 """GET /health: the contract's shape, and "degraded" fast when a service is down."""
 
+import asyncio
 import json
 import signal
 import socket
@@ -9,6 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import websockets
 from django.conf import settings
 from django.test import AsyncClient
 
@@ -156,3 +158,30 @@ def test_health_is_503_quickly_when_the_database_hangs(transactional_db, servers
             status, body, took = get_health(server)
             assert (status, body["services"]["database"]) == (503, False)
             assert took < 2
+
+
+def test_a_socket_closed_while_a_frame_is_sent_to_it_is_not_counted_any_more(
+    lobby, servers
+):
+    server = servers()
+    token = server.register("alice")
+
+    async def post_and_leave_at_once():
+        for i in range(5):
+            async with websockets.connect(server.socket_url(token)) as socket:
+                await socket.recv()  # hello
+                await socket.send(json.dumps({"type": "join", "room": "lobby"}))
+                await socket.recv()
+                await socket.send(
+                    json.dumps({"type": "message", "room": "lobby", "body": f"m{i}"})
+                )
+                await socket.recv()  # ack; the broadcast is on its way as we close
+
+    asyncio.run(post_and_leave_at_once())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        sockets = get_health(server)[1]["metrics"]["sockets"]
+        if sockets["connections"] == 0:
+            break
+        time.sleep(0.1)
+    assert (sockets["connections"], sockets["users"], sockets["rooms"]) == (0, 0, 0)
