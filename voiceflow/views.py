@@ -19,14 +19,25 @@ async def health(request):
     return JsonResponse(body, status=status)
 
 
+# Loopback and private networks (RFC 1918, IPv6 unique local). Not `is_private`,
+# which also counts documentation and other reserved ranges as private.
+_TRUSTED_NETWORKS = [
+    ipaddress.ip_network(net)
+    for net in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                "::1/128", "fc00::/7")
+]
+
+
 def metrics_allowed(request):
     """Loopback and private-network clients; anyone else with the bearer token."""
     try:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
         address = None
-    if address is not None and (address.is_loopback or address.is_private):
-        return True
+    if address is not None:
+        address = getattr(address, "ipv4_mapped", None) or address
+        if any(address in network for network in _TRUSTED_NETWORKS):
+            return True
     token = settings.METRICS_TOKEN
     header = request.headers.get("Authorization", "")
     return bool(token) and hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
