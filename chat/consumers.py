@@ -132,8 +132,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            # A send to a client that has just gone away raises out of the dispatch
-            # loop before its disconnect event is read: release the socket anyway.
+            # Whatever ended the dispatch loop (an error, a cancelled task), the socket
+            # leaves its groups and the registry.
             await self._release(1006)
 
     async def disconnect(self, code):
@@ -164,6 +164,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "rooms": len(rooms),
             },
         )
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except OSError:
+            # The client left while this frame was on its way (uvicorn raises
+            # ClientDisconnected): its disconnect event is queued and comes next.
+            logger.debug("send to a closed socket dropped")
 
     async def close(self, code=None, reason=None):
         if self.close_code is None:
