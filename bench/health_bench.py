@@ -39,19 +39,21 @@ def api(base, path, data=None, token=None):
 
 def register(base, username):
     try:
-        return api(base, "/api/auth/register/", {"username": username, "password": PASSWORD})[
-            "token"
-        ]
+        return api(
+            base, "/api/auth/register/", {"username": username, "password": PASSWORD}
+        )["token"]
     except urllib.error.HTTPError as error:
         if error.code != 400:
             raise
-        return api(base, "/api/auth/token/", {"username": username, "password": PASSWORD})[
-            "token"
-        ]
+        return api(
+            base, "/api/auth/token/", {"username": username, "password": PASSWORD}
+        )["token"]
 
 
 async def open_socket(base, token, room):
-    ticket = (await asyncio.to_thread(api, base, "/api/ws-ticket/", None, token))["ticket"]
+    ticket = (await asyncio.to_thread(api, base, "/api/ws-ticket/", None, token))[
+        "ticket"
+    ]
     ws_url = base.replace("http", "ws", 1) + f"/ws/chat/?ticket={ticket}"
     socket = await websockets.connect(ws_url, open_timeout=30, ping_interval=None)
     assert json.loads(await socket.recv())["type"] == "hello"
@@ -127,15 +129,20 @@ async def main(args):
         sockets += await asyncio.gather(
             *(open_socket(base, tokens[i // PER_USER], args.room) for i in batch)
         )
-    print(f"{len(sockets)} sockets of {users} users joined in "
-          f"{time.perf_counter() - started:.1f} s")
+    print(
+        f"{len(sockets)} sockets of {users} users joined in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
 
     pinger = asyncio.create_task(keep_alive(sockets, args.ping_interval))
     latencies, statuses, last = await asyncio.to_thread(time_health, base, args.calls)
     pinger.cancel()
     await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
 
-    print(f"{args.calls} calls to /health with {len(sockets)} live sockets: statuses {statuses}")
+    print(
+        f"{args.calls} calls to /health with {len(sockets)} live sockets: "
+        f"statuses {statuses}"
+    )
     print(
         "latency ms: "
         f"p50 {percentile(latencies, 50):.2f}  p90 {percentile(latencies, 90):.2f}  "
@@ -143,9 +150,11 @@ async def main(args):
         f"mean {statistics.fmean(latencies):.2f}"
     )
     figures = last["metrics"]["sockets"]
-    print(f"server reported: connections {figures['connections']}, users "
-          f"{figures['users']}, rooms {figures['rooms']}, rss "
-          f"{figures['memoryUsage']['rss'] / 2**20:.0f} MiB")
+    print(
+        f"server reported: connections {figures['connections']}, users "
+        f"{figures['users']}, rooms {figures['rooms']}, rss "
+        f"{figures['memoryUsage']['rss'] / 2**20:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

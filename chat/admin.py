@@ -69,7 +69,9 @@ class DeletedFilter(admin.SimpleListFilter):
 class MessageAdmin(admin.ModelAdmin):
     # Built for 100,000s of rows: newest first by primary key, no full counts, room
     # picked by slug in the search box instead of a filter listing every room.
-    list_display = ["id", "room", "seq", "user", "short_body", "created_at", "deleted_at"]
+    list_display = [
+        "id", "room", "seq", "user", "short_body", "created_at", "deleted_at"
+    ]
     list_filter = [DeletedFilter]
     search_fields = ["=room__slug", "=user__username", "body"]
     search_help_text = "A room slug or username (exact), or words of the body."
@@ -77,7 +79,9 @@ class MessageAdmin(admin.ModelAdmin):
     list_per_page = 50
     ordering = ["-id"]
     raw_id_fields = ["room", "user"]
-    readonly_fields = ["room", "seq", "user", "body", "client_id", "created_at", "deleted_at"]
+    readonly_fields = [
+        "room", "seq", "user", "body", "client_id", "created_at", "deleted_at"
+    ]
     show_full_result_count = False
     actions = ["delete_messages"]
 
@@ -128,7 +132,9 @@ class MuteAdmin(admin.ModelAdmin):
 
 @admin.register(ModerationAction)
 class ModerationActionAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "kind", "actor", "target_user", "room", "message_id", "reason"]
+    list_display = [
+        "created_at", "kind", "actor", "target_user", "room", "message_id", "reason"
+    ]
     list_filter = ["kind"]
     search_fields = ["=actor__username", "=target_user__username", "=room__slug"]
     list_select_related = ["actor", "target_user", "room"]
@@ -150,7 +156,7 @@ def _mute_action(minutes, label):
             services.user_mute(
                 actor=request.user, user=user, duration=timedelta(minutes=minutes)
             )
-        modeladmin.message_user(request, f"{queryset.count()} user(s) muted for {label}.")
+        modeladmin.message_user(request, f"{len(queryset)} user(s) muted for {label}.")
 
     mute.__name__ = f"mute_{minutes}_minutes"
     return admin.action(description=f"Mute for {label}", permissions=["change"])(mute)

@@ -77,7 +77,9 @@ def deployment_totals():
     users = get_user_model()._meta.db_table
     rooms = Room._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT (SELECT COUNT(*) FROM {users}), (SELECT COUNT(*) FROM {rooms})")
+        cursor.execute(
+            f"SELECT (SELECT COUNT(*) FROM {users}), (SELECT COUNT(*) FROM {rooms})"
+        )
         total_users, total_rooms = cursor.fetchone()
     return {"totalUsers": total_users, "totalRooms": total_rooms}
 

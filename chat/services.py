@@ -198,7 +198,7 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
 
 
 def _publish_on_commit(send, *args):
-    """Run the broadcast coroutine `send(*args)` after the current transaction commits."""
+    """Run the broadcast coroutine `send(*args)` once the transaction commits."""
 
     def publish():
         try:
@@ -299,7 +299,8 @@ def room_lock_set(*, actor, room, locked, reason=""):
         room.is_locked = locked
         if not changed:
             return False
-        kind = ModerationAction.Kind.ROOM_LOCK if locked else ModerationAction.Kind.ROOM_UNLOCK
+        kinds = ModerationAction.Kind
+        kind = kinds.ROOM_LOCK if locked else kinds.ROOM_UNLOCK
         _record(actor, kind, reason=reason, room=room)
         _publish_on_commit(broadcast.room_lock_changed, room.slug, locked)
     return True
@@ -324,7 +325,8 @@ def user_unmute(*, actor, user, reason=""):
         ended = Mute.objects.filter(user=user, until__gt=now).update(until=now)
         if not ended:
             return False
-        _record(actor, ModerationAction.Kind.USER_UNMUTE, reason=reason, target_user=user)
+        kind = ModerationAction.Kind.USER_UNMUTE
+        _record(actor, kind, reason=reason, target_user=user)
         _publish_on_commit(broadcast.user_muted, user.id, None)
     return True
 

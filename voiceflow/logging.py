@@ -53,7 +53,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Readable lines for development: time, level, logger, message, key=value extras."""
+    """Readable lines for development: time, level, logger, message, extras."""
 
     converter = time.gmtime
 

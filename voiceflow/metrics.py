@@ -23,9 +23,25 @@ from prometheus_client import (
 # client cannot grow the series count by inventing types.
 FRAME_TYPES = frozenset(
     {
-        "join", "leave", "message", "typing", "ping", "status", "delete",
-        "hello", "offline_messages", "joined", "left", "ack", "pong", "presence",
-        "member_joined", "member_left", "message_deleted", "room_locked", "error",
+        "join",
+        "leave",
+        "message",
+        "typing",
+        "ping",
+        "status",
+        "delete",
+        "hello",
+        "offline_messages",
+        "joined",
+        "left",
+        "ack",
+        "pong",
+        "presence",
+        "member_joined",
+        "member_left",
+        "message_deleted",
+        "room_locked",
+        "error",
     }
 )
 
@@ -35,7 +51,9 @@ SOCKETS = Gauge(
 FRAMES_RECEIVED = Counter(
     "voiceflow_frames_received", "Frames received from clients, by type.", ["type"]
 )
-FRAMES_SENT = Counter("voiceflow_frames_sent", "Frames sent to clients, by type.", ["type"])
+FRAMES_SENT = Counter(
+    "voiceflow_frames_sent", "Frames sent to clients, by type.", ["type"]
+)
 MESSAGES_STORED = Counter("voiceflow_messages_stored", "Messages stored (not replays).")
 MESSAGE_STORE_SECONDS = Histogram(
     "voiceflow_message_store_seconds",
@@ -53,7 +71,9 @@ RATE_LIMITED = Counter(
     "sockets).",
     ["kind"],
 )
-ERRORS = Counter("voiceflow_errors", "Error frames and responses, by contract code.", ["code"])
+ERRORS = Counter(
+    "voiceflow_errors", "Error frames and responses, by contract code.", ["code"]
+)
 SWEEP_RUNS = Counter("voiceflow_sweep_runs", "Presence sweeps run.")
 SWEEP_REMOVALS = Counter(
     "voiceflow_sweep_removals", "Dead sockets removed by the presence sweep."

@@ -23,8 +23,14 @@ async def health(request):
 # which also counts documentation and other reserved ranges as private.
 _TRUSTED_NETWORKS = [
     ipaddress.ip_network(net)
-    for net in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                "::1/128", "fc00::/7")
+    for net in (
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "::1/128",
+        "fc00::/7",
+    )
 ]
 
 
@@ -40,7 +46,9 @@ def metrics_allowed(request):
             return True
     token = settings.METRICS_TOKEN
     header = request.headers.get("Authorization", "")
-    return bool(token) and hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+    return bool(token) and hmac.compare_digest(
+        header.encode(), f"Bearer {token}".encode()
+    )
 
 
 @never_cache

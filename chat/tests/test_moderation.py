@@ -88,7 +88,9 @@ async def test_a_moderator_bulk_delete_reaches_every_socket_and_leaves_tombstone
     for _ in range(2):
         await listener.receive_json_from()
 
-    await admin_action(admin_client, "message", "delete_messages", [first["id"], second["id"]])
+    await admin_action(
+        admin_client, "message", "delete_messages", [first["id"], second["id"]]
+    )
 
     for socket in (sender, listener):
         events = [await socket.receive_json_from() for _ in range(2)]
@@ -127,7 +129,9 @@ async def test_missed_messages_show_deletions_as_tombstones(alice, bob, room):
     await socket.disconnect()
 
 
-async def test_the_author_deletes_over_the_socket_and_the_room_hears_it(alice, bob, room):
+async def test_the_author_deletes_over_the_socket_and_the_room_hears_it(
+    alice, bob, room
+):
     sender, listener = await joined(alice), await joined(bob)
     ack = await posted(sender, "typo")
     await listener.receive_json_from()
@@ -154,7 +158,9 @@ async def test_the_author_deletes_over_the_socket_and_the_room_hears_it(alice, b
         ({"type": "delete", "room": "elsewhere", "id": 1}, "not_found"),
     ],
 )
-async def test_a_socket_cannot_delete_what_is_not_its_own(alice, bob, room, frame, code):
+async def test_a_socket_cannot_delete_what_is_not_its_own(
+    alice, bob, room, frame, code
+):
     author = await joined(bob)
     others = await posted(author)
     if frame["id"] == "OTHERS":
@@ -164,7 +170,9 @@ async def test_a_socket_cannot_delete_what_is_not_its_own(alice, bob, room, fram
     error = await socket.receive_json_from()
     assert (error["type"], error["code"], error["request"]) == ("error", code, "delete")
     await assert_still_serving(socket)
-    assert not await sync_to_async(Message.objects.filter(deleted_at__isnull=False).exists)()
+    assert not await sync_to_async(
+        Message.objects.filter(deleted_at__isnull=False).exists
+    )()
     await author.disconnect()
     await socket.disconnect()
 
@@ -184,7 +192,12 @@ async def test_rest_delete_is_for_the_author_only(alice, bob, room):
 
     assert (await api_call(alice, "delete", path)).status_code == 204
     event = await listener.receive_json_from()
-    assert event == {"type": "message_deleted", "room": "lobby", "id": ack["id"], "seq": 1}
+    assert event == {
+        "type": "message_deleted",
+        "room": "lobby",
+        "id": ack["id"],
+        "seq": 1,
+    }
     assert (await api_call(alice, "delete", path)).status_code == 204  # idempotent
     assert await listener.receive_nothing()
     await listener.disconnect()
@@ -207,7 +220,9 @@ async def test_a_locked_room_refuses_posts_live_and_unlocking_reopens_it(
     error = await socket.receive_json_from()
     assert (error["code"], error["ref"]) == ("forbidden", "c-1")
     assert "locked" in error["detail"]
-    rest = await api_call(alice, "post", "/api/rooms/lobby/messages/", {"body": "rest?"})
+    rest = await api_call(
+        alice, "post", "/api/rooms/lobby/messages/", {"body": "rest?"}
+    )
     assert rest.status_code == 403
     await socket.send_json_to({"type": "join", "room": "lobby", "since": 0})
     assert (await socket.receive_json_from())["type"] == "joined"  # reading works
@@ -231,8 +246,14 @@ async def test_a_muted_user_is_refused_with_the_time_left_and_ping_still_works(
     )
     await send_message(socket, "still here?", "c-m")
     error = await socket.receive_json_from()
-    assert (error["code"], error["request"], error["ref"]) == ("forbidden", "message", "c-m")
-    assert re.search(r"muted for another (10 min|9 min \d+ s) \(until ", error["detail"])
+    assert (error["code"], error["request"], error["ref"]) == (
+        "forbidden",
+        "message",
+        "c-m",
+    )
+    assert re.search(
+        r"muted for another (10 min|9 min \d+ s) \(until ", error["detail"]
+    )
     await socket.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
     error = await socket.receive_json_from()
     assert (error["code"], error["request"]) == ("forbidden", "typing")
@@ -268,14 +289,18 @@ async def until_typing(socket, refused, attempts=50):
     return False
 
 
-async def test_mute_and_unmute_reach_a_socket_that_already_checked(alice, room, moderator):
+async def test_mute_and_unmute_reach_a_socket_that_already_checked(
+    alice, room, moderator
+):
     socket = await joined(alice)
     assert not await typing_refused(socket)  # the socket now holds "not muted"
     await database_sync_to_async(services.user_mute)(
         actor=moderator, user=alice, duration=timedelta(hours=1)
     )
     assert await until_typing(socket, refused=True)
-    assert await database_sync_to_async(services.user_unmute)(actor=moderator, user=alice)
+    assert await database_sync_to_async(services.user_unmute)(
+        actor=moderator, user=alice
+    )
     assert await until_typing(socket, refused=False)
     assert (await posted(socket, "back"))["seq"] == 1
     assert await sync_to_async(actions)() == ["user_mute", "user_unmute"]
@@ -305,7 +330,9 @@ async def test_muting_from_the_user_admin_is_live(alice, room, admin_client):
     error = await socket.receive_json_from()
     assert error["code"] == "forbidden"
     assert re.search(r"muted for another (1 h|59 min \d+ s) ", error["detail"])
-    assert await sync_to_async(Mute.objects.filter(user=alice, by__username="mod").exists)()
+    assert await sync_to_async(
+        Mute.objects.filter(user=alice, by__username="mod").exists
+    )()
     await socket.disconnect()
 
 
@@ -322,7 +349,9 @@ async def test_a_kick_closes_every_socket_of_the_user_with_4403(
         await assert_closed_with(tab, 4403)
     await assert_still_serving(other)
     assert await sync_to_async(actions)() == ["user_kick"]
-    action = await sync_to_async(ModerationAction.objects.select_related("actor", "target_user").get)()
+    action = await sync_to_async(
+        ModerationAction.objects.select_related("actor", "target_user").get
+    )()
     assert (action.actor.username, action.target_user.username) == ("mod", "alice")
     await other.disconnect()
 
@@ -332,8 +361,18 @@ def test_the_audit_trail_is_read_only_in_admin(admin_client, alice, lobby, moder
     listing = admin_client.get("/admin/chat/moderationaction/")
     assert listing.status_code == 200 and b"flood" in listing.content
     action = ModerationAction.objects.get()
-    assert admin_client.get(f"/admin/chat/moderationaction/{action.pk}/change/").status_code == 200
-    assert admin_client.post(f"/admin/chat/moderationaction/{action.pk}/delete/").status_code == 403
+    assert (
+        admin_client.get(
+            f"/admin/chat/moderationaction/{action.pk}/change/"
+        ).status_code
+        == 200
+    )
+    assert (
+        admin_client.post(
+            f"/admin/chat/moderationaction/{action.pk}/delete/"
+        ).status_code
+        == 403
+    )
     assert admin_client.get("/admin/chat/moderationaction/add/").status_code == 403
     assert ModerationAction.objects.count() == 1
 
@@ -347,5 +386,9 @@ def test_the_message_admin_lists_a_big_table_in_a_few_queries(
     Room.objects.filter(pk=lobby.pk).update(last_seq=500)
     with django_assert_max_num_queries(8):
         page = admin_client.get("/admin/chat/message/?q=lobby")
-    assert page.status_code == 200 and b"m500" in page.content and b"m400" not in page.content
+    assert (
+        page.status_code == 200
+        and b"m500" in page.content
+        and b"m400" not in page.content
+    )
     assert admin_client.get("/admin/chat/message/?deleted=yes").status_code == 200

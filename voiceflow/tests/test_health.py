@@ -25,7 +25,9 @@ def get_health(server, timeout=10):
     """(status, body, seconds taken) of GET /health on a server process."""
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(server.base + "/health", timeout=timeout) as response:
+        with urllib.request.urlopen(
+            server.base + "/health", timeout=timeout
+        ) as response:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as error:
         status, raw = error.code, error.read()
@@ -39,8 +41,17 @@ class PrivateRedis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -104,7 +115,9 @@ async def test_health_reports_the_contract_shape_and_this_process_s_sockets(
                 "users": 2,
                 "rooms": 1,
                 "typingDebounces": 0,
-                "memoryUsage": {"rss": body["metrics"]["sockets"]["memoryUsage"]["rss"]},
+                "memoryUsage": {
+                    "rss": body["metrics"]["sockets"]["memoryUsage"]["rss"]
+                },
             },
         },
     }
@@ -121,14 +134,18 @@ def test_health_is_503_quickly_when_redis_hangs_and_when_it_is_gone(
     server = servers(REDIS_URL=private_redis.url)
     status, body, _ = get_health(server)
     assert (status, body["status"], body["services"]) == (
-        200, "ok", {"redis": True, "database": True}
+        200,
+        "ok",
+        {"redis": True, "database": True},
     )
 
     private_redis.process.send_signal(signal.SIGSTOP)  # hung: accepts, never answers
     for _ in range(2):
         status, body, took = get_health(server)
         assert (status, body["status"], body["services"]) == (
-            503, "degraded", {"redis": False, "database": True}
+            503,
+            "degraded",
+            {"redis": False, "database": True},
         )
         assert took < 2
     assert set(body["metrics"]) == {"presence", "sockets"}
@@ -140,9 +157,15 @@ def test_health_is_503_quickly_when_redis_hangs_and_when_it_is_gone(
 
 def test_health_is_503_when_the_database_refuses_connections(transactional_db, servers):
     closed_port = free_port()
-    server = servers(DATABASE_URL=f"postgres://postgres@127.0.0.1:{closed_port}/nothing")
+    server = servers(
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:{closed_port}/nothing"
+    )
     status, body, took = get_health(server)
-    assert (status, body["status"], body["services"]["database"]) == (503, "degraded", False)
+    assert (status, body["status"], body["services"]["database"]) == (
+        503,
+        "degraded",
+        False,
+    )
     assert body["services"]["redis"] is (True if settings.REDIS_URL else None)
     assert took < 2
 

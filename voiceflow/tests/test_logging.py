@@ -16,7 +16,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def a_record(**extra):
-    record = logging.LogRecord("chat.consumers", logging.INFO, __file__, 1, "socket %s", ("x",), None)
+    record = logging.LogRecord(
+        "chat.consumers", logging.INFO, __file__, 1, "socket %s", ("x",), None
+    )
     record.__dict__.update(extra)
     return record
 
@@ -45,15 +47,19 @@ def test_a_production_server_logs_socket_events_as_json_without_secrets(lobby):
         async def chat():
             async with websockets.connect(url) as socket:
                 await socket.recv()  # hello
-                await socket.send(json.dumps(
-                    {"type": "message", "room": "lobby", "body": "secret-body-one"}
-                ))
+                await socket.send(
+                    json.dumps(
+                        {"type": "message", "room": "lobby", "body": "secret-body-one"}
+                    )
+                )
                 assert json.loads(await socket.recv())["code"] == "forbidden"
                 await socket.send(json.dumps({"type": "join", "room": "lobby"}))
                 await socket.recv()
-                await socket.send(json.dumps(
-                    {"type": "message", "room": "lobby", "body": "secret-body-two"}
-                ))
+                await socket.send(
+                    json.dumps(
+                        {"type": "message", "room": "lobby", "body": "secret-body-two"}
+                    )
+                )
                 await socket.recv()
             await asyncio.sleep(0.3)
 
@@ -77,7 +83,11 @@ def test_moderation_actions_are_logged(alice, lobby, caplog, django_user_model):
     moderator = django_user_model.objects.create_superuser("mod", password="x-Pass-123")
     with caplog.at_level(logging.INFO, logger="chat"):
         services.user_kick(actor=moderator, user=alice, reason="flood")
-    record = next(r for r in caplog.records if getattr(r, "event", None) == "moderation")
+    record = next(
+        r for r in caplog.records if getattr(r, "event", None) == "moderation"
+    )
     assert (record.action, record.actor_id, record.target_user_id) == (
-        "user_kick", moderator.pk, alice.pk
+        "user_kick",
+        moderator.pk,
+        alice.pk,
     )

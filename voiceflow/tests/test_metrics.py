@@ -86,7 +86,9 @@ def test_every_operations_metric_is_exposed(db):
     } <= families
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "10.1.2.3", "192.168.0.9", "172.20.0.4"])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "::1", "10.1.2.3", "192.168.0.9", "172.20.0.4"]
+)
 def test_loopback_and_private_clients_may_read_metrics(address):
     assert Client(REMOTE_ADDR=address).get("/metrics").status_code == 200
 
@@ -100,9 +102,15 @@ def test_other_clients_are_refused_without_the_token(address, settings):
 def test_the_metrics_token_opens_it_to_others(settings):
     settings.METRICS_TOKEN = "s3cret-scraper"
     client = Client(REMOTE_ADDR="203.0.113.7")
-    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-scraper").status_code == 200
+    assert (
+        client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-scraper").status_code
+        == 200
+    )
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
-    assert client.get("/metrics", HTTP_AUTHORIZATION="Token s3cret-scraper").status_code == 403
+    assert (
+        client.get("/metrics", HTTP_AUTHORIZATION="Token s3cret-scraper").status_code
+        == 403
+    )
     assert client.get("/metrics").status_code == 403
 
 
@@ -118,7 +126,9 @@ def test_multiprocess_mode_adds_up_the_processes_files(lobby, tmp_path):
             for socket in sockets:
                 await socket.recv()  # hello
             text = await asyncio.to_thread(
-                lambda: urllib.request.urlopen(servers[1].base + "/metrics").read().decode()
+                lambda: (
+                    urllib.request.urlopen(servers[1].base + "/metrics").read().decode()
+                )
             )
             for socket in sockets:
                 await socket.close()
