@@ -313,8 +313,8 @@ def user_mute(*, actor, user, duration, reason=""):
             user=user, until=timezone.now() + duration, reason=reason[:200], by=actor
         )
         _record(actor, ModerationAction.Kind.USER_MUTE, reason=reason, target_user=user)
-        until = selectors.mute_until(user.id)
-        _publish_on_commit(broadcast.user_muted, user.id, until.timestamp())
+        until = selectors.mute_until(user.id)  # the longest, if mutes overlap
+        _publish_on_commit(broadcast.user_muted, user.id, until and until.timestamp())
     return mute
 
 

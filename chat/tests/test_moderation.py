@@ -7,10 +7,12 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from chat import services
+from chat.errors import Forbidden
 from chat.models import Message, ModerationAction, Mute, Room
 from chat.tests.test_consumers import (
     assert_closed_with,
@@ -318,8 +320,6 @@ async def test_an_expired_mute_no_longer_refuses(alice, room, moderator):
 
 
 def _past():
-    from django.utils import timezone
-
     return timezone.now() - timedelta(seconds=1)
 
 
@@ -334,6 +334,26 @@ async def test_muting_from_the_user_admin_is_live(alice, room, admin_client):
         Mute.objects.filter(user=alice, by__username="mod").exists
     )()
     await socket.disconnect()
+
+
+def test_a_mute_with_an_end_time_is_added_in_admin(admin_client, alice, lobby):
+    until = timezone.now() + timedelta(hours=2)
+    response = admin_client.post(
+        "/admin/chat/mute/add/",
+        {
+            "user": alice.pk,
+            "until_0": until.strftime("%Y-%m-%d"),
+            "until_1": until.strftime("%H:%M:%S"),
+            "reason": "cool down",
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    mute = Mute.objects.get(user=alice)
+    assert abs((mute.until - until).total_seconds()) < 5 and mute.reason == "cool down"
+    assert mute.by.username == "mod"
+    assert actions() == ["user_mute"]
+    with pytest.raises(Forbidden, match="muted for another"):
+        services.message_post(user=alice, room=lobby, body="hi")
 
 
 # Kicking
