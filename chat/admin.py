@@ -92,12 +92,12 @@ class MessageAdmin(admin.ModelAdmin):
         # a body scan, which would read the whole table.
         term = search_term.strip()
         if term:
-            room = Room.objects.filter(slug=term).values_list("pk", flat=True).first()
-            if room is not None:
-                return queryset.filter(room_id=room), False
-            user = User.objects.filter(username=term).values_list("pk", flat=True).first()
-            if user is not None:
-                return queryset.filter(user_id=user), False
+            room = Room.objects.filter(slug=term).values_list("pk", flat=True)
+            if room:
+                return queryset.filter(room_id=room[0]), False
+            user = User.objects.filter(username=term).values_list("pk", flat=True)
+            if user:
+                return queryset.filter(user_id=user[0]), False
         return super().get_search_results(request, queryset, search_term)
 
     @admin.display(description="body")
