@@ -216,6 +216,8 @@ REST_FRAMEWORK = {
 # One JSON object per line in production (log shippers parse them); readable lines in
 # embedded development. Extra fields (event, user_id, code, ...) go into the JSON.
 LOG_FORMAT = env_str("LOG_FORMAT") or ("text" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured("LOG_FORMAT must be 'json' or 'text'.")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
