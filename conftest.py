@@ -12,9 +12,13 @@ def _close_async_db_connections(django_db_setup):
     """Close the persistent connection of the thread behind database_sync_to_async.
 
     Otherwise PostgreSQL refuses to drop the test database at the end of the run.
+    The /health check's own thread holds one too.
     """
+    from voiceflow import health
+
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+    health.close_database_connection()
 
 
 @pytest.fixture(autouse=True)

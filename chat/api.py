@@ -10,6 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from voiceflow import metrics
+
 from . import selectors, services
 from .errors import ChatError, Invalid
 from .payloads import message_data
@@ -29,6 +31,7 @@ def exception_handler(exc, context):
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages
         )
     if isinstance(exc, ChatError):
+        metrics.ERRORS.labels(exc.code).inc()
         if exc.field and isinstance(exc, Invalid):
             data = {exc.field: [exc.detail]}
         else:
@@ -38,6 +41,7 @@ def exception_handler(exc, context):
             response["Retry-After"] = str(max(1, round(exc.retry_after)))
         return response
     if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
+        metrics.ERRORS.labels("unavailable").inc()
         return Response(
             {"detail": "The database is unavailable; retry later.", "code": "unavailable"},
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -108,6 +112,13 @@ class RoomMessagesView(APIView):
         )
         code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
         return Response(result.message, status=code)
+
+
+class RoomMessageView(APIView):
+    def delete(self, request, slug, message_id):
+        room = selectors.room_get(slug)
+        services.message_delete_own(user=request.user, room=room, message_id=message_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class MembershipView(APIView):

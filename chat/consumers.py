@@ -3,6 +3,7 @@
 import logging
 import time
 import uuid
+from datetime import UTC, datetime
 
 import orjson
 from channels.db import database_sync_to_async
@@ -10,7 +11,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from . import broadcast, selectors, services
+from voiceflow import metrics
+
+from . import broadcast, selectors, services, sockets
 from .auth import origin_allowed, socket_user
 from .errors import ChatError, Forbidden, Invalid, NotFound, Unavailable
 from .models import Room
@@ -22,6 +25,8 @@ CLOSE_TOO_LARGE = 1009
 CLOSE_SERVICE_DOWN = 1013
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_ORIGIN_REFUSED = 4403
+CLOSE_KICKED = 4403
+_UNKNOWN = object()
 
 
 def _room_slug(frame):
@@ -60,15 +65,26 @@ def _room_exists(slug):
     return Room.objects.filter(slug=slug).exists()
 
 
+_mute_until = database_sync_to_async(selectors.mute_until)
+_message_delete_own = database_sync_to_async(services.message_delete_own)
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     """Parses frames, calls services, replies; layer events are forwarded as is."""
 
     user = None
+    close_code = None
+    # When this user's mute ends: loaded on the first typing frame, then kept fresh by
+    # `user.muted` events, so typing costs no database trip. (Posting re-checks it in
+    # the seq bump's statement.)
+    muted_until = _UNKNOWN
 
     async def connect(self):
         # Accept first: a refused handshake reaches a browser as 1006 ("reconnect").
         await self.accept()
         self.rooms = {}
+        self.released = False
+        self.connection_id = uuid.uuid4().hex
         if not origin_allowed(self.scope):
             await self.close(code=CLOSE_ORIGIN_REFUSED)
             return
@@ -81,8 +97,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        # Subscribed before anything else, so a kick or mute cannot slip past.
+        try:
+            await broadcast.user_subscribe(self.channel_name, user.pk)
+        except Exception:
+            logger.warning("user group subscribe failed", exc_info=True)
+            await self.close(code=CLOSE_SERVICE_DOWN)
+            return
         self.user = user
-        self.connection_id = uuid.uuid4().hex
+        sockets.socket_opened(user.pk)
+        logger.info(
+            "socket connected",
+            extra={
+                "event": "socket_connected",
+                "user_id": user.pk,
+                "connection_id": self.connection_id,
+            },
+        )
         conf = settings.VOICEFLOW
         await self.send_frame(
             {
@@ -97,9 +128,55 @@ class ChatConsumer(AsyncWebsocketConsumer):
             }
         )
 
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Whatever ended the dispatch loop (an error, a cancelled task), the socket
+            # leaves its groups and the registry.
+            await self._release(1006)
+
     async def disconnect(self, code):
-        for slug in list(getattr(self, "rooms", ())):
+        await self._release(code)
+
+    async def _release(self, code):
+        """Leave every group and the socket registry, once; log the close code."""
+        if getattr(self, "released", True):
+            return
+        self.released = True
+        rooms = list(self.rooms)
+        for slug in rooms:
             await self._unsubscribe(slug)
+        if self.user is None:
+            return
+        sockets.socket_closed(self.user.pk)
+        try:
+            await broadcast.user_unsubscribe(self.channel_name, self.user.pk)
+        except Exception:
+            logger.warning("unsubscribe from the user group failed", exc_info=True)
+        logger.info(
+            "socket disconnected",
+            extra={
+                "event": "socket_disconnected",
+                "user_id": self.user.pk,
+                "connection_id": self.connection_id,
+                "code": self.close_code or code,
+                "rooms": len(rooms),
+            },
+        )
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except OSError:
+            # The client left while this frame was on its way (uvicorn raises
+            # ClientDisconnected): its disconnect event is queued and comes next.
+            logger.debug("send to a closed socket dropped")
+
+    async def close(self, code=None, reason=None):
+        if self.close_code is None:
+            self.close_code = code
+        await super().close(code=code, reason=reason)
 
     async def receive(self, text_data=None, bytes_data=None):
         limit = settings.VOICEFLOW["MAX_FRAME_BYTES"]
@@ -123,6 +200,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error(Invalid("Frame is not a JSON object."), None, None)
             return
         kind = frame.get("type")
+        metrics.FRAMES_RECEIVED.labels(metrics.frame_type(kind)).inc()
         handler = self.frame_handlers.get(kind) if isinstance(kind, str) else None
         ref = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
         request = kind if isinstance(kind, str) else None
@@ -161,6 +239,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if slug not in self.rooms:
                 await broadcast.room_unsubscribe(self.channel_name, slug)
             raise
+        if slug not in self.rooms:
+            sockets.room_joined(slug)
         self.rooms[slug] = room
         await self.send_frame(
             {
@@ -204,6 +284,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._joined_room(frame)
         if frame.get("state") not in ("start", "stop"):
             raise Invalid("state must be 'start' or 'stop'.", field="state")
+        if self.muted_until is _UNKNOWN:
+            self.muted_until = await _mute_until(self.user.pk)
+        refusal = selectors.mute_refusal(self.muted_until)
+        if refusal:
+            raise Forbidden(refusal, field="room")
+
+    async def frame_delete(self, frame):
+        room = await self._joined_room(frame)
+        result = await _message_delete_own(
+            user=self.user, room=room, message_id=frame.get("id")
+        )
+        # The room hears of it after the commit (this socket too, being in the room);
+        # a tombstone deleted again is confirmed to the sender alone.
+        if not result.deleted:
+            await self.send_frame({"type": "message_deleted", **result.event})
 
     async def frame_ping(self, frame):
         ts = frame.get("ts")
@@ -224,12 +319,29 @@ class ChatConsumer(AsyncWebsocketConsumer):
         "typing": frame_typing,
         "ping": frame_ping,
         "status": frame_status,
+        "delete": frame_delete,
     }
 
     # Channel layer events
 
     async def chat_message(self, event):
+        metrics.FRAMES_SENT.labels(metrics.frame_type(event.get("frame_type"))).inc()
         await self.send(text_data=event["text"])
+
+    async def user_muted(self, event):
+        until = event["until"]
+        self.muted_until = until and datetime.fromtimestamp(until, UTC)
+
+    async def user_kicked(self, event):
+        logger.info(
+            "socket kicked",
+            extra={
+                "event": "socket_kicked",
+                "user_id": self.user and self.user.pk,
+                "connection_id": self.connection_id,
+            },
+        )
+        await self.close(code=CLOSE_KICKED)
 
     # Helpers
 
@@ -243,13 +355,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return room
 
     async def _unsubscribe(self, slug):
-        self.rooms.pop(slug, None)
+        if self.rooms.pop(slug, None) is not None:
+            sockets.room_left(slug)
         try:
             await broadcast.room_unsubscribe(self.channel_name, slug)
         except Exception:
             logger.warning("unsubscribe from %s failed", slug, exc_info=True)
 
     async def send_frame(self, frame):
+        metrics.FRAMES_SENT.labels(metrics.frame_type(frame["type"])).inc()
         await self.send(text_data=orjson.dumps(frame).decode())
 
     async def send_error(self, error, request, ref):
@@ -262,4 +376,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         }
         if error.retry_after is not None:
             frame["retry_after"] = error.retry_after
+        metrics.ERRORS.labels(error.code).inc()
+        logger.info(
+            "frame refused",
+            extra={
+                "event": "frame_refused",
+                "user_id": self.user and self.user.pk,
+                "connection_id": getattr(self, "connection_id", None),
+                "request": metrics.frame_type(request),
+                "code": error.code,
+            },
+        )
         await self.send_frame(frame)

@@ -81,3 +81,68 @@ class Message(models.Model):
     @property
     def is_deleted(self):
         return self.deleted_at is not None
+
+
+class Mute(models.Model):
+    """A user may not post or type anywhere until `until`."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mutes"
+    )
+    until = models.DateTimeField()
+    reason = models.CharField(max_length=200, blank=True)
+    by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "until"], name="mute_user_until")]
+
+    def __str__(self):
+        return f"{self.user_id} until {self.until:%Y-%m-%d %H:%M}"
+
+
+class ModerationAction(models.Model):
+    """Who did what to whom, and when: the moderation audit trail."""
+
+    class Kind(models.TextChoices):
+        MESSAGE_DELETE = "message_delete", "delete message"
+        ROOM_LOCK = "room_lock", "lock room"
+        ROOM_UNLOCK = "room_unlock", "unlock room"
+        USER_MUTE = "user_mute", "mute user"
+        USER_UNMUTE = "user_unmute", "unmute user"
+        USER_KICK = "user_kick", "kick user"
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.SET_NULL,
+        related_name="moderation_actions",
+    )
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    target_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    room = models.ForeignKey(
+        Room, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} by {self.actor_id} at {self.created_at}"

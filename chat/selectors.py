@@ -3,10 +3,14 @@
 import re
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import Count
+from django.utils import timezone
 
 from .errors import Invalid, NotFound
-from .models import SLUG_PATTERN, Message, Room
+from .models import SLUG_PATTERN, Message, Mute, Room
+from .payloads import timestamp
 
 _slug_re = re.compile(SLUG_PATTERN)
 
@@ -31,11 +35,53 @@ def room_list():
     return Room.objects.annotate(member_count=Count("memberships")).order_by("slug")
 
 
-def post_refusal(user, room):
-    """Why `user` may not post in `room` right now, or None if they may."""
+def post_refusal(user, room, *, muted_until=None, now=None):
+    """Why `user` may not post in `room` right now, or None if they may.
+
+    `muted_until` is the end of the user's current mute, read by the caller in the
+    same query that bumps the seq, so the check costs no extra trip to the database.
+    """
     if room.is_locked:
         return "This room is locked: reading still works, posting does not."
-    return None
+    return mute_refusal(muted_until, now=now)
+
+
+def mute_refusal(muted_until, *, now=None):
+    """Why a user muted until `muted_until` may not post or type, with the time left."""
+    now = now or timezone.now()
+    if muted_until is None or muted_until <= now:
+        return None
+    left = int((muted_until - now).total_seconds() + 0.999)
+    hours, rest = divmod(left, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{hours} h"] * bool(hours) + [f"{minutes} min"] * bool(minutes)
+    parts += [f"{seconds} s"] * bool(seconds or not parts)
+    return (
+        f"You are muted for another {' '.join(parts)} "
+        f"(until {timestamp(muted_until)}): posting and typing are refused."
+    )
+
+
+def mute_until(user_id, now=None):
+    """When the user's longest current mute ends, or None if they are not muted."""
+    mute = (
+        Mute.objects.filter(user_id=user_id, until__gt=now or timezone.now())
+        .order_by("-until")
+        .first()
+    )
+    return mute and mute.until
+
+
+def deployment_totals():
+    """{"totalUsers", "totalRooms"}: registered users and rooms, in one query."""
+    users = get_user_model()._meta.db_table
+    rooms = Room._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT (SELECT COUNT(*) FROM {users}), (SELECT COUNT(*) FROM {rooms})"
+        )
+        total_users, total_rooms = cursor.fetchone()
+    return {"totalUsers": total_users, "totalRooms": total_rooms}
 
 
 def history_limit(value):

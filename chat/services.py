@@ -2,25 +2,38 @@
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
 
+from voiceflow import metrics
+
 from . import broadcast, selectors
-from .errors import Forbidden, Invalid
-from .models import Membership, Message, Room
+from .errors import Forbidden, Invalid, NotFound
+from .models import Membership, Message, ModerationAction, Mute, Room
 from .payloads import message_data
 
 logger = logging.getLogger(__name__)
 
 # C0 and C1 control characters, except tab (\x09) and newline (\x0a).
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """The `message_deleted` data; `deleted` is False if it was a tombstone already."""
+
+    event: dict
+    deleted: bool
 
 
 @dataclass(frozen=True)
@@ -95,14 +108,19 @@ def membership_end(*, user, room):
     return bool(deleted)
 
 
-def _room_next_seq(room_id):
-    """Bump the room's seq under its row lock; (seq, is_locked), or None if gone."""
-    table = Room._meta.db_table
+def _room_next_seq(room_id, user_id, now):
+    """Bump the room's seq under its row lock.
+
+    Returns (seq, is_locked, id of the poster's current mute or None), or None if the
+    room is gone: the mute is read in the same statement, so checking it is free.
+    """
+    rooms, mutes = Room._meta.db_table, Mute._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET last_seq = last_seq + 1 WHERE id = %s "
-            "RETURNING last_seq, is_locked",
-            [room_id],
+            f"UPDATE {rooms} SET last_seq = last_seq + 1 WHERE id = %s "
+            f"RETURNING last_seq, is_locked, (SELECT id FROM {mutes} "
+            "WHERE user_id = %s AND until > %s ORDER BY until DESC LIMIT 1)",
+            [room_id, user_id, connection.ops.adapt_datetimefield_value(now)],
         )
         return cursor.fetchone()
 
@@ -125,13 +143,20 @@ def message_post(*, user, room, body, client_id=None, ensure_membership=True):
     """
     body = clean_body(body)
     client_id = clean_client_id(client_id)
+    started = time.perf_counter()
     try:
         with transaction.atomic():
-            bumped = _room_next_seq(room.id)
+            now = timezone.now()
+            bumped = _room_next_seq(room.id, user.id, now)
             if bumped is None:
                 raise Forbidden("This room no longer exists.", field="room")
-            seq, room.is_locked = bumped
-            refusal = selectors.post_refusal(user, room)
+            seq, room.is_locked, mute_id = bumped
+            muted_until = None
+            if mute_id is not None:  # rare: only a muted poster pays this query
+                muted_until = Mute.objects.get(pk=mute_id).until
+            refusal = selectors.post_refusal(
+                user, room, muted_until=muted_until, now=now
+            )
             if refusal:
                 raise Forbidden(refusal, field="room")
             message = Message.objects.create(
@@ -144,6 +169,8 @@ def message_post(*, user, room, body, client_id=None, ensure_membership=True):
         if not stored:
             raise
         return PostResult(stored, created=False)
+    metrics.MESSAGE_STORE_SECONDS.observe(time.perf_counter() - started)
+    metrics.MESSAGES_STORED.inc()
     data = message_data(message, room_slug=room.slug, username=user.username)
     return PostResult(data, created=True)
 
@@ -164,3 +191,148 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
             # Stored is what an ack promises; sockets recover it by seq on rejoin.
             logger.exception("broadcast of message %s failed", result.message["id"])
     return result
+
+
+# Deletion and moderation. These are sync (admin, REST, and the socket through
+# database_sync_to_async) and publish their events once the transaction commits.
+
+
+def _publish_on_commit(send, *args):
+    """Run the broadcast coroutine `send(*args)` once the transaction commits."""
+
+    def publish():
+        try:
+            async_to_sync(send)(*args)
+        except Exception:
+            # The write stands; sockets see it on their next join or history fetch.
+            logger.exception("broadcast %s failed", send.__name__)
+
+    transaction.on_commit(publish)
+
+
+def _record(actor, kind, *, reason="", **targets):
+    action = ModerationAction.objects.create(
+        actor=actor, kind=kind, reason=reason[:200], **targets
+    )
+    logger.info(
+        "moderation: %s",
+        kind,
+        extra={
+            "event": "moderation",
+            "action": kind,
+            "actor_id": action.actor_id,
+            "target_user_id": action.target_user_id,
+            "room_id": action.room_id,
+            "message_id": action.message_id,
+        },
+    )
+    return action
+
+
+def _deleted_event(message, room_slug):
+    return {"room": room_slug, "id": message.id, "seq": message.seq}
+
+
+def messages_delete(*, actor, messages, reason=""):
+    """Soft-delete messages (a moderator's bulk action); returns how many were live.
+
+    Each becomes a tombstone in history, and its room's sockets get `message_deleted`.
+    """
+    count = 0
+    with transaction.atomic():
+        rows = (
+            Message.objects.select_for_update()
+            .filter(pk__in=[m.pk for m in messages], deleted_at__isnull=True)
+            .select_related("room")
+            .order_by("pk")
+        )
+        for message in rows:
+            _soft_delete(actor, message, message.room.slug, reason)
+            count += 1
+    return count
+
+
+def message_delete_own(*, user, room, message_id):
+    """The author deletes their message in `room` (a DeleteResult).
+
+    Unknown (or in another room) → NotFound; someone else's → Forbidden. Deleting a
+    tombstone again changes nothing and broadcasts nothing.
+    """
+    if isinstance(message_id, bool) or not isinstance(message_id, int):
+        raise Invalid("id must be an integer.", field="id")
+    with transaction.atomic():
+        message = (
+            Message.objects.select_for_update()
+            .filter(pk=message_id, room_id=room.id)
+            .first()
+        )
+        if message is None:
+            raise NotFound(f"No message {message_id} in {room.slug!r}.", field="id")
+        if message.user_id != user.id:
+            raise Forbidden("Only its author or a moderator can delete a message.")
+        deleted = message.deleted_at is None
+        if deleted:
+            _soft_delete(user, message, room.slug, "by its author")
+    return DeleteResult(_deleted_event(message, room.slug), deleted)
+
+
+def _soft_delete(actor, message, room_slug, reason):
+    message.deleted_at = timezone.now()
+    message.save(update_fields=["deleted_at"])
+    _record(
+        actor,
+        ModerationAction.Kind.MESSAGE_DELETE,
+        reason=reason,
+        message=message,
+        room_id=message.room_id,
+        target_user_id=message.user_id,
+    )
+    _publish_on_commit(broadcast.message_deleted, _deleted_event(message, room_slug))
+
+
+def room_lock_set(*, actor, room, locked, reason=""):
+    """Lock (posting refused, reading works) or unlock a room; False if unchanged."""
+    with transaction.atomic():
+        changed = Room.objects.filter(pk=room.pk, is_locked=not locked).update(
+            is_locked=locked
+        )
+        room.is_locked = locked
+        if not changed:
+            return False
+        kinds = ModerationAction.Kind
+        kind = kinds.ROOM_LOCK if locked else kinds.ROOM_UNLOCK
+        _record(actor, kind, reason=reason, room=room)
+        _publish_on_commit(broadcast.room_lock_changed, room.slug, locked)
+    return True
+
+
+def user_mute(*, actor, user, duration, reason=""):
+    """Mute `user` everywhere for `duration` (a timedelta): no posting, no typing."""
+    with transaction.atomic():
+        mute = Mute.objects.create(
+            user=user, until=timezone.now() + duration, reason=reason[:200], by=actor
+        )
+        _record(actor, ModerationAction.Kind.USER_MUTE, reason=reason, target_user=user)
+        until = selectors.mute_until(user.id)  # the longest, if mutes overlap
+        _publish_on_commit(broadcast.user_muted, user.id, until and until.timestamp())
+    return mute
+
+
+def user_unmute(*, actor, user, reason=""):
+    """End every current mute of `user`; False if they were not muted."""
+    with transaction.atomic():
+        now = timezone.now()
+        ended = Mute.objects.filter(user=user, until__gt=now).update(until=now)
+        if not ended:
+            return False
+        kind = ModerationAction.Kind.USER_UNMUTE
+        _record(actor, kind, reason=reason, target_user=user)
+        _publish_on_commit(broadcast.user_muted, user.id, None)
+    return True
+
+
+def user_kick(*, actor, user, reason=""):
+    """Close every socket of `user`, in every server process, with code 4403."""
+    with transaction.atomic():
+        _record(actor, ModerationAction.Kind.USER_KICK, reason=reason, target_user=user)
+        _publish_on_commit(broadcast.user_kicked, user.id)

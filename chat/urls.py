@@ -16,6 +16,11 @@ api_urlpatterns = [
         name="api-room-messages",
     ),
     path(
+        "rooms/<str:slug>/messages/<int:message_id>/",
+        api.RoomMessageView.as_view(),
+        name="api-room-message",
+    ),
+    path(
         "rooms/<str:slug>/membership/",
         api.MembershipView.as_view(),
         name="api-room-membership",

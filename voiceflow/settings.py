@@ -219,23 +219,51 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "chat.api.exception_handler",
 }
 
+# One JSON object per line in production (log shippers parse them); readable lines in
+# embedded development. Extra fields (event, user_id, code, ...) go into the JSON.
+LOG_FORMAT = env_str("LOG_FORMAT") or ("text" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured("LOG_FORMAT must be 'json' or 'text'.")
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"redact_query": {"()": "voiceflow.logging.RedactQueryStringFilter"}},
+    "formatters": {
+        "json": {"()": "voiceflow.logging.JsonFormatter"},
+        "text": {"()": "voiceflow.logging.TextFormatter"},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "filters": ["redact_query"]},
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["redact_query"],
+            "formatter": LOG_FORMAT,
+        },
     },
     "loggers": {
         # Servers log request paths; tickets travel in query strings.
-        "uvicorn.access": {"filters": ["redact_query"]},
-        "uvicorn.error": {"filters": ["redact_query"]},
+        "uvicorn.access": {
+            "handlers": ["console"],
+            "filters": ["redact_query"],
+            "propagate": False,
+        },
+        "uvicorn.error": {
+            "handlers": ["console"],
+            "filters": ["redact_query"],
+            "propagate": False,
+        },
         "django.channels.server": {"filters": ["redact_query"]},
-        "voiceflow": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-        "chat": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-        "presence": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+        "voiceflow": {"handlers": ["console"], "level": LOG_LEVEL},
+        "chat": {"handlers": ["console"], "level": LOG_LEVEL},
+        "presence": {"handlers": ["console"], "level": LOG_LEVEL},
     },
 }
+
+# Operations: /metrics answers loopback and private networks, others with this token
+# as `Authorization: Bearer <token>`. PROMETHEUS_MULTIPROC_DIR is also read by
+# prometheus-client itself, which then keeps each process's values in files there.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
 
 # The wire contract's numbers (PROTOCOL.md); each can be overridden from the environment.
 VOICEFLOW = {
@@ -246,4 +274,6 @@ VOICEFLOW = {
     "MISSED_LIMIT": env_int("VOICEFLOW_MISSED_LIMIT", 100),
     "TICKET_TTL": env_int("VOICEFLOW_TICKET_TTL", 30),
     "HEARTBEAT_INTERVAL": env_float("VOICEFLOW_HEARTBEAT_INTERVAL", 25),
+    # Seconds each /health check (database, Redis) may take before it counts as down.
+    "HEALTH_TIMEOUT": env_float("VOICEFLOW_HEALTH_TIMEOUT", 1.0),
 }

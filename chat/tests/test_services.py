@@ -1,12 +1,13 @@
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import connection, connections
 
-from chat import services
-from chat.errors import Forbidden, Invalid
-from chat.models import Membership, Message, Room
+from chat import selectors, services
+from chat.errors import Forbidden, Invalid, NotFound
+from chat.models import Membership, Message, ModerationAction, Room
 
 pytestmark = pytest.mark.django_db
 
@@ -157,3 +158,60 @@ def test_the_test_database_is_the_configured_engine():
 
     expected = "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
     assert connection.vendor == expected
+
+
+def test_the_mute_check_rides_on_the_seq_bump_without_a_query_of_its_own(alice, lobby):
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        post(alice, lobby)
+    touching_mutes = [q["sql"] for q in queries if "chat_mute" in q["sql"]]
+    assert len(touching_mutes) == 1 and touching_mutes[0].startswith("UPDATE")
+
+
+def test_a_muted_poster_is_refused_with_the_time_left_and_leaves_no_gap(
+    alice, bob, lobby
+):
+    post(alice, lobby)
+    services.user_mute(actor=bob, user=alice, duration=timedelta(minutes=90))
+    with pytest.raises(Forbidden) as refused:
+        post(alice, lobby)
+    assert "muted for another 1 h 30 min" in refused.value.detail
+    assert post(bob, lobby).message["seq"] == 2
+    services.user_unmute(actor=bob, user=alice)
+    assert post(alice, lobby).message["seq"] == 3
+
+
+def test_mute_refusal_says_the_time_left_rounded_up():
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    left = {
+        timedelta(seconds=0.2): "1 s",
+        timedelta(seconds=59): "59 s",
+        timedelta(minutes=5): "5 min",
+        timedelta(hours=2, seconds=3): "2 h 3 s",
+        timedelta(days=1, minutes=1): "24 h 1 min",
+    }
+    for delta, words in left.items():
+        detail = selectors.mute_refusal(now + delta, now=now)
+        assert detail.startswith(f"You are muted for another {words} (until 2026-")
+    assert selectors.mute_refusal(now, now=now) is None
+    assert selectors.mute_refusal(None, now=now) is None
+
+
+def test_an_author_deletes_their_message_but_not_others(alice, bob, lobby):
+    mine, theirs = post(alice, lobby).message, post(bob, lobby).message
+    result = services.message_delete_own(user=alice, room=lobby, message_id=mine["id"])
+    assert result.deleted and result.event == {"room": "lobby", "id": mine["id"], "seq": 1}
+    again = services.message_delete_own(user=alice, room=lobby, message_id=mine["id"])
+    assert not again.deleted and again.event == result.event
+    with pytest.raises(Forbidden):
+        services.message_delete_own(user=alice, room=lobby, message_id=theirs["id"])
+    with pytest.raises(NotFound):
+        services.message_delete_own(user=alice, room=lobby, message_id=10**9)
+    assert list(Message.objects.filter(deleted_at__isnull=False).values_list("id", flat=True)) == [mine["id"]]
+    assert ModerationAction.objects.get().actor == alice
+
+
+def test_deployment_totals_count_users_and_rooms(alice, bob, lobby):
+    services.room_create(user=alice, name="Second")
+    assert selectors.deployment_totals() == {"totalUsers": 2, "totalRooms": 2}

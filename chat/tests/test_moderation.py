@@ -1,0 +1,414 @@
+"""Moderation reaches live sockets: deletes, locks, mutes and kicks."""
+
+import asyncio
+import re
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from chat import services
+from chat.errors import Forbidden
+from chat.models import Message, ModerationAction, Mute, Room
+from chat.tests.test_consumers import (
+    assert_closed_with,
+    assert_still_serving,
+    joined,
+    send_message,
+    signed_in,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def room(lobby):
+    return lobby
+
+
+@pytest.fixture
+def moderator(django_user_model):
+    return django_user_model.objects.create_superuser("mod", password="Mod-Pass-123")
+
+
+@pytest.fixture
+def admin_client(client, moderator):
+    client.force_login(moderator)
+    return client
+
+
+def api_for(user):
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+async def api_call(user, method, path, data=None):
+    """A REST call as `user` from async test code."""
+
+    def call():
+        return getattr(api_for(user), method)(path, data, format="json")
+
+    return await sync_to_async(call)()
+
+
+async def posted(socket, body="hi", client_id=None):
+    """Send a message and return its ack, the socket's own broadcast consumed."""
+    await send_message(socket, body, client_id)
+    ack = await socket.receive_json_from()
+    assert ack["type"] == "ack", ack
+    assert (await socket.receive_json_from())["type"] == "message"
+    return ack
+
+
+async def admin_action(client, model, action, ids):
+    app = "auth" if model == "user" else "chat"
+    response = await sync_to_async(client.post)(
+        f"/admin/{app}/{model}/",
+        {"action": action, "_selected_action": [str(i) for i in ids]},
+    )
+    assert response.status_code == 302, response.content[:500]
+
+
+def actions():
+    return list(ModerationAction.objects.values_list("kind", flat=True).order_by("id"))
+
+
+# Deleting
+
+
+async def test_a_moderator_bulk_delete_reaches_every_socket_and_leaves_tombstones(
+    alice, bob, room, admin_client
+):
+    sender, listener = await joined(alice), await joined(bob)
+    first, second = await posted(sender, "one"), await posted(sender, "two")
+    for _ in range(2):
+        await listener.receive_json_from()
+
+    await admin_action(
+        admin_client, "message", "delete_messages", [first["id"], second["id"]]
+    )
+
+    for socket in (sender, listener):
+        events = [await socket.receive_json_from() for _ in range(2)]
+        assert sorted(events, key=lambda e: e["seq"]) == [
+            {"type": "message_deleted", "room": "lobby", "id": first["id"], "seq": 1},
+            {"type": "message_deleted", "room": "lobby", "id": second["id"], "seq": 2},
+        ]
+    late = await joined(bob, since=0)  # `missed` shows tombstones in their place
+    history = await api_call(bob, "get", "/api/rooms/lobby/messages/")
+    tombstones = history.json()["results"]
+    assert [(m["seq"], m["body"], m.get("deleted")) for m in tombstones] == [
+        (1, "", True),
+        (2, "", True),
+    ]
+    assert await sync_to_async(actions)() == ["message_delete", "message_delete"]
+    for socket in (sender, listener, late):
+        await socket.disconnect()
+
+
+async def test_missed_messages_show_deletions_as_tombstones(alice, bob, room):
+    sender = await joined(alice)
+    ack = await posted(sender, "regret")
+    await posted(sender, "fine")
+    await database_sync_to_async(services.message_delete_own)(
+        user=alice, room=room, message_id=ack["id"]
+    )
+    assert (await sender.receive_json_from())["type"] == "message_deleted"
+    socket = await signed_in(bob)
+    await socket.send_json_to({"type": "join", "room": "lobby", "since": 0})
+    missed = (await socket.receive_json_from())["missed"]
+    assert [(m["seq"], m["body"], m.get("deleted", False)) for m in missed] == [
+        (1, "", True),
+        (2, "fine", False),
+    ]
+    await sender.disconnect()
+    await socket.disconnect()
+
+
+async def test_the_author_deletes_over_the_socket_and_the_room_hears_it(
+    alice, bob, room
+):
+    sender, listener = await joined(alice), await joined(bob)
+    ack = await posted(sender, "typo")
+    await listener.receive_json_from()
+    await sender.send_json_to({"type": "delete", "room": "lobby", "id": ack["id"]})
+    expected = {"type": "message_deleted", "room": "lobby", "id": ack["id"], "seq": 1}
+    assert await sender.receive_json_from() == expected
+    assert await listener.receive_json_from() == expected
+    # Deleting a tombstone again is confirmed to the sender only.
+    await sender.send_json_to({"type": "delete", "room": "lobby", "id": ack["id"]})
+    assert await sender.receive_json_from() == expected
+    assert await listener.receive_nothing()
+    message = await sync_to_async(Message.objects.get)(pk=ack["id"])
+    assert message.deleted_at is not None and message.body == "typo"  # kept for audit
+    await sender.disconnect()
+    await listener.disconnect()
+
+
+@pytest.mark.parametrize(
+    "frame,code",
+    [
+        ({"type": "delete", "room": "lobby", "id": "1"}, "invalid"),
+        ({"type": "delete", "room": "lobby", "id": 999999}, "not_found"),
+        ({"type": "delete", "room": "lobby", "id": "OTHERS"}, "forbidden"),
+        ({"type": "delete", "room": "elsewhere", "id": 1}, "not_found"),
+    ],
+)
+async def test_a_socket_cannot_delete_what_is_not_its_own(
+    alice, bob, room, frame, code
+):
+    author = await joined(bob)
+    others = await posted(author)
+    if frame["id"] == "OTHERS":
+        frame = {**frame, "id": others["id"]}
+    socket = await joined(alice)
+    await socket.send_json_to(frame)
+    error = await socket.receive_json_from()
+    assert (error["type"], error["code"], error["request"]) == ("error", code, "delete")
+    await assert_still_serving(socket)
+    assert not await sync_to_async(
+        Message.objects.filter(deleted_at__isnull=False).exists
+    )()
+    await author.disconnect()
+    await socket.disconnect()
+
+
+async def test_rest_delete_is_for_the_author_only(alice, bob, room):
+    listener = await joined(bob)
+    ack = await posted(await joined(alice), "mine")
+    await listener.receive_json_from()
+    path = f"/api/rooms/lobby/messages/{ack['id']}/"
+    unknown = "/api/rooms/lobby/messages/999999/"
+    elsewhere = f"/api/rooms/nowhere/messages/{ack['id']}/"
+
+    assert (await api_call(bob, "delete", path)).status_code == 403
+    assert (await api_call(alice, "delete", unknown)).status_code == 404
+    assert (await api_call(alice, "delete", elsewhere)).status_code == 404
+    assert await listener.receive_nothing()
+
+    assert (await api_call(alice, "delete", path)).status_code == 204
+    event = await listener.receive_json_from()
+    assert event == {
+        "type": "message_deleted",
+        "room": "lobby",
+        "id": ack["id"],
+        "seq": 1,
+    }
+    assert (await api_call(alice, "delete", path)).status_code == 204  # idempotent
+    assert await listener.receive_nothing()
+    await listener.disconnect()
+
+
+# Locking
+
+
+async def test_a_locked_room_refuses_posts_live_and_unlocking_reopens_it(
+    alice, room, admin_client
+):
+    socket = await joined(alice)
+    await admin_action(admin_client, "room", "lock_rooms", [room.pk])
+    assert await socket.receive_json_from() == {
+        "type": "room_locked",
+        "room": "lobby",
+        "locked": True,
+    }
+    await send_message(socket, "anyone?", "c-1")
+    error = await socket.receive_json_from()
+    assert (error["code"], error["ref"]) == ("forbidden", "c-1")
+    assert "locked" in error["detail"]
+    rest = await api_call(
+        alice, "post", "/api/rooms/lobby/messages/", {"body": "rest?"}
+    )
+    assert rest.status_code == 403
+    await socket.send_json_to({"type": "join", "room": "lobby", "since": 0})
+    assert (await socket.receive_json_from())["type"] == "joined"  # reading works
+
+    await admin_action(admin_client, "room", "unlock_rooms", [room.pk])
+    assert (await socket.receive_json_from())["locked"] is False
+    assert (await posted(socket, "open again"))["seq"] == 1  # refusals left no gap
+    assert await sync_to_async(actions)() == ["room_lock", "room_unlock"]
+    await socket.disconnect()
+
+
+# Muting
+
+
+async def test_a_muted_user_is_refused_with_the_time_left_and_ping_still_works(
+    alice, bob, room, moderator
+):
+    socket, listener = await joined(alice), await joined(bob)
+    await database_sync_to_async(services.user_mute)(
+        actor=moderator, user=alice, duration=timedelta(minutes=10), reason="spam"
+    )
+    await send_message(socket, "still here?", "c-m")
+    error = await socket.receive_json_from()
+    assert (error["code"], error["request"], error["ref"]) == (
+        "forbidden",
+        "message",
+        "c-m",
+    )
+    assert re.search(
+        r"muted for another (10 min|9 min \d+ s) \(until ", error["detail"]
+    )
+    await socket.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
+    error = await socket.receive_json_from()
+    assert (error["code"], error["request"]) == ("forbidden", "typing")
+    assert "muted for another" in error["detail"]
+    await assert_still_serving(socket)
+    await socket.send_json_to({"type": "leave", "room": "lobby"})
+    assert (await socket.receive_json_from())["type"] == "left"
+    await socket.send_json_to({"type": "join", "room": "lobby"})
+    assert (await socket.receive_json_from())["type"] == "joined"
+    rest = await api_call(alice, "post", "/api/rooms/lobby/messages/", {"body": "rest"})
+    assert rest.status_code == 403 and "muted" in rest.json()["detail"]
+    assert await listener.receive_nothing()
+    assert not await sync_to_async(Message.objects.exists)()
+    await socket.disconnect()
+    await listener.disconnect()
+
+
+async def typing_refused(socket):
+    """Send typing then ping; True if typing was refused before the pong came."""
+    await socket.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
+    await socket.send_json_to({"type": "ping", "ts": 1})
+    refused = False
+    while (frame := await socket.receive_json_from())["type"] != "pong":
+        refused = refused or frame.get("code") == "forbidden"
+    return refused
+
+
+async def until_typing(socket, refused, attempts=50):
+    for _ in range(attempts):
+        if await typing_refused(socket) == refused:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_mute_and_unmute_reach_a_socket_that_already_checked(
+    alice, room, moderator
+):
+    socket = await joined(alice)
+    assert not await typing_refused(socket)  # the socket now holds "not muted"
+    await database_sync_to_async(services.user_mute)(
+        actor=moderator, user=alice, duration=timedelta(hours=1)
+    )
+    assert await until_typing(socket, refused=True)
+    assert await database_sync_to_async(services.user_unmute)(
+        actor=moderator, user=alice
+    )
+    assert await until_typing(socket, refused=False)
+    assert (await posted(socket, "back"))["seq"] == 1
+    assert await sync_to_async(actions)() == ["user_mute", "user_unmute"]
+    await socket.disconnect()
+
+
+async def test_an_expired_mute_no_longer_refuses(alice, room, moderator):
+    await sync_to_async(Mute.objects.create)(
+        user=alice, until=await sync_to_async(_past)(), by=moderator
+    )
+    socket = await joined(alice)
+    assert not await typing_refused(socket)
+    assert (await posted(socket))["seq"] == 1
+    await socket.disconnect()
+
+
+def _past():
+    return timezone.now() - timedelta(seconds=1)
+
+
+async def test_muting_from_the_user_admin_is_live(alice, room, admin_client):
+    socket = await joined(alice)
+    await admin_action(admin_client, "user", "mute_60_minutes", [alice.pk])
+    await send_message(socket, "x")
+    error = await socket.receive_json_from()
+    assert error["code"] == "forbidden"
+    assert re.search(r"muted for another (1 h|59 min \d+ s) ", error["detail"])
+    assert await sync_to_async(
+        Mute.objects.filter(user=alice, by__username="mod").exists
+    )()
+    await socket.disconnect()
+
+
+def test_a_mute_with_an_end_time_is_added_in_admin(admin_client, alice, lobby):
+    until = timezone.now() + timedelta(hours=2)
+    response = admin_client.post(
+        "/admin/chat/mute/add/",
+        {
+            "user": alice.pk,
+            "until_0": until.strftime("%Y-%m-%d"),
+            "until_1": until.strftime("%H:%M:%S"),
+            "reason": "cool down",
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    mute = Mute.objects.get(user=alice)
+    assert abs((mute.until - until).total_seconds()) < 5 and mute.reason == "cool down"
+    assert mute.by.username == "mod"
+    assert actions() == ["user_mute"]
+    with pytest.raises(Forbidden, match="muted for another"):
+        services.message_post(user=alice, room=lobby, body="hi")
+
+
+# Kicking
+
+
+async def test_a_kick_closes_every_socket_of_the_user_with_4403(
+    alice, bob, room, admin_client
+):
+    tabs = [await joined(alice), await signed_in(alice)]
+    other = await joined(bob)
+    await admin_action(admin_client, "user", "kick_users", [alice.pk])
+    for tab in tabs:
+        await assert_closed_with(tab, 4403)
+    await assert_still_serving(other)
+    assert await sync_to_async(actions)() == ["user_kick"]
+    action = await sync_to_async(
+        ModerationAction.objects.select_related("actor", "target_user").get
+    )()
+    assert (action.actor.username, action.target_user.username) == ("mod", "alice")
+    await other.disconnect()
+
+
+def test_the_audit_trail_is_read_only_in_admin(admin_client, alice, lobby, moderator):
+    services.user_kick(actor=moderator, user=alice, reason="flood")
+    listing = admin_client.get("/admin/chat/moderationaction/")
+    assert listing.status_code == 200 and b"flood" in listing.content
+    action = ModerationAction.objects.get()
+    assert (
+        admin_client.get(
+            f"/admin/chat/moderationaction/{action.pk}/change/"
+        ).status_code
+        == 200
+    )
+    assert (
+        admin_client.post(
+            f"/admin/chat/moderationaction/{action.pk}/delete/"
+        ).status_code
+        == 403
+    )
+    assert admin_client.get("/admin/chat/moderationaction/add/").status_code == 403
+    assert ModerationAction.objects.count() == 1
+
+
+def test_the_message_admin_lists_a_big_table_in_a_few_queries(
+    admin_client, alice, lobby, django_assert_max_num_queries
+):
+    Message.objects.bulk_create(
+        Message(room=lobby, seq=i, user=alice, body=f"m{i}") for i in range(1, 501)
+    )
+    Room.objects.filter(pk=lobby.pk).update(last_seq=500)
+    with django_assert_max_num_queries(8):
+        page = admin_client.get("/admin/chat/message/?q=lobby")
+    assert (
+        page.status_code == 200
+        and b"m500" in page.content
+        and b"m400" not in page.content
+    )
+    assert admin_client.get("/admin/chat/message/?deleted=yes").status_code == 200

@@ -1,0 +1,210 @@
+"""GET /health: the contract's shape, and "degraded" fast when a service is down."""
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+from django.conf import settings
+from django.test import AsyncClient
+
+from chat.tests.test_consumers import joined, signed_in
+
+from .servers import ServerProcess, free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def get_health(server, timeout=10):
+    """(status, body, seconds taken) of GET /health on a server process."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(
+            server.base + "/health", timeout=timeout
+        ) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    return status, json.loads(raw), time.monotonic() - started
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free port, so it can be stopped."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def private_redis():
+    redis = PrivateRedis()
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture
+def servers():
+    started = []
+
+    def start(**env):
+        server = ServerProcess(VOICEFLOW_HEALTH_TIMEOUT="0.5", **env).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+async def test_health_reports_the_contract_shape_and_this_process_s_sockets(
+    alice, bob, lobby
+):
+    tabs = [await joined(alice), await joined(alice), await signed_in(bob)]
+    response = await AsyncClient().get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body == {
+        "status": "ok",
+        "services": {"redis": True if settings.REDIS_URL else None, "database": True},
+        "metrics": {
+            "presence": {
+                "totalUsers": 2,
+                "onlineUsers": 2,
+                "awayUsers": 0,
+                "offlineUsers": 0,
+                "totalRooms": 1,
+                "activeRooms": 1,
+            },
+            "sockets": {
+                "connections": 3,
+                "users": 2,
+                "rooms": 1,
+                "typingDebounces": 0,
+                "memoryUsage": {
+                    "rss": body["metrics"]["sockets"]["memoryUsage"]["rss"]
+                },
+            },
+        },
+    }
+    assert body["metrics"]["sockets"]["memoryUsage"]["rss"] > 10_000_000
+    for tab in tabs:
+        await tab.disconnect()
+    after = (await AsyncClient().get("/health")).json()["metrics"]["sockets"]
+    assert (after["connections"], after["users"], after["rooms"]) == (0, 0, 0)
+
+
+def test_health_is_503_quickly_when_redis_hangs_and_when_it_is_gone(
+    transactional_db, private_redis, servers
+):
+    server = servers(REDIS_URL=private_redis.url)
+    status, body, _ = get_health(server)
+    assert (status, body["status"], body["services"]) == (
+        200,
+        "ok",
+        {"redis": True, "database": True},
+    )
+
+    private_redis.process.send_signal(signal.SIGSTOP)  # hung: accepts, never answers
+    for _ in range(2):
+        status, body, took = get_health(server)
+        assert (status, body["status"], body["services"]) == (
+            503,
+            "degraded",
+            {"redis": False, "database": True},
+        )
+        assert took < 2
+    assert set(body["metrics"]) == {"presence", "sockets"}
+
+    private_redis.stop()  # gone: connections refused
+    status, body, took = get_health(server)
+    assert (status, body["services"]["redis"], took < 2) == (503, False, True)
+
+
+def test_health_is_503_when_the_database_refuses_connections(transactional_db, servers):
+    closed_port = free_port()
+    server = servers(
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:{closed_port}/nothing"
+    )
+    status, body, took = get_health(server)
+    assert (status, body["status"], body["services"]["database"]) == (
+        503,
+        "degraded",
+        False,
+    )
+    assert body["services"]["redis"] is (True if settings.REDIS_URL else None)
+    assert took < 2
+
+
+def test_health_is_503_quickly_when_the_database_hangs(transactional_db, servers):
+    # A listener that never answers: the connection opens, the handshake never ends.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        server = servers(DATABASE_URL=f"postgres://postgres@127.0.0.1:{port}/hung")
+        for _ in range(3):  # the hung check is awaited again, not piled up
+            status, body, took = get_health(server)
+            assert (status, body["services"]["database"]) == (503, False)
+            assert took < 2
+
+
+def test_a_socket_closed_while_a_frame_is_sent_to_it_is_not_counted_any_more(
+    lobby, servers
+):
+    server = servers()
+    token = server.register("alice")
+
+    async def post_and_leave_at_once():
+        for i in range(5):
+            async with websockets.connect(server.socket_url(token)) as socket:
+                await socket.recv()  # hello
+                await socket.send(json.dumps({"type": "join", "room": "lobby"}))
+                await socket.recv()
+                await socket.send(
+                    json.dumps({"type": "message", "room": "lobby", "body": f"m{i}"})
+                )
+                await socket.recv()  # ack; the broadcast is on its way as we close
+
+    asyncio.run(post_and_leave_at_once())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        sockets = get_health(server)[1]["metrics"]["sockets"]
+        if sockets["connections"] == 0:
+            break
+        time.sleep(0.1)
+    assert (sockets["connections"], sockets["users"], sockets["rooms"]) == (0, 0, 0)
