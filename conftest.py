@@ -1,5 +1,7 @@
 """Fixtures shared by every app's tests."""
 
+import uuid
+
 import pytest
 from asgiref.sync import SyncToAsync
 from channels.layers import channel_layers
@@ -25,6 +27,17 @@ def _fresh_layer_and_cache():
     yield
     channel_layers.backends.clear()
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits(settings):
+    """Each test starts with empty rate-limit windows: its own Redis keys, a clear twin."""
+    from chat.ratelimit import memory_limiter
+
+    settings.REDIS_KEY_PREFIX = f"{settings.REDIS_KEY_PREFIX}:{uuid.uuid4().hex[:8]}"
+    memory_limiter.clear()
+    yield
+    memory_limiter.clear()
 
 
 @pytest.fixture

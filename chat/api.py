@@ -5,12 +5,14 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, IntegrityError
 from rest_framework import generics, serializers, status
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from . import selectors, services
+from . import ratelimit, selectors, services
 from .errors import ChatError, Invalid
 from .payloads import message_data
 from .serializers import (
@@ -24,6 +26,14 @@ from .tickets import ticket_issue
 
 def exception_handler(exc, context):
     """Contract errors keep their HTTP status; field errors name their field."""
+    request = context.get("request")
+    if isinstance(exc, (NotAuthenticated, AuthenticationFailed)) and request is not None:
+        # DRF throttles after authentication: count refused credentials here, so
+        # guessing tokens is limited like any other request.
+        try:
+            ratelimit.ClientIpThrottle().allow_request(request, context.get("view"))
+        except ChatError as refusal:
+            exc = refusal
     if isinstance(exc, DjangoValidationError):
         exc = serializers.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages
@@ -54,6 +64,11 @@ class RegisterView(APIView):
         serializer.is_valid(raise_exception=True)
         token = services.user_register(**serializer.validated_data)
         return Response({"token": token.key}, status=status.HTTP_201_CREATED)
+
+
+class TokenView(ObtainAuthToken):
+    # DRF's stock view opts out of throttling; password guessing must not.
+    throttle_classes = [ratelimit.ClientIpThrottle]
 
 
 class WsTicketView(APIView):

@@ -10,10 +10,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from . import broadcast, selectors, services
+from . import broadcast, ratelimit, selectors, services
 from .auth import origin_allowed, socket_user
 from .errors import ChatError, Forbidden, Invalid, NotFound, Unavailable
-from .models import Room
+from .models import Membership, Room
 from .payloads import message_data
 
 logger = logging.getLogger(__name__)
@@ -22,6 +22,7 @@ CLOSE_TOO_LARGE = 1009
 CLOSE_SERVICE_DOWN = 1013
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_ORIGIN_REFUSED = 4403
+CLOSE_TOO_MANY = 4429
 
 
 def _room_slug(frame):
@@ -40,11 +41,34 @@ def _optional_seq(frame, name):
     return value
 
 
+def _too_deep(value, limit):
+    """True if JSON `value` nests containers deeper than `limit` (the frame is 1)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _frame_ref(frame):
+    """The frame's client_id for an error's `ref`, if it is a well-formed one."""
+    client_id = frame.get("client_id")
+    if isinstance(client_id, str) and len(client_id) <= 64:
+        return client_id
+    return None
+
+
 @database_sync_to_async
 def _join(user, slug, since):
-    """Membership plus what the socket missed, in one trip to the database."""
+    """Membership plus what the socket missed, in one trip to the database.
+
+    Returns (room, last_seq, missed, truncated, became_member).
+    """
     room = selectors.room_get(slug)
-    services.room_join(user=user, room=room)
+    became_member = services.room_join(user=user, room=room)
     missed, truncated = [], False
     if since is not None:
         rows, truncated = selectors.messages_after(
@@ -52,12 +76,17 @@ def _join(user, slug, since):
         )
         missed = [message_data(m, room_slug=room.slug) for m in rows]
     last_seq = max(room.last_seq, missed[-1]["seq"] if missed else 0)
-    return room, last_seq, missed, truncated
+    return room, last_seq, missed, truncated, became_member
 
 
 @database_sync_to_async
 def _room_exists(slug):
     return Room.objects.filter(slug=slug).exists()
+
+
+@database_sync_to_async
+def _is_member(user, slug):
+    return Membership.objects.filter(user=user, room__slug=slug).exists()
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -69,6 +98,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Accept first: a refused handshake reaches a browser as 1006 ("reconnect").
         await self.accept()
         self.rooms = {}
+        # Every attempt counts, whatever becomes of it.
+        try:
+            attempt = await ratelimit.rate_hit(
+                "connect", ratelimit.scope_client_ip(self.scope)
+            )
+        except Unavailable:
+            logger.warning("connection limit unchecked: Redis unavailable")
+            await self.close(code=CLOSE_SERVICE_DOWN)
+            return
+        if not attempt.allowed:
+            await self.close(code=CLOSE_TOO_MANY)
+            return
         if not origin_allowed(self.scope):
             await self.close(code=CLOSE_ORIGIN_REFUSED)
             return
@@ -93,6 +134,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "limits": {
                     "max_frame_bytes": conf["MAX_FRAME_BYTES"],
                     "max_body_chars": conf["MAX_BODY_CHARS"],
+                    "rates": {
+                        name: dict(zip(("limit", "window"), ratelimit.rate(name)))
+                        for name in ("message", "typing", "join")
+                    },
                 },
             }
         )
@@ -109,7 +154,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 return
             await self.send_error(Invalid("Frames must be JSON text."), None, None)
             return
-        if len(text_data) * 4 > limit and len(text_data.encode()) > limit:
+        if len(text_data) * 4 > limit and len(text_data.encode(errors="surrogatepass")) > limit:
             await self.close(code=CLOSE_TOO_LARGE)
             return
         if self.user is None:
@@ -124,10 +169,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         kind = frame.get("type")
         handler = self.frame_handlers.get(kind) if isinstance(kind, str) else None
-        ref = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
-        request = kind if isinstance(kind, str) else None
+        ref = _frame_ref(frame)
+        request = kind if isinstance(kind, str) and len(kind) <= 64 else None
+        if _too_deep(frame, settings.VOICEFLOW["MAX_FRAME_DEPTH"]):
+            await self.send_error(Invalid("Frame is nested too deeply."), request, ref)
+            return
         if handler is None:
-            await self.send_error(Invalid(f"Unknown frame type {kind!r}."), request, ref)
+            detail = f"Unknown frame type {request!r}." if request else "No frame type."
+            await self.send_error(Invalid(detail), request, ref)
             return
         try:
             await handler(self, frame)
@@ -153,14 +202,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         since = _optional_seq(frame, "since")
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
+        # A re-join never counts: its hit is refunded once the membership is found to
+        # exist, and a member's join refused by the limit is let through.
+        decision = await ratelimit.rate_hit("join", self.user.pk)
+        if not decision.allowed and not await _is_member(self.user, slug):
+            raise decision.refusal("joins")
         # Subscribe before reading what was missed, so nothing falls in between.
         await broadcast.room_subscribe(self.channel_name, slug)
         try:
-            room, last_seq, missed, truncated = await _join(self.user, slug, since)
+            room, last_seq, missed, truncated, new = await _join(self.user, slug, since)
         except Exception:
             if slug not in self.rooms:
                 await broadcast.room_unsubscribe(self.channel_name, slug)
             raise
+        if not new:
+            await ratelimit.rate_refund(decision)
         self.rooms[slug] = room
         await self.send_frame(
             {
@@ -204,6 +260,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._joined_room(frame)
         if frame.get("state") not in ("start", "stop"):
             raise Invalid("state must be 'start' or 'stop'.", field="state")
+        if not await self._typing_allowed():
+            return  # the contract: over the limit, typing is dropped without an error
 
     async def frame_ping(self, frame):
         ts = frame.get("ts")
@@ -241,6 +299,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise NotFound(f"No room {slug!r}.", field="room")
             raise Forbidden(f"Join {slug!r} before using it.", field="room")
         return room
+
+    async def _typing_allowed(self):
+        try:
+            return (await ratelimit.rate_hit("typing", self.user.pk)).allowed
+        except Unavailable:
+            return False  # typing is best effort: dropped like one over the limit
 
     async def _unsubscribe(self, slug):
         self.rooms.pop(slug, None)

@@ -34,6 +34,12 @@ def env_float(name, default):
     return float(value) if value else default
 
 
+def env_rate(name, default):
+    """A rate 'LIMIT/SECONDS' (e.g. '30/60') as {"limit", "window"}."""
+    limit, _, window = (env_str(name) or default).partition("/")
+    return {"limit": int(limit), "window": float(window)}
+
+
 def env_list(name, default):
     value = env_str(name)
     return [item.strip() for item in value.split(",") if item.strip()] if value else default
@@ -130,6 +136,9 @@ REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 30)
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 2)
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "vf")
 
+# Proxies whose X-Forwarded-For names the client (IPs or CIDRs); none by default.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -211,6 +220,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "chat.api.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["chat.ratelimit.ClientIpThrottle"],
 }
 
 LOGGING = {
@@ -240,4 +250,15 @@ VOICEFLOW = {
     "MISSED_LIMIT": env_int("VOICEFLOW_MISSED_LIMIT", 100),
     "TICKET_TTL": env_int("VOICEFLOW_TICKET_TTL", 30),
     "HEARTBEAT_INTERVAL": env_float("VOICEFLOW_HEARTBEAT_INTERVAL", 25),
+    # Socket frames are flat objects; deeper nesting than this is refused as invalid.
+    "MAX_FRAME_DEPTH": env_int("VOICEFLOW_MAX_FRAME_DEPTH", 8),
+    # Sliding windows (chat.ratelimit); every limit is multiplied at once (load tests).
+    "RATE_LIMIT_MULTIPLIER": env_float("VOICEFLOW_RATE_LIMIT_MULTIPLIER", 1),
+    "RATE_LIMITS": {
+        "message": env_rate("VOICEFLOW_RATE_MESSAGE", "30/60"),  # per user
+        "typing": env_rate("VOICEFLOW_RATE_TYPING", "60/60"),  # per user
+        "join": env_rate("VOICEFLOW_RATE_JOIN", "10/60"),  # per user
+        "rest": env_rate("VOICEFLOW_RATE_REST", "1000/900"),  # per client IP
+        "connect": env_rate("VOICEFLOW_RATE_CONNECT", "60/60"),  # per client IP
+    },
 }
