@@ -1,5 +1,7 @@
 """Fixtures shared by every app's tests."""
 
+import os
+import shutil
 import uuid
 
 import pytest
@@ -38,6 +40,39 @@ def _fresh_rate_limits(settings):
     memory_limiter.clear()
     yield
     memory_limiter.clear()
+
+
+@pytest.fixture
+def set_rate(settings):
+    """Override one named rate limit for this test: set_rate("message", 3, window=1)."""
+
+    def set_rate(name, limit, window=60):
+        conf = settings.VOICEFLOW
+        limits = {**conf["RATE_LIMITS"], name: {"limit": limit, "window": window}}
+        settings.VOICEFLOW = {**conf, "RATE_LIMITS": limits}
+
+    return set_rate
+
+
+@pytest.fixture
+def test_redis_url(settings):
+    """A real Redis for tests that need one in both passes (REDIS_URL or TEST_REDIS_URL)."""
+    url = settings.REDIS_URL or os.environ.get("TEST_REDIS_URL")
+    if not url:
+        pytest.fail("These tests need Redis: set TEST_REDIS_URL (make test does).")
+    return url
+
+
+@pytest.fixture
+def redis_server():
+    """A private redis-server on a free port that the test may kill."""
+    from voiceflow.tests.servers import RedisServer
+
+    if not shutil.which("redis-server"):
+        pytest.fail("redis-server is not on PATH; fault tests need it.")
+    server = RedisServer().start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture
