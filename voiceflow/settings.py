@@ -4,6 +4,7 @@ No environment → the embedded mode (SQLite, in-memory channel layer and cache,
 `REDIS_URL` + `DATABASE_URL` → Redis channel layer and cache, PostgreSQL, many processes.
 """
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -138,6 +139,11 @@ REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "vf")
 
 # Proxies whose X-Forwarded-For names the client (IPs or CIDRs); none by default.
 TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"TRUSTED_PROXIES: {_proxy!r} is no IP or CIDR.")
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
