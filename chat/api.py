@@ -1,5 +1,7 @@
 """REST API: thin views that parse, authorize, call a service and reply."""
 
+import math
+
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -45,7 +47,8 @@ def exception_handler(exc, context):
             data = {"detail": exc.detail, "code": exc.code}
         response = Response(data, status=exc.http_status)
         if exc.retry_after is not None:
-            response["Retry-After"] = str(max(1, round(exc.retry_after)))
+            # Whole seconds, rounded up: retrying on time must never be refused again.
+            response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return response
     if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
         return Response(

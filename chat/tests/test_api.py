@@ -234,6 +234,13 @@ def test_rest_requests_over_the_limit_get_429_with_retry_after(alice_api, set_ra
     assert alice_api.get("/api/rooms/", REMOTE_ADDR="192.0.2.9").status_code == 200
 
 
+def test_retry_after_is_rounded_up_to_whole_seconds(alice_api, set_rate):
+    set_rate("rest", 1, window=1.5)
+    assert alice_api.get("/api/rooms/").status_code == 200
+    refused = alice_api.get("/api/rooms/")
+    assert refused.status_code == 429 and refused["Retry-After"] == "2"
+
+
 def test_refused_credentials_count_against_the_rest_limit(api, set_rate):
     set_rate("rest", 2)
     api.credentials(HTTP_AUTHORIZATION="Token guessed")
