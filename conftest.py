@@ -33,7 +33,7 @@ def _fresh_layer_and_cache():
 
 @pytest.fixture(autouse=True)
 def _fresh_rate_limits(settings):
-    """Each test starts with empty rate-limit windows: its own Redis keys, a clear twin."""
+    """Each test starts with empty rate-limit windows: own Redis keys, a clear twin."""
     from chat.ratelimit import memory_limiter
 
     settings.REDIS_KEY_PREFIX = f"{settings.REDIS_KEY_PREFIX}:{uuid.uuid4().hex[:8]}"
@@ -56,7 +56,7 @@ def set_rate(settings):
 
 @pytest.fixture
 def test_redis_url(settings):
-    """A real Redis for tests that need one in both passes (REDIS_URL or TEST_REDIS_URL)."""
+    """A real Redis for tests that need one in both passes (REDIS_URL, TEST_REDIS_URL)."""
     url = settings.REDIS_URL or os.environ.get("TEST_REDIS_URL")
     if not url:
         pytest.fail("These tests need Redis: set TEST_REDIS_URL (make test does).")

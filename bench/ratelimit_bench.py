@@ -40,7 +40,9 @@ async def sequential(limiter, checks, *, refused):
     latencies = []
     for i in range(checks):
         started = time.perf_counter()
-        await limiter.hit(key(0 if refused else i), 30 if refused else 10**9, 60, time.time())
+        await limiter.hit(
+            key(0 if refused else i), 30 if refused else 10**9, 60, time.time()
+        )
         latencies.append(time.perf_counter() - started)
     return latencies
 
@@ -49,7 +51,9 @@ def sequential_sync(limiter, checks, *, refused):
     latencies = []
     for i in range(checks):
         started = time.perf_counter()
-        limiter.hit_sync(key(0 if refused else i), 30 if refused else 10**9, 60, time.time())
+        limiter.hit_sync(
+            key(0 if refused else i), 30 if refused else 10**9, 60, time.time()
+        )
         latencies.append(time.perf_counter() - started)
     return latencies
 
@@ -60,7 +64,9 @@ async def concurrent(limiter, checks, tasks, *, refused):
     async def worker(t):
         for i in range(per_task):
             n = t * per_task + i
-            await limiter.hit(key(0 if refused else n), 30 if refused else 10**9, 60, time.time())
+            await limiter.hit(
+                key(0 if refused else n), 30 if refused else 10**9, 60, time.time()
+            )
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(t) for t in range(tasks)))
@@ -83,14 +89,18 @@ async def main(url, checks, task_counts):
     await limiter.hit(key(0), 10**9, 60, time.time())  # connect and load the script
     for refused in (False, True):
         label = "refused (key over its limit)" if refused else "allowed (1000 keys)"
-        report(f"async sequential, {label}", await sequential(limiter, checks, refused=refused))
+        report(
+            f"async sequential, {label}",
+            await sequential(limiter, checks, refused=refused),
+        )
         report(
             f"sync sequential, {label}",
             await asyncio.to_thread(sequential_sync, limiter, checks, refused=refused),
         )
         for tasks in task_counts:
             rate = await concurrent(limiter, checks, tasks, refused=refused)
-            print(f"{f'async {tasks} concurrent tasks, {label}':<58} {rate:>9,.0f} checks/s")
+            name = f"async {tasks} concurrent tasks, {label}"
+            print(f"{name:<58} {rate:>9,.0f} checks/s")
     memory = MemoryRateLimiter()
     report("in-memory twin, allowed", await sequential(memory, checks, refused=False))
     client = redis.Redis.from_url(url)
@@ -100,8 +110,14 @@ async def main(url, checks, task_counts):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
     parser.add_argument("--checks", type=int, default=20_000)
-    parser.add_argument("--tasks", default="10,50,200", help="comma list of task counts")
+    parser.add_argument(
+        "--tasks", default="10,50,200", help="comma list of task counts"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.redis_url, args.checks, [int(t) for t in args.tasks.split(",")]))
+    asyncio.run(
+        main(args.redis_url, args.checks, [int(t) for t in args.tasks.split(",")])
+    )

@@ -29,7 +29,10 @@ from .tickets import ticket_issue
 def exception_handler(exc, context):
     """Contract errors keep their HTTP status; field errors name their field."""
     request = context.get("request")
-    if isinstance(exc, (NotAuthenticated, AuthenticationFailed)) and request is not None:
+    if (
+        isinstance(exc, (NotAuthenticated, AuthenticationFailed))
+        and request is not None
+    ):
         # DRF throttles after authentication: count refused credentials here, so
         # guessing tokens is limited like any other request.
         try:
@@ -146,4 +149,3 @@ def _seq_param(request, name):
     if seq < 0:
         raise Invalid(f"{name} must not be negative.", field=name)
     return seq
-

@@ -42,7 +42,8 @@ if count < limit then
   redis.call('PEXPIRE', KEYS[1], math.ceil(window))
   return {1, count + 1, '0'}
 end
-local freeing = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+local last = count - limit
+local freeing = redis.call('ZRANGE', KEYS[1], last, last, 'WITHSCORES')
 return {0, count, tostring(tonumber(freeing[2]) + window - now)}
 """
 SLIDING_WINDOW_SHA = hashlib.sha1(SLIDING_WINDOW_LUA.encode()).hexdigest()
@@ -94,7 +95,9 @@ class RedisRateLimiter:
         client = redis_client(self.url)
         try:
             try:
-                reply = await client.evalsha(SLIDING_WINDOW_SHA, len(keys), *keys, *args)
+                reply = await client.evalsha(
+                    SLIDING_WINDOW_SHA, len(keys), *keys, *args
+                )
             except redis.exceptions.NoScriptError:
                 reply = await client.eval(SLIDING_WINDOW_LUA, len(keys), *keys, *args)
         except redis.exceptions.RedisError as error:
@@ -168,7 +171,7 @@ memory_limiter = MemoryRateLimiter()
 
 
 def limiter():
-    """Redis when REDIS_URL is set (shared by every process), else the in-memory twin."""
+    """Redis with REDIS_URL (shared by every process), else the in-memory twin."""
     return RedisRateLimiter() if settings.REDIS_URL else memory_limiter
 
 

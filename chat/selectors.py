@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db.models import Count
 
 from .errors import Invalid, NotFound
-from .models import SLUG_PATTERN, Message, Room
+from .models import SLUG_PATTERN, Membership, Message, Room
 
 _slug_re = re.compile(SLUG_PATTERN)
 
@@ -24,6 +24,11 @@ def room_get(slug):
         return Room.objects.get(slug=slug)
     except Room.DoesNotExist:
         raise NotFound(f"No room {slug!r}.", field="room") from None
+
+
+def is_member(user, slug):
+    """True if `user` has a stored membership of the room with this slug."""
+    return Membership.objects.filter(user=user, room__slug=slug).exists()
 
 
 def room_list():

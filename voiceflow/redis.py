@@ -1,4 +1,4 @@
-"""Redis clients for the store modules (the channel layer and the cache have their own)."""
+"""Redis clients for the store modules (the channel layer and cache have their own)."""
 
 import asyncio
 
@@ -19,7 +19,7 @@ def _options():
 
 
 def redis_client(url=None):
-    """A redis.asyncio client for the running event loop (connections never cross loops)."""
+    """A redis.asyncio client for the running loop (connections never cross loops)."""
     loop = asyncio.get_running_loop()
     url = url or settings.REDIS_URL
     # Tests (and async_to_sync without a server loop) make many short-lived loops.
@@ -33,7 +33,7 @@ def redis_client(url=None):
 
 
 def redis_sync_client(url=None):
-    """A blocking, thread-safe client for sync code (e.g. DRF throttles in sync views)."""
+    """A blocking, thread-safe client for sync code (DRF throttles in sync views)."""
     url = url or settings.REDIS_URL
     client = _sync_clients.get(url)
     if client is None:

@@ -256,31 +256,57 @@ def test_password_guessing_on_the_token_endpoint_is_limited(api, alice, set_rate
     assert api.post("/api/auth/token/", guess, format="json").status_code == 429
 
 
-def test_x_forwarded_for_counts_only_from_a_trusted_proxy(alice_api, set_rate, settings):
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(
+    alice_api, set_rate, settings
+):
     set_rate("rest", 1)
-    assert alice_api.get("/api/rooms/", HTTP_X_FORWARDED_FOR="192.0.2.1").status_code == 200
+    assert (
+        alice_api.get("/api/rooms/", HTTP_X_FORWARDED_FOR="192.0.2.1").status_code
+        == 200
+    )
     # Not trusted: a forged header does not buy a new window.
-    assert alice_api.get("/api/rooms/", HTTP_X_FORWARDED_FOR="192.0.2.2").status_code == 429
+    assert (
+        alice_api.get("/api/rooms/", HTTP_X_FORWARDED_FOR="192.0.2.2").status_code
+        == 429
+    )
     settings.TRUSTED_PROXIES = ["127.0.0.0/8"]
-    assert alice_api.get("/api/rooms/", HTTP_X_FORWARDED_FOR="192.0.2.3").status_code == 200
-    assert alice_api.get("/api/rooms/", HTTP_X_FORWARDED_FOR="192.0.2.3").status_code == 429
+    assert (
+        alice_api.get("/api/rooms/", HTTP_X_FORWARDED_FOR="192.0.2.3").status_code
+        == 200
+    )
+    assert (
+        alice_api.get("/api/rooms/", HTTP_X_FORWARDED_FOR="192.0.2.3").status_code
+        == 429
+    )
 
 
-def test_message_posts_over_the_limit_get_429_and_replays_still_200(alice_api, lobby, set_rate):
+def test_message_posts_over_the_limit_get_429_and_replays_still_200(
+    alice_api, lobby, set_rate
+):
     set_rate("message", 3)
     posted = [
-        alice_api.post("/api/rooms/lobby/messages/", {"body": "x", "client_id": f"k{i}"}, format="json")
+        alice_api.post(
+            "/api/rooms/lobby/messages/",
+            {"body": "x", "client_id": f"k{i}"},
+            format="json",
+        )
         for i in range(3)
     ]
     assert [r.status_code for r in posted] == [201] * 3
-    refused = alice_api.post("/api/rooms/lobby/messages/", {"body": "x", "client_id": "k3"}, format="json")
+    refused = alice_api.post(
+        "/api/rooms/lobby/messages/", {"body": "x", "client_id": "k3"}, format="json"
+    )
     assert refused.status_code == 429 and 1 <= int(refused["Retry-After"]) <= 60
-    replay = alice_api.post("/api/rooms/lobby/messages/", {"body": "x", "client_id": "k0"}, format="json")
+    replay = alice_api.post(
+        "/api/rooms/lobby/messages/", {"body": "x", "client_id": "k0"}, format="json"
+    )
     assert replay.status_code == 200 and replay.json() == posted[0].json()
     assert Message.objects.count() == 3
 
 
-def test_with_the_limiter_redis_down_the_api_answers_503(alice_api, lobby, redis_server, settings):
+def test_with_the_limiter_redis_down_the_api_answers_503(
+    alice_api, lobby, redis_server, settings
+):
     settings.REDIS_URL = redis_server.url
     assert alice_api.get("/api/rooms/").status_code == 200
     redis_server.kill()
@@ -291,8 +317,21 @@ def test_with_the_limiter_redis_down_the_api_answers_503(alice_api, lobby, redis
 
 # Names: no control characters, no bidi overrides (one rule: chat.validators).
 
-UNSAFE_NAMES = ["a\u202ab", "a\u202bb", "a\u202cb", "a\u202db", "a\u202eb", "a\u2066b",
-                "a\u2067b", "a\u2068b", "a\u2069b", "a\x00b", "a\x07b", "a\x7fb", "a\x85b"]
+UNSAFE_NAMES = [
+    "a\u202ab",
+    "a\u202bb",
+    "a\u202cb",
+    "a\u202db",
+    "a\u202eb",
+    "a\u2066b",
+    "a\u2067b",
+    "a\u2068b",
+    "a\u2069b",
+    "a\x00b",
+    "a\x07b",
+    "a\x7fb",
+    "a\x85b",
+]
 
 
 @pytest.mark.parametrize("username", UNSAFE_NAMES)
@@ -309,12 +348,16 @@ def test_room_names_refuse_control_and_bidi_characters(alice_api, name):
 
 
 def test_room_names_may_be_any_script(alice_api):
-    response = alice_api.post("/api/rooms/", {"name": "שלום עולם", "slug": "hello"}, format="json")
+    response = alice_api.post(
+        "/api/rooms/", {"name": "שלום עולם", "slug": "hello"}, format="json"
+    )
     assert response.status_code == 201
 
 
 @pytest.mark.parametrize("username", ["a\u202eb", "a\u2066b", "a\x00b"])
-def test_the_signup_page_refuses_control_and_bidi_characters(client, username, django_user_model):
+def test_the_signup_page_refuses_control_and_bidi_characters(
+    client, username, django_user_model
+):
     response = client.post(
         "/signup/", {"username": username, "password1": PASSWORD, "password2": PASSWORD}
     )

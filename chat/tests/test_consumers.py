@@ -480,7 +480,9 @@ async def test_typing_over_its_limit_is_dropped_without_an_error(alice, room, se
     await socket.disconnect()
 
 
-async def test_connection_attempts_over_the_limit_are_closed_with_4429(alice, room, set_rate):
+async def test_connection_attempts_over_the_limit_are_closed_with_4429(
+    alice, room, set_rate
+):
     set_rate("connect", 3)
     anonymous = await open_socket(query="")  # failed attempts count too
     await assert_closed_with(anonymous, 4401)
@@ -519,7 +521,11 @@ async def test_with_redis_down_frames_are_unavailable_and_the_socket_stays_open(
     redis_server.kill()
     await send_message(socket, "stored?", "down-1")
     error = await socket.receive_json_from()
-    assert (error["code"], error["request"], error["ref"]) == ("unavailable", "message", "down-1")
+    assert (error["code"], error["request"], error["ref"]) == (
+        "unavailable",
+        "message",
+        "down-1",
+    )
     await socket.send_json_to({"type": "join", "room": "lobby"})
     assert (await socket.receive_json_from())["code"] == "unavailable"
     await socket.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
@@ -564,8 +570,19 @@ async def test_an_overlong_type_or_client_id_is_not_echoed(alice, room):
 
 
 CONTRACT_FRAME_TYPES = {
-    "hello", "offline_messages", "joined", "left", "ack", "pong", "message", "typing",
-    "presence", "member_joined", "member_left", "message_deleted", "error",
+    "hello",
+    "offline_messages",
+    "joined",
+    "left",
+    "ack",
+    "pong",
+    "message",
+    "typing",
+    "presence",
+    "member_joined",
+    "member_left",
+    "message_deleted",
+    "error",
 }
 ERROR_CODES = {"invalid", "not_found", "forbidden", "rate_limited", "unavailable"}
 
@@ -578,13 +595,20 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=12,
 )
 fuzz_frames = st.fixed_dictionaries(
-    {"type": st.sampled_from(["join", "leave", "message", "typing", "ping", "status"]) | json_values},
+    {
+        "type": st.sampled_from(
+            ["join", "leave", "message", "typing", "ping", "status"]
+        )
+        | json_values
+    },
     optional={
-        "room": st.sampled_from(["lobby", "side", "nowhere", "No Such!", ""]) | json_values,
+        "room": st.sampled_from(["lobby", "side", "nowhere", "No Such!", ""])
+        | json_values,
         "body": st.text(max_size=60) | json_values,
         "client_id": st.text(max_size=70) | json_values,
         "since": st.integers(min_value=-3, max_value=40) | json_values,
@@ -597,7 +621,9 @@ fuzz_frames = st.fixed_dictionaries(
 # Mostly well-formed frames, so the fuzz reaches storage and broadcast too.
 plausible_frames = st.fixed_dictionaries(
     {
-        "type": st.sampled_from(["join", "leave", "message", "typing", "ping", "status"]),
+        "type": st.sampled_from(
+            ["join", "leave", "message", "typing", "ping", "status"]
+        ),
         "room": st.sampled_from(["lobby", "side"]),
     },
     optional={
@@ -636,14 +662,18 @@ async def test_random_frames_get_contract_replies_and_store_nothing_malformed(
     alice, room, settings, texts
 ):
     settings.VOICEFLOW = {**settings.VOICEFLOW, "RATE_LIMIT_MULTIPLIER": 10_000}
-    await sync_to_async(Room.objects.get_or_create)(slug="side", defaults={"name": "Side"})
+    await sync_to_async(Room.objects.get_or_create)(
+        slug="side", defaults={"name": "Side"}
+    )
     socket = await joined(alice)
     for text in texts:  # send_input: send_to refuses an empty frame
         await socket.send_input({"type": "websocket.receive", "text": text})
     await socket.send_json_to({"type": "ping", "ts": -1})
     while True:
         output = await socket.receive_output(timeout=5)
-        assert output["type"] == "websocket.send", f"socket closed: {output} after {texts}"
+        assert (
+            output["type"] == "websocket.send"
+        ), f"socket closed: {output} after {texts}"
         reply = json.loads(output["text"])
         assert reply["type"] in CONTRACT_FRAME_TYPES, reply
         hypothesis.event(f"{reply['type']} {reply.get('code', '')}".strip())

@@ -1,4 +1,4 @@
-"""The sliding-window limiter: one suite, run against real Redis and the in-memory twin."""
+"""The sliding-window limiter: one suite, run on real Redis and on the in-memory twin."""
 
 import asyncio
 
@@ -34,13 +34,17 @@ async def test_exactly_the_limit_is_allowed_within_a_window(limiter, key):
     assert [d.allowed for d in decisions] == [True] * 30 + [False]
 
 
-async def test_retry_after_is_when_the_oldest_counted_hit_leaves_the_window(limiter, key):
+async def test_retry_after_is_when_the_oldest_counted_hit_leaves_the_window(
+    limiter, key
+):
     await hits(limiter, key, range(30))  # one hit a second, t = 0 … 29
     refused = (await hits(limiter, key, [40]))[0]
     assert not refused.allowed
     assert refused.retry_after == pytest.approx(20, abs=0.001)
     last_moment = (await hits(limiter, key, [59.999]))[0]
-    assert not last_moment.allowed and last_moment.retry_after == pytest.approx(0.001, abs=1e-4)
+    assert not last_moment.allowed and last_moment.retry_after == pytest.approx(
+        0.001, abs=1e-4
+    )
 
 
 async def test_after_the_window_slides_one_slot_frees_per_expired_hit(limiter, key):
@@ -96,7 +100,9 @@ async def test_a_lowered_limit_waits_until_enough_hits_have_left(limiter, key):
 
 
 async def test_concurrent_checks_never_allow_more_than_the_limit(limiter, key):
-    decisions = await asyncio.gather(*(limiter.hit(key, 30, 60, NOW) for _ in range(100)))
+    decisions = await asyncio.gather(
+        *(limiter.hit(key, 30, 60, NOW) for _ in range(100))
+    )
     assert sum(d.allowed for d in decisions) == 30
 
 
@@ -172,7 +178,12 @@ async def test_a_refund_with_redis_down_is_swallowed(redis_server, settings, set
         ("1.2.3.4", "6.6.6.6", [], "1.2.3.4"),  # not trusted: the header is ignored
         ("10.0.0.1", "6.6.6.6", [], "10.0.0.1"),
         ("10.0.0.1", "1.2.3.4", ["10.0.0.0/8"], "1.2.3.4"),
-        ("10.0.0.1", "6.6.6.6, 1.2.3.4, 10.0.0.7", ["10.0.0.0/8"], "1.2.3.4"),  # spoofed left
+        (
+            "10.0.0.1",
+            "6.6.6.6, 1.2.3.4, 10.0.0.7",
+            ["10.0.0.0/8"],
+            "1.2.3.4",
+        ),  # spoofed left
         ("10.0.0.1", "10.0.0.9, 10.0.0.7", ["10.0.0.0/8"], "10.0.0.9"),
         ("10.0.0.1", "junk, 1.2.3.4", ["10.0.0.1"], "1.2.3.4"),
         ("10.0.0.1", "1.2.3.4, junk", ["10.0.0.1"], "10.0.0.1"),  # garbled: the proxy
@@ -187,7 +198,10 @@ def test_client_ip(settings, peer, forwarded, trusted, expected):
 
 def test_scope_client_ip_reads_the_asgi_client_and_forwarded_headers(settings):
     settings.TRUSTED_PROXIES = ["127.0.0.1"]
-    scope = {"client": ("127.0.0.1", 5000), "headers": [(b"x-forwarded-for", b"8.8.4.4")]}
+    scope = {
+        "client": ("127.0.0.1", 5000),
+        "headers": [(b"x-forwarded-for", b"8.8.4.4")],
+    }
     assert ratelimit.scope_client_ip(scope) == "8.8.4.4"
     settings.TRUSTED_PROXIES = []
     assert ratelimit.scope_client_ip(scope) == "127.0.0.1"

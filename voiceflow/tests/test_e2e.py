@@ -111,25 +111,48 @@ async def test_the_31st_message_is_refused_whichever_process_it_reaches(
         for i in range(30):
             if i % 3 == 0:  # REST and socket share the user's window
                 status, body = await asyncio.to_thread(
-                    second.request, "POST", "/api/rooms/lobby/messages/",
-                    {"body": f"rest {i}", "client_id": f"m{i}"}, token,
+                    second.request,
+                    "POST",
+                    "/api/rooms/lobby/messages/",
+                    {"body": f"rest {i}", "client_id": f"m{i}"},
+                    token,
                 )
                 assert status == 201, body
             else:
                 socket = sockets[i % 2]
-                await socket.send(json.dumps(
-                    {"type": "message", "room": "lobby", "body": f"ws {i}", "client_id": f"m{i}"}
-                ))
+                await socket.send(
+                    json.dumps(
+                        {
+                            "type": "message",
+                            "room": "lobby",
+                            "body": f"ws {i}",
+                            "client_id": f"m{i}",
+                        }
+                    )
+                )
                 assert (await reply_to(socket))["type"] == "ack"
         for socket in sockets:
-            await socket.send(json.dumps(
-                {"type": "message", "room": "lobby", "body": "31st", "client_id": "m30"}
-            ))
+            await socket.send(
+                json.dumps(
+                    {
+                        "type": "message",
+                        "room": "lobby",
+                        "body": "31st",
+                        "client_id": "m30",
+                    }
+                )
+            )
             refused = await reply_to(socket)
-            assert refused["code"] == "rate_limited" and 0 < refused["retry_after"] <= 60
+            assert (
+                refused["code"] == "rate_limited" and 0 < refused["retry_after"] <= 60
+            )
         for server in (first, second):
             status, body = await asyncio.to_thread(
-                server.request, "POST", "/api/rooms/lobby/messages/", {"body": "31st"}, token
+                server.request,
+                "POST",
+                "/api/rooms/lobby/messages/",
+                {"body": "31st"},
+                token,
             )
             assert status == 429 and body["code"] == "rate_limited"
         assert await asyncio.to_thread(Message.objects.count) == 30

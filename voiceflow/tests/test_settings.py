@@ -100,8 +100,12 @@ def load_rates(**env):
     clean.pop("REDIS_URL", None)
     clean["DJANGO_SETTINGS_MODULE"] = "voiceflow.settings"
     result = subprocess.run(
-        [sys.executable, "-c", RATES_PROBE], env={**clean, **env}, cwd=ROOT,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", RATES_PROBE],
+        env={**clean, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
