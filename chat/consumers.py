@@ -15,6 +15,7 @@ from .auth import origin_allowed, socket_user
 from .errors import ChatError, Forbidden, Invalid, NotFound, Unavailable
 from .models import Room
 from .payloads import message_data
+from .validators import json_too_deep
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +45,6 @@ def _optional_seq(frame, name):
 def _utf8_size(text):
     # surrogatepass: a str from a test harness may hold lone surrogates; never crash.
     return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _too_deep(value, limit):
-    """True if JSON `value` nests containers deeper than `limit` (the frame is 1)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
 
 
 def _frame_ref(frame):
@@ -171,7 +160,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         handler = self.frame_handlers.get(kind) if isinstance(kind, str) else None
         ref = _frame_ref(frame)
         request = kind if isinstance(kind, str) and len(kind) <= 64 else None
-        if _too_deep(frame, settings.VOICEFLOW["MAX_FRAME_DEPTH"]):
+        if json_too_deep(frame, settings.VOICEFLOW["MAX_JSON_DEPTH"]):
             await self.send_error(Invalid("Frame is nested too deeply."), request, ref)
             return
         if handler is None:

@@ -1,4 +1,4 @@
-"""Character rules for user-supplied text; each rule lives here once."""
+"""Rules for user-supplied text and JSON; each rule lives here once."""
 
 import re
 
@@ -18,3 +18,17 @@ def validate_name_text(value):
             "Control characters and bidirectional overrides are not allowed.",
             code="unsafe_characters",
         )
+
+
+def json_too_deep(value, limit):
+    """True if parsed JSON nests containers deeper than `limit` (the top level is 1)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return False

@@ -226,6 +226,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "chat.api.exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "chat.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_THROTTLE_CLASSES": ["chat.ratelimit.ClientIpThrottle"],
 }
 
@@ -256,8 +261,8 @@ VOICEFLOW = {
     "MISSED_LIMIT": env_int("VOICEFLOW_MISSED_LIMIT", 100),
     "TICKET_TTL": env_int("VOICEFLOW_TICKET_TTL", 30),
     "HEARTBEAT_INTERVAL": env_float("VOICEFLOW_HEARTBEAT_INTERVAL", 25),
-    # Socket frames are flat objects; deeper nesting than this is refused as invalid.
-    "MAX_FRAME_DEPTH": env_int("VOICEFLOW_MAX_FRAME_DEPTH", 8),
+    # Frames and request bodies are flat objects: deeper JSON is refused as invalid.
+    "MAX_JSON_DEPTH": env_int("VOICEFLOW_MAX_JSON_DEPTH", 8),
     # Sliding windows (chat.ratelimit); every limit is multiplied at once (load tests).
     "RATE_LIMIT_MULTIPLIER": env_float("VOICEFLOW_RATE_LIMIT_MULTIPLIER", 1),
     "RATE_LIMITS": {

@@ -370,3 +370,43 @@ def test_the_room_form_refuses_bidi_names(client, alice):
     response = client.post("/", {"name": "evil\u202egnp", "slug": "evil"})
     assert response.status_code == 200
     assert not Room.objects.filter(slug="evil").exists()
+
+
+# Request bodies: malformed JSON is a 400, never a server error.
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 100_000 + "]" * 100_000,  # past Python's recursion limit
+        '{"body": ' + "[" * 9 + "]" * 9 + "}",  # past the depth bound
+        b"\xff\xfe{}",  # not UTF-8
+        '{"body": NaN}',
+        '{"body": "x",',
+    ],
+    ids=["very-deep", "deep", "not-utf8", "nan", "truncated"],
+)
+def test_malformed_json_bodies_are_400(alice_api, lobby, raw):
+    response = alice_api.post(
+        "/api/rooms/lobby/messages/", raw, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "path,payload,field",
+    [
+        ("/api/rooms/", {"name": {"a": 1}, "slug": "x"}, "name"),
+        ("/api/rooms/", {"name": "ok", "slug": ["x"]}, "slug"),
+        ("/api/rooms/lobby/messages/", {"body": {"a": [1]}}, "body"),
+        ("/api/rooms/lobby/messages/", {"body": "x", "client_id": {"x": 1}}, "client_id"),
+        ("/api/auth/register/", {"username": ["x"], "password": PASSWORD}, "username"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_400_naming_the_field(
+    alice_api, lobby, path, payload, field
+):
+    response = alice_api.post(path, payload, format="json")
+    assert response.status_code == 400 and field in response.json()
+    assert not Message.objects.exists()
