@@ -42,6 +42,15 @@ def _fresh_rate_limits(settings):
     memory_limiter.clear()
 
 
+@pytest.fixture(autouse=True)
+async def _close_redis_clients():
+    """Store-module Redis clients belong to the test's loop: close them with it."""
+    yield
+    from voiceflow.redis import redis_clients_close
+
+    await redis_clients_close()
+
+
 @pytest.fixture
 def set_rate(settings):
     """Override one named rate limit for this test: set_rate("message", 3, window=1)."""

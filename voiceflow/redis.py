@@ -32,6 +32,13 @@ def redis_client(url=None):
     return client
 
 
+async def redis_clients_close():
+    """Close the running loop's clients (before the loop itself closes)."""
+    loop = asyncio.get_running_loop()
+    for key in [key for key in _async_clients if key[0] is loop]:
+        await _async_clients.pop(key).aclose()
+
+
 def redis_sync_client(url=None):
     """A blocking, thread-safe client for sync code (DRF throttles in sync views)."""
     url = url or settings.REDIS_URL
