@@ -37,8 +37,15 @@ def env_float(name, default):
 
 def env_rate(name, default):
     """A rate 'LIMIT/SECONDS' (e.g. '30/60') as {"limit", "window"}."""
-    limit, _, window = (env_str(name) or default).partition("/")
-    return {"limit": int(limit), "window": float(window)}
+    value = env_str(name) or default
+    try:
+        limit, window = value.split("/")
+        rate = {"limit": int(limit), "window": float(window)}
+    except ValueError:
+        rate = None
+    if not rate or rate["limit"] < 1 or rate["window"] <= 0:
+        raise ImproperlyConfigured(f"{name} must be LIMIT/SECONDS, e.g. 30/60: {value!r}")
+    return rate
 
 
 def env_list(name, default):

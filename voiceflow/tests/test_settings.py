@@ -132,3 +132,10 @@ def test_rate_limits_and_trusted_proxies_come_from_the_environment():
     assert conf["multiplier"] == 1000
     assert conf["rates"]["message"] == {"limit": 5, "window": 10}
     assert conf["trusted"] == ["10.0.0.0/8", "127.0.0.1"]
+
+
+@pytest.mark.parametrize("value", ["30", "x/60", "0/60", "30/0"])
+def test_a_malformed_rate_refuses_to_start(value):
+    result = load_settings(VOICEFLOW_RATE_MESSAGE=value)
+    assert result.returncode != 0
+    assert "VOICEFLOW_RATE_MESSAGE must be LIMIT/SECONDS" in result.stderr
