@@ -139,3 +139,9 @@ def test_a_malformed_rate_refuses_to_start(value):
     result = load_settings(VOICEFLOW_RATE_MESSAGE=value)
     assert result.returncode != 0
     assert "VOICEFLOW_RATE_MESSAGE must be LIMIT/SECONDS" in result.stderr
+
+
+def test_a_malformed_trusted_proxy_refuses_to_start():
+    result = load_settings(TRUSTED_PROXIES="10.0.0.0/8, proxy.example")
+    assert result.returncode != 0
+    assert "TRUSTED_PROXIES: 'proxy.example' is no IP or CIDR" in result.stderr
