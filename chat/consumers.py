@@ -191,12 +191,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         since = _optional_seq(frame, "since")
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
-        # A re-join never counts: its hit is refunded once the membership is found to
-        # exist, and a member's join refused by the limit is let through.
-        decision = await ratelimit.rate_hit("join", self.user.pk)
-        is_member = database_sync_to_async(selectors.is_member)
-        if not decision.allowed and not await is_member(self.user, slug):
-            raise decision.refusal("joins")
+        hit = await self._join_hit(slug)
         # Subscribe before reading what was missed, so nothing falls in between.
         await broadcast.room_subscribe(self.channel_name, slug)
         try:
@@ -205,8 +200,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if slug not in self.rooms:
                 await broadcast.room_unsubscribe(self.channel_name, slug)
             raise
-        if not new:
-            await ratelimit.rate_refund(decision)
+        if hit and not new:
+            await ratelimit.rate_refund(hit)  # a re-join never counts
         self.rooms[slug] = room
         await self.send_frame(
             {
@@ -289,6 +284,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise NotFound(f"No room {slug!r}.", field="room")
             raise Forbidden(f"Join {slug!r} before using it.", field="room")
         return room
+
+    async def _join_hit(self, slug):
+        """The join's counted hit; None for a member's join refused or left unchecked.
+
+        A member's join is served without counting, even over the limit or with Redis
+        down, so recovery after a reconnect always works; others get the refusal.
+        """
+        try:
+            decision = await ratelimit.rate_hit("join", self.user.pk)
+        except Unavailable as unchecked:
+            refusal = unchecked
+        else:
+            if decision.allowed:
+                return decision
+            refusal = decision.refusal("joins")
+        if await database_sync_to_async(selectors.is_member)(self.user, slug):
+            return None
+        raise refusal
 
     async def _typing_allowed(self):
         try:

@@ -526,8 +526,12 @@ async def test_with_redis_down_frames_are_unavailable_and_the_socket_stays_open(
         "message",
         "down-1",
     )
-    await socket.send_json_to({"type": "join", "room": "lobby"})
+    await sync_to_async(Room.objects.create)(slug="new-room", name="New")
+    await socket.send_json_to({"type": "join", "room": "new-room"})
     assert (await socket.receive_json_from())["code"] == "unavailable"
+    # A member's re-join needs no limit: recovery keeps working.
+    await socket.send_json_to({"type": "join", "room": "lobby", "since": 0})
+    assert (await socket.receive_json_from())["type"] == "joined"
     await socket.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
     assert await socket.receive_nothing()  # typing is best effort: dropped
     await assert_still_serving(socket)
