@@ -12,7 +12,7 @@ from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
 
 from . import broadcast, ratelimit, selectors
-from .errors import Forbidden, Invalid
+from .errors import Forbidden, Invalid, Unavailable
 from .models import Membership, Message, Room
 from .payloads import message_data
 from .validators import CONTROL_CHARS, validate_name_text
@@ -158,17 +158,22 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
 
     Only new messages count against the limit: the hit is taken before the insert
     (one Redis round trip, no extra database query on the hot path) and refunded when
-    the insert turns out to be a replay or fails. A replay refused by the limit is
-    looked up and acked anyway: resends must never be limited.
+    the insert turns out to be a replay or fails. A replay refused by the limit (or
+    unchecked, Redis down) is looked up and acked anyway: resends are never limited.
     """
     body, client_id = clean_body(body), clean_client_id(client_id)
-    decision = await ratelimit.rate_hit("message", user.pk)
-    if not decision.allowed:
+    try:
+        decision = await ratelimit.rate_hit("message", user.pk)
+    except Unavailable as unchecked:
+        refusal = unchecked
+    else:
+        refusal = None if decision.allowed else decision.refusal("messages")
+    if refusal:
         stored = client_id and await database_sync_to_async(message_stored)(
             user, client_id
         )
         if not stored:
-            raise decision.refusal("messages")
+            raise refusal
         return PostResult(stored, created=False)
     try:
         result = await database_sync_to_async(message_post)(

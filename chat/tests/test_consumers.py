@@ -518,7 +518,12 @@ async def test_with_redis_down_frames_are_unavailable_and_the_socket_stays_open(
 ):
     settings.REDIS_URL = redis_server.url  # the limiter's Redis (layer and cache stay)
     socket = await joined(alice)
+    await send_message(socket, "kept", "up-1")
+    first_ack = await socket.receive_json_from()
+    assert (await socket.receive_json_from())["type"] == "message"
     redis_server.kill()
+    await send_message(socket, "kept", "up-1")  # a resend is still acked
+    assert await socket.receive_json_from() == first_ack
     await send_message(socket, "stored?", "down-1")
     error = await socket.receive_json_from()
     assert (error["code"], error["request"], error["ref"]) == (
@@ -535,7 +540,7 @@ async def test_with_redis_down_frames_are_unavailable_and_the_socket_stays_open(
     await socket.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
     assert await socket.receive_nothing()  # typing is best effort: dropped
     await assert_still_serving(socket)
-    assert not await sync_to_async(Message.objects.exists)()
+    assert await sync_to_async(Message.objects.count)() == 1
     await socket.disconnect()
     refused = await open_socket(alice)
     await assert_closed_with(refused, 1013)
