@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
 # The Redis/PostgreSQL pass of the suite (a spare Redis DB; pytest makes test_voiceflow).
+# The embedded pass uses the same Redis DB only for tests of the shared rate limiter.
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow
 TEST_REDIS_PREFIX ?= vftest
@@ -27,7 +28,8 @@ run: install
 test: test-embedded test-redis
 
 test-embedded: install
-	env -u REDIS_URL -u DATABASE_URL $(BIN)/pytest
+	env -u REDIS_URL -u DATABASE_URL TEST_REDIS_URL=$(TEST_REDIS_URL) \
+		REDIS_KEY_PREFIX=$(TEST_REDIS_PREFIX) $(BIN)/pytest
 
 test-redis: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) \

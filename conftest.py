@@ -1,5 +1,9 @@
 """Fixtures shared by every app's tests."""
 
+import os
+import shutil
+import uuid
+
 import pytest
 from asgiref.sync import SyncToAsync
 from channels.layers import channel_layers
@@ -29,6 +33,59 @@ def _fresh_layer_and_cache():
     yield
     channel_layers.backends.clear()
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits(settings):
+    """Each test starts with empty rate-limit windows: own Redis keys, a clear twin."""
+    from chat.ratelimit import memory_limiter
+
+    settings.REDIS_KEY_PREFIX = f"{settings.REDIS_KEY_PREFIX}:{uuid.uuid4().hex[:8]}"
+    memory_limiter.clear()
+    yield
+    memory_limiter.clear()
+
+
+@pytest.fixture(autouse=True)
+async def _close_redis_clients():
+    """Store-module Redis clients belong to the test's loop: close them with it."""
+    yield
+    from voiceflow.redis import redis_clients_close
+
+    await redis_clients_close()
+
+
+@pytest.fixture
+def set_rate(settings):
+    """Override one named rate limit for this test: set_rate("message", 3, window=1)."""
+
+    def set_rate(name, limit, window=60):
+        conf = settings.VOICEFLOW
+        limits = {**conf["RATE_LIMITS"], name: {"limit": limit, "window": window}}
+        settings.VOICEFLOW = {**conf, "RATE_LIMITS": limits}
+
+    return set_rate
+
+
+@pytest.fixture
+def test_redis_url(settings):
+    """A real Redis for tests that need one in both passes (REDIS_URL, TEST_REDIS_URL)."""
+    url = settings.REDIS_URL or os.environ.get("TEST_REDIS_URL")
+    if not url:
+        pytest.fail("These tests need Redis: set TEST_REDIS_URL (make test does).")
+    return url
+
+
+@pytest.fixture
+def redis_server():
+    """A private redis-server on a free port that the test may kill."""
+    from voiceflow.tests.servers import RedisServer
+
+    if not shutil.which("redis-server"):
+        pytest.fail("redis-server is not on PATH; fault tests need it.")
+    server = RedisServer().start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture

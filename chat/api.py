@@ -1,10 +1,14 @@
 """REST API: thin views that parse, authorize, call a service and reply."""
 
+import math
+
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, IntegrityError
 from rest_framework import generics, serializers, status
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,7 +16,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from voiceflow import metrics
 
-from . import selectors, services
+from . import ratelimit, selectors, services
 from .errors import ChatError, Invalid
 from .payloads import message_data
 from .serializers import (
@@ -26,6 +30,17 @@ from .tickets import ticket_issue
 
 def exception_handler(exc, context):
     """Contract errors keep their HTTP status; field errors name their field."""
+    request = context.get("request")
+    if (
+        isinstance(exc, (NotAuthenticated, AuthenticationFailed))
+        and request is not None
+    ):
+        # DRF throttles after authentication: count refused credentials here, so
+        # guessing tokens is limited like any other request.
+        try:
+            ratelimit.ClientIpThrottle().allow_request(request, context.get("view"))
+        except ChatError as refusal:
+            exc = refusal
     if isinstance(exc, DjangoValidationError):
         exc = serializers.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages
@@ -38,7 +53,8 @@ def exception_handler(exc, context):
             data = {"detail": exc.detail, "code": exc.code}
         response = Response(data, status=exc.http_status)
         if exc.retry_after is not None:
-            response["Retry-After"] = str(max(1, round(exc.retry_after)))
+            # Whole seconds, rounded up: retrying on time must never be refused again.
+            response["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return response
     if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
         metrics.ERRORS.labels("unavailable").inc()
@@ -58,6 +74,11 @@ class RegisterView(APIView):
         serializer.is_valid(raise_exception=True)
         token = services.user_register(**serializer.validated_data)
         return Response({"token": token.key}, status=status.HTTP_201_CREATED)
+
+
+class TokenView(ObtainAuthToken):
+    # DRF's stock view opts out of throttling; password guessing must not.
+    throttle_classes = [ratelimit.ClientIpThrottle]
 
 
 class WsTicketView(APIView):
@@ -139,4 +160,3 @@ def _seq_param(request, name):
     if seq < 0:
         raise Invalid(f"{name} must not be negative.", field=name)
     return seq
-

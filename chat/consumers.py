@@ -13,11 +13,12 @@ from django.db import DatabaseError
 
 from voiceflow import metrics
 
-from . import broadcast, selectors, services, sockets
+from . import broadcast, ratelimit, selectors, services, sockets
 from .auth import origin_allowed, socket_user
 from .errors import ChatError, Forbidden, Invalid, NotFound, Unavailable
 from .models import Room
 from .payloads import message_data
+from .validators import json_too_deep
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_ORIGIN_REFUSED = 4403
 CLOSE_KICKED = 4403
 _UNKNOWN = object()
+CLOSE_TOO_MANY = 4429
 
 
 def _room_slug(frame):
@@ -45,11 +47,27 @@ def _optional_seq(frame, name):
     return value
 
 
+def _utf8_size(text):
+    # surrogatepass: a str from a test harness may hold lone surrogates; never crash.
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _frame_ref(frame):
+    """The frame's client_id for an error's `ref`, if it is a well-formed one."""
+    client_id = frame.get("client_id")
+    if isinstance(client_id, str) and len(client_id) <= 64:
+        return client_id
+    return None
+
+
 @database_sync_to_async
 def _join(user, slug, since):
-    """Membership plus what the socket missed, in one trip to the database."""
+    """Membership plus what the socket missed, in one trip to the database.
+
+    Returns (room, last_seq, missed, truncated, became_member).
+    """
     room = selectors.room_get(slug)
-    services.room_join(user=user, room=room)
+    became_member = services.room_join(user=user, room=room)
     missed, truncated = [], False
     if since is not None:
         rows, truncated = selectors.messages_after(
@@ -57,7 +75,7 @@ def _join(user, slug, since):
         )
         missed = [message_data(m, room_slug=room.slug) for m in rows]
     last_seq = max(room.last_seq, missed[-1]["seq"] if missed else 0)
-    return room, last_seq, missed, truncated
+    return room, last_seq, missed, truncated, became_member
 
 
 @database_sync_to_async
@@ -85,6 +103,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.rooms = {}
         self.released = False
         self.connection_id = uuid.uuid4().hex
+        # Every attempt counts, whatever becomes of it.
+        try:
+            attempt = await ratelimit.rate_hit(
+                "connect", ratelimit.scope_client_ip(self.scope)
+            )
+        except Unavailable:
+            logger.warning("connection limit unchecked: Redis unavailable")
+            await self.close(code=CLOSE_SERVICE_DOWN)
+            return
+        if not attempt.allowed:
+            await self.close(code=CLOSE_TOO_MANY)
+            return
         if not origin_allowed(self.scope):
             await self.close(code=CLOSE_ORIGIN_REFUSED)
             return
@@ -124,6 +154,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "limits": {
                     "max_frame_bytes": conf["MAX_FRAME_BYTES"],
                     "max_body_chars": conf["MAX_BODY_CHARS"],
+                    "rates": {
+                        name: dict(zip(("limit", "window"), ratelimit.rate(name)))
+                        for name in ("message", "typing", "join")
+                    },
                 },
             }
         )
@@ -186,7 +220,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 return
             await self.send_error(Invalid("Frames must be JSON text."), None, None)
             return
-        if len(text_data) * 4 > limit and len(text_data.encode()) > limit:
+        if len(text_data) * 4 > limit and _utf8_size(text_data) > limit:
             await self.close(code=CLOSE_TOO_LARGE)
             return
         if self.user is None:
@@ -202,10 +236,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         kind = frame.get("type")
         metrics.FRAMES_RECEIVED.labels(metrics.frame_type(kind)).inc()
         handler = self.frame_handlers.get(kind) if isinstance(kind, str) else None
-        ref = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
-        request = kind if isinstance(kind, str) else None
+        ref = _frame_ref(frame)
+        request = kind if isinstance(kind, str) and len(kind) <= 64 else None
+        if json_too_deep(frame, settings.VOICEFLOW["MAX_JSON_DEPTH"]):
+            await self.send_error(Invalid("Frame is nested too deeply."), request, ref)
+            return
         if handler is None:
-            await self.send_error(Invalid(f"Unknown frame type {kind!r}."), request, ref)
+            detail = f"Unknown frame type {request!r}." if request else "No frame type."
+            await self.send_error(Invalid(detail), request, ref)
             return
         try:
             await handler(self, frame)
@@ -231,16 +269,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         since = _optional_seq(frame, "since")
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
+        hit = await self._join_hit(slug)
         # Subscribe before reading what was missed, so nothing falls in between.
         await broadcast.room_subscribe(self.channel_name, slug)
         try:
-            room, last_seq, missed, truncated = await _join(self.user, slug, since)
+            room, last_seq, missed, truncated, new = await _join(self.user, slug, since)
         except Exception:
             if slug not in self.rooms:
                 await broadcast.room_unsubscribe(self.channel_name, slug)
             raise
         if slug not in self.rooms:
             sockets.room_joined(slug)
+        if hit and not new:
+            await ratelimit.rate_refund(hit)  # a re-join never counts
         self.rooms[slug] = room
         await self.send_frame(
             {
@@ -289,6 +330,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         refusal = selectors.mute_refusal(self.muted_until)
         if refusal:
             raise Forbidden(refusal, field="room")
+
+        if not await self._typing_allowed():
+            return  # the contract: over the limit, typing is dropped without an error
 
     async def frame_delete(self, frame):
         room = await self._joined_room(frame)
@@ -353,6 +397,30 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 raise NotFound(f"No room {slug!r}.", field="room")
             raise Forbidden(f"Join {slug!r} before using it.", field="room")
         return room
+
+    async def _join_hit(self, slug):
+        """The join's counted hit; None for a member's join refused or left unchecked.
+
+        A member's join is served without counting, even over the limit or with Redis
+        down, so recovery after a reconnect always works; others get the refusal.
+        """
+        try:
+            decision = await ratelimit.rate_hit("join", self.user.pk)
+        except Unavailable as unchecked:
+            refusal = unchecked
+        else:
+            if decision.allowed:
+                return decision
+            refusal = decision.refusal("joins")
+        if await database_sync_to_async(selectors.is_member)(self.user, slug):
+            return None
+        raise refusal
+
+    async def _typing_allowed(self):
+        try:
+            return (await ratelimit.rate_hit("typing", self.user.pk)).allowed
+        except Unavailable:
+            return False  # typing is best effort: dropped like one over the limit
 
     async def _unsubscribe(self, slug):
         if self.rooms.pop(slug, None) is not None:

@@ -9,7 +9,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from .errors import Invalid, NotFound
-from .models import SLUG_PATTERN, Message, Mute, Room
+from .models import SLUG_PATTERN, Membership, Message, Mute, Room
 from .payloads import timestamp
 
 _slug_re = re.compile(SLUG_PATTERN)
@@ -28,6 +28,11 @@ def room_get(slug):
         return Room.objects.get(slug=slug)
     except Room.DoesNotExist:
         raise NotFound(f"No room {slug!r}.", field="room") from None
+
+
+def is_member(user, slug):
+    """True if `user` has a stored membership of the room with this slug."""
+    return Membership.objects.filter(user=user, room__slug=slug).exists()
 
 
 def room_list():

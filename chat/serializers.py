@@ -7,11 +7,12 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from .models import Room
+from .validators import validate_name_text
 
 
 class RegisterSerializer(serializers.Serializer):
     username = serializers.CharField(
-        max_length=150, validators=[UnicodeUsernameValidator()]
+        max_length=150, validators=[UnicodeUsernameValidator(), validate_name_text]
     )
     password = serializers.CharField(max_length=128, trim_whitespace=False)
 
@@ -30,7 +31,7 @@ class RegisterSerializer(serializers.Serializer):
 
 
 class RoomCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = serializers.CharField(max_length=100, validators=[validate_name_text])
     slug = serializers.CharField(max_length=50, required=False, allow_blank=True)
 
 

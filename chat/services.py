@@ -1,7 +1,6 @@
 """Writes: rooms, memberships and messages. Every event push of a write starts here."""
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 
@@ -17,16 +16,13 @@ from rest_framework.authtoken.models import Token
 
 from voiceflow import metrics
 
-from . import broadcast, selectors
-from .errors import Forbidden, Invalid, NotFound
+from . import broadcast, ratelimit, selectors
+from .errors import Forbidden, Invalid, NotFound, Unavailable
 from .models import Membership, Message, ModerationAction, Mute, Room
 from .payloads import message_data
+from .validators import CONTROL_CHARS, validate_name_text
 
 logger = logging.getLogger(__name__)
-
-# C0 and C1 control characters, except tab (\x09) and newline (\x0a).
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
 
 @dataclass(frozen=True)
 class DeleteResult:
@@ -54,7 +50,7 @@ def clean_body(body):
         raise Invalid("body is empty.", field="body")
     if len(body) > limit:
         raise Invalid(f"body is longer than {limit} characters.", field="body")
-    if _CONTROL_CHARS.search(body):
+    if CONTROL_CHARS.search(body):
         raise Invalid("body contains control characters.", field="body")
     return body
 
@@ -65,7 +61,7 @@ def clean_client_id(client_id):
         return None
     if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
         raise Invalid("client_id must be a string of 1–64 characters.", field="client_id")
-    if _CONTROL_CHARS.search(client_id):
+    if CONTROL_CHARS.search(client_id):
         raise Invalid("client_id contains control characters.", field="client_id")
     return client_id
 
@@ -84,6 +80,10 @@ def user_register(*, username, password):
 
 def room_create(*, user, name, slug=None):
     """Create a room; the slug defaults to one made from the name."""
+    try:
+        validate_name_text(name)
+    except ValidationError as error:
+        raise ValidationError({"name": error.messages}) from None
     slug = slug or slugify(name)[:50].strip("-")
     room = Room(name=name, slug=slug, created_by=user)
     room.full_clean()
@@ -98,8 +98,8 @@ def room_create(*, user, name, slug=None):
 
 
 def room_join(*, user, room):
-    """Make `user` a member of `room` (idempotent)."""
-    Membership.objects.get_or_create(user=user, room=room)
+    """Make `user` a member of `room` (idempotent); True if they were not one yet."""
+    return Membership.objects.get_or_create(user=user, room=room)[1]
 
 
 def membership_end(*, user, room):
@@ -123,6 +123,11 @@ def _room_next_seq(room_id, user_id, now):
             [room_id, user_id, connection.ops.adapt_datetimefield_value(now)],
         )
         return cursor.fetchone()
+
+
+def message_stored(user, client_id):
+    """The wire form of `user`'s stored message with this client_id, or None."""
+    return client_id and _stored_by_client_id(user, client_id)
 
 
 def _stored_by_client_id(user, client_id):
@@ -176,15 +181,41 @@ def message_post(*, user, room, body, client_id=None, ensure_membership=True):
 
 
 async def message_send(*, user, room, body, client_id=None, ensure_membership=True):
-    """Store a message, then broadcast it to the room once it is committed."""
-    result = await database_sync_to_async(message_post)(
-        user=user,
-        room=room,
-        body=body,
-        client_id=client_id,
-        ensure_membership=ensure_membership,
-    )
-    if result.created:
+    """Rate-limit, store, then broadcast a message once it is committed.
+
+    Only new messages count against the limit: the hit is taken before the insert
+    (one Redis round trip, no extra database query on the hot path) and refunded when
+    the insert turns out to be a replay or fails. A replay refused by the limit (or
+    unchecked, Redis down) is looked up and acked anyway: resends are never limited.
+    """
+    body, client_id = clean_body(body), clean_client_id(client_id)
+    try:
+        decision = await ratelimit.rate_hit("message", user.pk)
+    except Unavailable as unchecked:
+        refusal = unchecked
+    else:
+        refusal = None if decision.allowed else decision.refusal("messages")
+    if refusal:
+        stored = client_id and await database_sync_to_async(message_stored)(
+            user, client_id
+        )
+        if not stored:
+            raise refusal
+        return PostResult(stored, created=False)
+    try:
+        result = await database_sync_to_async(message_post)(
+            user=user,
+            room=room,
+            body=body,
+            client_id=client_id,
+            ensure_membership=ensure_membership,
+        )
+    except BaseException:
+        await ratelimit.rate_refund(decision)
+        raise
+    if not result.created:
+        await ratelimit.rate_refund(decision)
+    else:
         try:
             await broadcast.message_created(result.message)
         except Exception:

@@ -1,12 +1,11 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
-from rest_framework.authtoken.views import obtain_auth_token
 
 from . import api, views
 
 api_urlpatterns = [
     path("auth/register/", api.RegisterView.as_view(), name="api-register"),
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", api.TokenView.as_view(), name="api-token"),
     path("ws-ticket/", api.WsTicketView.as_view(), name="api-ws-ticket"),
     path("rooms/", api.RoomListView.as_view(), name="api-rooms"),
     path("rooms/<str:slug>/", api.RoomDetailView.as_view(), name="api-room"),

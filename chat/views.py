@@ -3,13 +3,12 @@
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm
 from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from . import selectors, services
-from .forms import RoomCreateForm
+from .forms import RoomCreateForm, SignupForm
 from .models import Room
 
 LOBBY = "lobby"
@@ -18,7 +17,7 @@ LOBBY = "lobby"
 def signup(request):
     if request.user.is_authenticated:
         return redirect("room_list")
-    form = UserCreationForm(request.POST or None)
+    form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")

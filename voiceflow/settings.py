@@ -4,6 +4,7 @@ No environment → the embedded mode (SQLite, in-memory channel layer and cache,
 `REDIS_URL` + `DATABASE_URL` → Redis channel layer and cache, PostgreSQL, many processes.
 """
 
+import ipaddress
 import os
 import warnings
 from pathlib import Path
@@ -33,6 +34,19 @@ def env_int(name, default):
 def env_float(name, default):
     value = env_str(name)
     return float(value) if value else default
+
+
+def env_rate(name, default):
+    """A rate 'LIMIT/SECONDS' (e.g. '30/60') as {"limit", "window"}."""
+    value = env_str(name) or default
+    try:
+        limit, window = value.split("/")
+        rate = {"limit": int(limit), "window": float(window)}
+    except ValueError:
+        rate = None
+    if not rate or rate["limit"] < 1 or rate["window"] <= 0:
+        raise ImproperlyConfigured(f"{name} must be LIMIT/SECONDS, e.g. 30/60: {value!r}")
+    return rate
 
 
 def env_list(name, default):
@@ -131,6 +145,14 @@ REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 30)
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 2)
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "vf")
 
+# Proxies whose X-Forwarded-For names the client (IPs or CIDRs); none by default.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"TRUSTED_PROXIES: {_proxy!r} is no IP or CIDR.")
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -217,6 +239,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "chat.api.exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "chat.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["chat.ratelimit.ClientIpThrottle"],
 }
 
 # One JSON object per line in production (log shippers parse them); readable lines in
@@ -276,4 +304,15 @@ VOICEFLOW = {
     "HEARTBEAT_INTERVAL": env_float("VOICEFLOW_HEARTBEAT_INTERVAL", 25),
     # Seconds each /health check (database, Redis) may take before it counts as down.
     "HEALTH_TIMEOUT": env_float("VOICEFLOW_HEALTH_TIMEOUT", 1.0),
+    # Frames and request bodies are flat objects: deeper JSON is refused as invalid.
+    "MAX_JSON_DEPTH": env_int("VOICEFLOW_MAX_JSON_DEPTH", 8),
+    # Sliding windows (chat.ratelimit); every limit is multiplied at once (load tests).
+    "RATE_LIMIT_MULTIPLIER": env_float("VOICEFLOW_RATE_LIMIT_MULTIPLIER", 1),
+    "RATE_LIMITS": {
+        "message": env_rate("VOICEFLOW_RATE_MESSAGE", "30/60"),  # per user
+        "typing": env_rate("VOICEFLOW_RATE_TYPING", "60/60"),  # per user
+        "join": env_rate("VOICEFLOW_RATE_JOIN", "10/60"),  # per user
+        "rest": env_rate("VOICEFLOW_RATE_REST", "1000/900"),  # per client IP
+        "connect": env_rate("VOICEFLOW_RATE_CONNECT", "60/60"),  # per client IP
+    },
 }

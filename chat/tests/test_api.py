@@ -218,3 +218,187 @@ def test_session_posts_need_a_csrf_token(alice, lobby):
     response = client.post("/api/rooms/lobby/messages/", {"body": "x"}, format="json")
     assert response.status_code == 403
     assert not Message.objects.exists()
+
+
+# Rate limits: REST per client IP, messages per user (shared with sockets).
+
+
+def test_rest_requests_over_the_limit_get_429_with_retry_after(alice_api, set_rate):
+    set_rate("rest", 3)
+    assert [alice_api.get("/api/rooms/").status_code for _ in range(3)] == [200] * 3
+    refused = alice_api.get("/api/rooms/")
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "rate_limited"
+    assert 1 <= int(refused["Retry-After"]) <= 900
+    # Another client IP has its own window.
+    assert alice_api.get("/api/rooms/", REMOTE_ADDR="192.0.2.9").status_code == 200
+
+
+def test_retry_after_is_rounded_up_to_whole_seconds(alice_api, set_rate):
+    set_rate("rest", 1, window=1.5)
+    assert alice_api.get("/api/rooms/").status_code == 200
+    refused = alice_api.get("/api/rooms/")
+    assert refused.status_code == 429 and refused["Retry-After"] == "2"
+
+
+def test_refused_credentials_count_against_the_rest_limit(api, set_rate):
+    set_rate("rest", 2)
+    api.credentials(HTTP_AUTHORIZATION="Token guessed")
+    assert [api.get("/api/rooms/").status_code for _ in range(2)] == [401, 401]
+    assert api.get("/api/rooms/").status_code == 429
+
+
+def test_password_guessing_on_the_token_endpoint_is_limited(api, alice, set_rate):
+    set_rate("rest", 2)
+    guess = {"username": "alice", "password": "guess"}
+    assert api.post("/api/auth/token/", guess, format="json").status_code == 400
+    assert api.post("/api/auth/token/", guess, format="json").status_code == 400
+    assert api.post("/api/auth/token/", guess, format="json").status_code == 429
+
+
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(
+    alice_api, set_rate, settings
+):
+    set_rate("rest", 1)
+
+    def status_from(forwarded_for):
+        return alice_api.get("/api/rooms/", HTTP_X_FORWARDED_FOR=forwarded_for).status_code
+
+    assert status_from("192.0.2.1") == 200
+    # Not trusted: a forged header does not buy a new window.
+    assert status_from("192.0.2.2") == 429
+    settings.TRUSTED_PROXIES = ["127.0.0.0/8"]
+    assert status_from("192.0.2.3") == 200
+    assert status_from("192.0.2.3") == 429
+
+
+def test_message_posts_over_the_limit_get_429_and_replays_still_200(
+    alice_api, lobby, set_rate
+):
+    set_rate("message", 3)
+    posted = [
+        alice_api.post(
+            "/api/rooms/lobby/messages/",
+            {"body": "x", "client_id": f"k{i}"},
+            format="json",
+        )
+        for i in range(3)
+    ]
+    assert [r.status_code for r in posted] == [201] * 3
+    refused = alice_api.post(
+        "/api/rooms/lobby/messages/", {"body": "x", "client_id": "k3"}, format="json"
+    )
+    assert refused.status_code == 429 and 1 <= int(refused["Retry-After"]) <= 60
+    replay = alice_api.post(
+        "/api/rooms/lobby/messages/", {"body": "x", "client_id": "k0"}, format="json"
+    )
+    assert replay.status_code == 200 and replay.json() == posted[0].json()
+    assert Message.objects.count() == 3
+
+
+def test_with_the_limiter_redis_down_the_api_answers_503(
+    alice_api, lobby, redis_server, settings
+):
+    settings.REDIS_URL = redis_server.url
+    assert alice_api.get("/api/rooms/").status_code == 200
+    redis_server.kill()
+    response = alice_api.get("/api/rooms/")
+    assert response.status_code == 503 and response.json()["code"] == "unavailable"
+    assert not Message.objects.exists()
+
+
+# Names: no control characters, no bidi overrides (one rule: chat.validators).
+
+UNSAFE_NAMES = [
+    "a\u202ab",
+    "a\u202bb",
+    "a\u202cb",
+    "a\u202db",
+    "a\u202eb",
+    "a\u2066b",
+    "a\u2067b",
+    "a\u2068b",
+    "a\u2069b",
+    "a\x00b",
+    "a\x07b",
+    "a\x7fb",
+    "a\x85b",
+]
+
+
+@pytest.mark.parametrize("username", UNSAFE_NAMES)
+def test_register_refuses_control_and_bidi_characters(api, username):
+    response = register(api, username)
+    assert response.status_code == 400 and "username" in response.json()
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES + ["tab\there", "new\nline"])
+def test_room_names_refuse_control_and_bidi_characters(alice_api, name):
+    response = alice_api.post("/api/rooms/", {"name": name, "slug": "r"}, format="json")
+    assert response.status_code == 400 and "name" in response.json()
+    assert not Room.objects.filter(slug="r").exists()
+
+
+def test_room_names_may_be_any_script(alice_api):
+    response = alice_api.post(
+        "/api/rooms/", {"name": "שלום עולם", "slug": "hello"}, format="json"
+    )
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("username", ["a\u202eb", "a\u2066b", "a\x00b"])
+def test_the_signup_page_refuses_control_and_bidi_characters(
+    client, username, django_user_model
+):
+    response = client.post(
+        "/signup/", {"username": username, "password1": PASSWORD, "password2": PASSWORD}
+    )
+    assert response.status_code == 200  # the form again, with its error
+    assert not django_user_model.objects.exists()
+
+
+def test_the_room_form_refuses_bidi_names(client, alice):
+    client.force_login(alice)
+    response = client.post("/", {"name": "evil\u202egnp", "slug": "evil"})
+    assert response.status_code == 200
+    assert not Room.objects.filter(slug="evil").exists()
+
+
+# Request bodies: malformed JSON is a 400, never a server error.
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 100_000 + "]" * 100_000,  # past Python's recursion limit
+        '{"body": ' + "[" * 9 + "]" * 9 + "}",  # past the depth bound
+        b"\xff\xfe{}",  # not UTF-8
+        '{"body": NaN}',
+        '{"body": "x",',
+    ],
+    ids=["very-deep", "deep", "not-utf8", "nan", "truncated"],
+)
+def test_malformed_json_bodies_are_400(alice_api, lobby, raw):
+    response = alice_api.post(
+        "/api/rooms/lobby/messages/", raw, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "path,payload,field",
+    [
+        ("/api/rooms/", {"name": {"a": 1}, "slug": "x"}, "name"),
+        ("/api/rooms/", {"name": "ok", "slug": ["x"]}, "slug"),
+        ("/api/rooms/lobby/messages/", {"body": {"a": [1]}}, "body"),
+        ("/api/rooms/lobby/messages/", {"body": "x", "client_id": {"x": 1}}, "client_id"),
+        ("/api/auth/register/", {"username": ["x"], "password": PASSWORD}, "username"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_400_naming_the_field(
+    alice_api, lobby, path, payload, field
+):
+    response = alice_api.post(path, payload, format="json")
+    assert response.status_code == 400 and field in response.json()
+    assert not Message.objects.exists()

@@ -1,11 +1,15 @@
 import asyncio
 import json
+import time
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
+from chat import services
 from chat.models import Membership, Message, Room
 from chat.tickets import ticket_issue
 from voiceflow.asgi import application
@@ -345,3 +349,352 @@ async def test_a_message_posted_over_rest_reaches_sockets(alice, bob, room, clie
     assert event["type"] == "message" and event["body"] == "from a bot"
     assert event["id"] == response.json()["id"]
     await listener.disconnect()
+
+
+# Rate limits (PROTOCOL.md "Rate limits") and the Redis-down behaviour.
+
+
+async def fill_message_limit(socket, count, listeners=()):
+    for i in range(count):
+        await send_message(socket, f"m{i}", f"fill-{i}")
+        assert (await socket.receive_json_from())["type"] == "ack"
+        for receiver in (socket, *listeners):
+            assert (await receiver.receive_json_from())["type"] == "message"
+
+
+async def test_the_31st_message_in_a_minute_is_refused_with_an_honest_retry_after(
+    alice, bob, room
+):
+    sender = await joined(alice)
+    listener = await joined(bob)
+    first_sent = time.time()
+    await fill_message_limit(sender, 30, [listener])
+    await send_message(sender, "one too many", "c-31")
+    error = await sender.receive_json_from()
+    refused_at = time.time()
+    assert (error["type"], error["code"], error["request"], error["ref"]) == (
+        "error",
+        "rate_limited",
+        "message",
+        "c-31",
+    )
+    # Honest: the first of the 30 leaves the window 60 s after it was counted.
+    assert abs(error["retry_after"] - (first_sent + 60 - refused_at)) < 1
+    assert await listener.receive_nothing()
+    assert await sync_to_async(Message.objects.count)() == 30
+    await assert_still_serving(sender)
+    for socket in (sender, listener):
+        await socket.disconnect()
+
+
+async def test_a_resend_at_the_limit_still_gets_its_original_ack(alice, room):
+    sender = await joined(alice)
+    await fill_message_limit(sender, 30)
+    stored = await sync_to_async(Message.objects.get)(client_id="fill-0")
+    await send_message(sender, "m0", "fill-0")
+    ack = await sender.receive_json_from()
+    assert (ack["type"], ack["id"], ack["seq"]) == ("ack", stored.id, stored.seq)
+    assert await sender.receive_nothing()
+    await sender.disconnect()
+
+
+async def test_replays_are_not_counted(alice, room, set_rate):
+    set_rate("message", 2)
+    sender = await joined(alice)
+    await fill_message_limit(sender, 1)
+    for _ in range(5):
+        await send_message(sender, "m0", "fill-0")
+        assert (await sender.receive_json_from())["type"] == "ack"
+    await send_message(sender, "second new one", "new-2")
+    assert (await sender.receive_json_from())["type"] == "ack"
+    await sender.disconnect()
+
+
+async def test_messages_are_allowed_again_once_the_window_slides(alice, room, set_rate):
+    set_rate("message", 3, window=1)
+    sender = await joined(alice)
+    await fill_message_limit(sender, 3)
+    await send_message(sender, "too soon", "soon")
+    error = await sender.receive_json_from()
+    assert error["code"] == "rate_limited" and 0 < error["retry_after"] <= 1
+    await asyncio.sleep(error["retry_after"] + 0.05)
+    await send_message(sender, "now", "soon")
+    assert (await sender.receive_json_from())["type"] == "ack"
+    await sender.disconnect()
+
+
+async def test_rest_and_socket_messages_share_one_limit(alice, room, client, set_rate):
+    set_rate("message", 4)
+    socket = await joined(alice)
+    await sync_to_async(client.force_login)(alice)
+
+    def rest_post(client_id):
+        return client.post(
+            "/api/rooms/lobby/messages/",
+            {"body": "over rest", "client_id": client_id},
+            content_type="application/json",
+        )
+
+    for i in range(2):
+        assert (await sync_to_async(rest_post)(f"rest-{i}")).status_code == 201
+        assert (await socket.receive_json_from())["type"] == "message"
+    await fill_message_limit(socket, 2)
+    await send_message(socket, "fifth", "ws-5")
+    assert (await socket.receive_json_from())["code"] == "rate_limited"
+    refused = await sync_to_async(rest_post)("rest-5")
+    assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
+    assert refused.json()["code"] == "rate_limited"
+    assert await sync_to_async(Message.objects.count)() == 4
+    await socket.disconnect()
+
+
+async def test_joins_are_limited_but_re_joins_never_count(alice, room, set_rate):
+    set_rate("join", 2)
+    for slug in ("r1", "r2"):
+        await sync_to_async(Room.objects.create)(slug=slug, name=slug)
+    socket = await joined(alice)  # 1: lobby
+    for _ in range(3):  # re-joins, also from another socket: free
+        await socket.send_json_to({"type": "join", "room": "lobby", "since": 0})
+        assert (await socket.receive_json_from())["type"] == "joined"
+    other_tab = await joined(alice)
+    await socket.send_json_to({"type": "join", "room": "r1"})  # 2
+    assert (await socket.receive_json_from())["type"] == "joined"
+    await socket.send_json_to({"type": "join", "room": "r2"})  # 3: over
+    error = await socket.receive_json_from()
+    assert (error["code"], error["request"]) == ("rate_limited", "join")
+    assert 59 < error["retry_after"] <= 60
+    assert not await sync_to_async(Membership.objects.filter(room__slug="r2").exists)()
+    await other_tab.send_json_to({"type": "join", "room": "r1"})  # a member: allowed
+    assert (await other_tab.receive_json_from())["type"] == "joined"
+    for tab in (socket, other_tab):
+        await tab.disconnect()
+
+
+async def test_typing_over_its_limit_is_dropped_without_an_error(alice, room, set_rate):
+    set_rate("typing", 2)
+    socket = await joined(alice)
+    for _ in range(5):
+        await socket.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
+    assert await socket.receive_nothing()
+    await assert_still_serving(socket)
+    await socket.disconnect()
+
+
+async def test_connection_attempts_over_the_limit_are_closed_with_4429(
+    alice, room, set_rate
+):
+    set_rate("connect", 3)
+    anonymous = await open_socket(query="")  # failed attempts count too
+    await assert_closed_with(anonymous, 4401)
+    tabs = [await signed_in(alice) for _ in range(2)]
+    refused = await open_socket(alice)
+    await assert_closed_with(refused, 4429)
+    for tab in tabs:
+        await tab.disconnect()
+
+
+async def test_connection_limits_are_per_client_ip(alice, room, set_rate):
+    set_rate("connect", 1)
+
+    async def connect_from(ip):
+        ticket = await sync_to_async(ticket_issue)(alice.pk)
+        socket = WebsocketCommunicator(application, f"/ws/chat/?ticket={ticket}")
+        socket.scope["client"] = (ip, 40000)
+        assert (await socket.connect())[0]
+        return socket
+
+    first = await connect_from("192.0.2.1")
+    assert (await first.receive_json_from())["type"] == "hello"
+    other_ip = await connect_from("192.0.2.2")
+    assert (await other_ip.receive_json_from())["type"] == "hello"
+    again = await connect_from("192.0.2.1")
+    await assert_closed_with(again, 4429)
+    for socket in (first, other_ip):
+        await socket.disconnect()
+
+
+async def test_with_redis_down_frames_are_unavailable_and_the_socket_stays_open(
+    alice, room, redis_server, settings
+):
+    settings.REDIS_URL = redis_server.url  # the limiter's Redis (layer and cache stay)
+    socket = await joined(alice)
+    await send_message(socket, "kept", "up-1")
+    first_ack = await socket.receive_json_from()
+    assert (await socket.receive_json_from())["type"] == "message"
+    redis_server.kill()
+    await send_message(socket, "kept", "up-1")  # a resend is still acked
+    assert await socket.receive_json_from() == first_ack
+    await send_message(socket, "stored?", "down-1")
+    error = await socket.receive_json_from()
+    assert (error["code"], error["request"], error["ref"]) == (
+        "unavailable",
+        "message",
+        "down-1",
+    )
+    await sync_to_async(Room.objects.create)(slug="new-room", name="New")
+    await socket.send_json_to({"type": "join", "room": "new-room"})
+    assert (await socket.receive_json_from())["code"] == "unavailable"
+    # A member's re-join needs no limit: recovery keeps working.
+    await socket.send_json_to({"type": "join", "room": "lobby", "since": 0})
+    assert (await socket.receive_json_from())["type"] == "joined"
+    await socket.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
+    assert await socket.receive_nothing()  # typing is best effort: dropped
+    await assert_still_serving(socket)
+    assert await sync_to_async(Message.objects.count)() == 1
+    await socket.disconnect()
+    refused = await open_socket(alice)
+    await assert_closed_with(refused, 1013)
+
+
+# Input hardening
+
+
+def nested(depth):
+    value = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+async def test_frames_nested_deeper_than_the_bound_are_invalid(alice, room):
+    socket = await signed_in(alice)
+    await socket.send_json_to({"type": "ping", "ts": 1, "x": nested(8)})  # frame + 7
+    assert (await socket.receive_json_from())["type"] == "pong"
+    await socket.send_json_to({"type": "ping", "ts": 1, "x": nested(9)})
+    error = await socket.receive_json_from()
+    assert (error["code"], error["request"]) == ("invalid", "ping")
+    await socket.send_to(text_data="[" * 5000 + "]" * 5000)  # past orjson's own bound
+    assert (await socket.receive_json_from())["code"] == "invalid"
+    await assert_still_serving(socket)
+    await socket.disconnect()
+
+
+async def test_an_overlong_type_or_client_id_is_not_echoed(alice, room):
+    socket = await signed_in(alice)
+    await socket.send_json_to({"type": "t" * 5000, "client_id": "c" * 5000})
+    error = await socket.receive_json_from()
+    assert (error["code"], error["request"], error["ref"]) == ("invalid", None, None)
+    assert len(json.dumps(error)) < 200
+    await socket.disconnect()
+
+
+CONTRACT_FRAME_TYPES = {
+    "hello",
+    "offline_messages",
+    "joined",
+    "left",
+    "ack",
+    "pong",
+    "message",
+    "typing",
+    "presence",
+    "member_joined",
+    "member_left",
+    "message_deleted",
+    "error",
+}
+ERROR_CODES = {"invalid", "not_found", "forbidden", "rate_limited", "unavailable"}
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=12,
+)
+fuzz_frames = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(
+            ["join", "leave", "message", "typing", "ping", "status"]
+        )
+        | json_values
+    },
+    optional={
+        "room": st.sampled_from(["lobby", "side", "nowhere", "No Such!", ""])
+        | json_values,
+        "body": st.text(max_size=60) | json_values,
+        "client_id": st.text(max_size=70) | json_values,
+        "since": st.integers(min_value=-3, max_value=40) | json_values,
+        "ts": json_values,
+        "state": st.sampled_from(["start", "stop"]) | json_values,
+        "status": st.sampled_from(["online", "away"]) | json_values,
+        "extra": json_values,
+    },
+)
+# Mostly well-formed frames, so the fuzz reaches storage and broadcast too.
+plausible_frames = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(
+            ["join", "leave", "message", "typing", "ping", "status"]
+        ),
+        "room": st.sampled_from(["lobby", "side"]),
+    },
+    optional={
+        "body": st.text(max_size=60),
+        "client_id": st.none() | st.text(max_size=70),
+        "since": st.integers(min_value=0, max_value=40),
+        "ts": st.integers(min_value=0, max_value=2**53) | st.floats(allow_nan=False),
+        "state": st.sampled_from(["start", "stop"]),
+        "status": st.sampled_from(["online", "away"]),
+    },
+)
+message_frames = st.fixed_dictionaries(
+    {
+        "type": st.just("message"),
+        "room": st.sampled_from(["lobby", "side"]),
+        "body": st.text(max_size=60),
+        "client_id": st.none() | st.text(max_size=70) | st.sampled_from(["c-1", "c-2"]),
+    }
+)
+fuzz_texts = (
+    message_frames.map(json.dumps)
+    | plausible_frames.map(json.dumps)
+    | fuzz_frames.map(json.dumps)
+    | json_values.map(json.dumps)
+    | st.text(max_size=40)
+)
+
+
+@hypothesis.settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(texts=st.lists(fuzz_texts, min_size=1, max_size=6))
+async def test_random_frames_get_contract_replies_and_store_nothing_malformed(
+    alice, room, settings, texts
+):
+    settings.VOICEFLOW = {**settings.VOICEFLOW, "RATE_LIMIT_MULTIPLIER": 10_000}
+    await sync_to_async(Room.objects.get_or_create)(
+        slug="side", defaults={"name": "Side"}
+    )
+    socket = await joined(alice)
+    for text in texts:  # send_input: send_to refuses an empty frame
+        await socket.send_input({"type": "websocket.receive", "text": text})
+    await socket.send_json_to({"type": "ping", "ts": -1})
+    while True:
+        output = await socket.receive_output(timeout=5)
+        assert (
+            output["type"] == "websocket.send"
+        ), f"socket closed: {output} after {texts}"
+        reply = json.loads(output["text"])
+        assert reply["type"] in CONTRACT_FRAME_TYPES, reply
+        hypothesis.event(f"{reply['type']} {reply.get('code', '')}".strip())
+        if reply["type"] == "error":
+            assert reply["code"] in ERROR_CODES and isinstance(reply["detail"], str)
+            assert reply["request"] is None or isinstance(reply["request"], str)
+            assert reply["ref"] is None or isinstance(reply["ref"], str)
+            if "retry_after" in reply:
+                assert isinstance(reply["retry_after"], (int, float))
+        if reply == {**reply, "type": "pong", "ts": -1}:
+            break
+    await socket.disconnect()
+    for message in await sync_to_async(list)(Message.objects.all()):
+        assert services.clean_body(message.body) == message.body
+        assert services.clean_client_id(message.client_id) == message.client_id

@@ -8,6 +8,8 @@ import websockets
 
 from chat.models import Message
 
+from .servers import ServerProcess
+
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
@@ -87,3 +89,94 @@ def test_tickets_never_reach_the_log(server, lobby):
     log = server.output()
     assert "WebSocket /ws/chat/" in log
     assert ticket not in log
+
+
+async def reply_to(socket):
+    """The next frame that is not a broadcast message (acks and errors)."""
+    while True:
+        received = await frame(socket)
+        if received["type"] != "message":
+            return received
+
+
+async def test_the_31st_message_is_refused_whichever_process_it_reaches(
+    transactional_db, lobby, settings, test_redis_url
+):
+    # Two processes on one Redis (in the embedded pass too: the limiter is the point).
+    env = {"REDIS_URL": test_redis_url, "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX}
+    first, second = ServerProcess(**env).start(), ServerProcess(**env).start()
+    try:
+        token = first.register("alice")
+        sockets = [await open_joined(first, token), await open_joined(second, token)]
+        for i in range(30):
+            if i % 3 == 0:  # REST and socket share the user's window
+                status, body = await asyncio.to_thread(
+                    second.request,
+                    "POST",
+                    "/api/rooms/lobby/messages/",
+                    {"body": f"rest {i}", "client_id": f"m{i}"},
+                    token,
+                )
+                assert status == 201, body
+            else:
+                socket = sockets[i % 2]
+                await socket.send(
+                    json.dumps(
+                        {
+                            "type": "message",
+                            "room": "lobby",
+                            "body": f"ws {i}",
+                            "client_id": f"m{i}",
+                        }
+                    )
+                )
+                assert (await reply_to(socket))["type"] == "ack"
+        for socket in sockets:
+            await socket.send(
+                json.dumps(
+                    {
+                        "type": "message",
+                        "room": "lobby",
+                        "body": "31st",
+                        "client_id": "m30",
+                    }
+                )
+            )
+            refused = await reply_to(socket)
+            assert (
+                refused["code"] == "rate_limited" and 0 < refused["retry_after"] <= 60
+            )
+        for server in (first, second):
+            status, body = await asyncio.to_thread(
+                server.request,
+                "POST",
+                "/api/rooms/lobby/messages/",
+                {"body": "31st"},
+                token,
+            )
+            assert status == 429 and body["code"] == "rate_limited"
+        assert await asyncio.to_thread(Message.objects.count) == 30
+        for socket in sockets:
+            await socket.close()
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_connection_attempts_over_the_limit_reach_a_client_as_4429(
+    transactional_db, lobby, settings
+):
+    server = ServerProcess(
+        VOICEFLOW_RATE_CONNECT="2/60", REDIS_KEY_PREFIX=settings.REDIS_KEY_PREFIX
+    ).start()
+    try:
+        token = server.register("frank")
+        for _ in range(2):
+            async with websockets.connect(server.socket_url(token)) as socket:
+                assert (await frame(socket))["type"] == "hello"
+        async with websockets.connect(server.socket_url(token)) as refused:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await frame(refused)
+        assert closed.value.rcvd.code == 4429
+    finally:
+        server.stop()

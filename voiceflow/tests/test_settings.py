@@ -82,3 +82,66 @@ def test_query_strings_are_redacted_from_log_records():
     inline = record("GET /api/x?ticket=zzz HTTP/1.1")
     RedactQueryStringFilter().filter(inline)
     assert "zzz" not in inline.getMessage()
+
+
+RATES_PROBE = """
+import json
+from django.conf import settings
+print(json.dumps({
+    "multiplier": settings.VOICEFLOW["RATE_LIMIT_MULTIPLIER"],
+    "rates": settings.VOICEFLOW["RATE_LIMITS"],
+    "trusted": settings.TRUSTED_PROXIES,
+}))
+"""
+
+
+def load_rates(**env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VOICEFLOW_RATE")}
+    clean.pop("REDIS_URL", None)
+    clean["DJANGO_SETTINGS_MODULE"] = "voiceflow.settings"
+    result = subprocess.run(
+        [sys.executable, "-c", RATES_PROBE],
+        env={**clean, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_rate_limits_default_to_the_contract():
+    conf = load_rates()
+    assert conf["multiplier"] == 1 and conf["trusted"] == []
+    assert conf["rates"] == {
+        "message": {"limit": 30, "window": 60},
+        "typing": {"limit": 60, "window": 60},
+        "join": {"limit": 10, "window": 60},
+        "rest": {"limit": 1000, "window": 900},
+        "connect": {"limit": 60, "window": 60},
+    }
+
+
+def test_rate_limits_and_trusted_proxies_come_from_the_environment():
+    conf = load_rates(
+        VOICEFLOW_RATE_LIMIT_MULTIPLIER="1000",
+        VOICEFLOW_RATE_MESSAGE="5/10",
+        TRUSTED_PROXIES="10.0.0.0/8, 127.0.0.1",
+    )
+    assert conf["multiplier"] == 1000
+    assert conf["rates"]["message"] == {"limit": 5, "window": 10}
+    assert conf["trusted"] == ["10.0.0.0/8", "127.0.0.1"]
+
+
+@pytest.mark.parametrize("value", ["30", "x/60", "0/60", "30/0"])
+def test_a_malformed_rate_refuses_to_start(value):
+    result = load_settings(VOICEFLOW_RATE_MESSAGE=value)
+    assert result.returncode != 0
+    assert "VOICEFLOW_RATE_MESSAGE must be LIMIT/SECONDS" in result.stderr
+
+
+def test_a_malformed_trusted_proxy_refuses_to_start():
+    result = load_settings(TRUSTED_PROXIES="10.0.0.0/8, proxy.example")
+    assert result.returncode != 0
+    assert "TRUSTED_PROXIES: 'proxy.example' is no IP or CIDR" in result.stderr

@@ -1,0 +1,288 @@
+"""Sliding-window rate limits, shared by every server process through Redis.
+
+A key's window is a log of hit timestamps (a sorted set in Redis, a deque in memory).
+A check drops the hits older than the window, and if fewer than `limit` remain, logs
+this one. A refused check logs nothing, so refusals never extend the wait, and
+`retry_after` is exact: when the hit that makes room leaves the window.
+
+Redis: one Lua script per check (EVALSHA, EVAL once if the script cache is empty), so a
+check is one atomic round trip; each key expires one window after its newest hit.
+Key: `<REDIS_KEY_PREFIX>:rl:<limit name>:<who>` (user id or client IP).
+"""
+
+import hashlib
+import ipaddress
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+from rest_framework.throttling import BaseThrottle
+
+from voiceflow import metrics
+from voiceflow.redis import redis_client, redis_key, redis_sync_client
+
+from .errors import RateLimited, Unavailable
+
+# KEYS[1] the key; ARGV now (ms), window (ms), limit, member (unique per hit).
+# Returns {allowed, hits in the window, ms until a slot frees (0 if allowed)};
+# the last as a string because Redis truncates Lua numbers to integers.
+SLIDING_WINDOW_LUA = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window))
+  return {1, count + 1, '0'}
+end
+local last = count - limit
+local freeing = redis.call('ZRANGE', KEYS[1], last, last, 'WITHSCORES')
+return {0, count, tostring(tonumber(freeing[2]) + window - now)}
+"""
+SLIDING_WINDOW_SHA = hashlib.sha1(SLIDING_WINDOW_LUA.encode()).hexdigest()
+
+_hit_ids = itertools.count()
+_process_tag = f"{os.getpid():x}-{os.urandom(3).hex()}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one check; `member` identifies the logged hit (for a refund)."""
+
+    allowed: bool
+    retry_after: float  # seconds; 0 when allowed
+    key: str
+    member: str | None
+
+    def refusal(self, what):
+        return RateLimited(
+            f"Too many {what}; retry in {self.retry_after:.1f} s.",
+            retry_after=round(self.retry_after, 3),
+        )
+
+
+def _member(now_ms):
+    return f"{now_ms:.3f}:{_process_tag}:{next(_hit_ids)}"
+
+
+def _decision(key, member, reply):
+    allowed, _count, wait_ms = reply
+    if int(allowed):
+        return Decision(True, 0.0, key, member)
+    return Decision(False, max(0.0, float(wait_ms) / 1000), key, None)
+
+
+class RedisRateLimiter:
+    """The shared backend: one Lua round trip per check."""
+
+    def __init__(self, url=None):
+        self.url = url
+
+    def _args(self, key, limit, window, now):
+        now_ms = now * 1000
+        member = _member(now_ms)
+        return member, [key], [repr(now_ms), repr(window * 1000), limit, member]
+
+    async def hit(self, key, limit, window, now):
+        member, keys, args = self._args(key, limit, window, now)
+        client = redis_client(self.url)
+        try:
+            try:
+                reply = await client.evalsha(
+                    SLIDING_WINDOW_SHA, len(keys), *keys, *args
+                )
+            except redis.exceptions.NoScriptError:
+                reply = await client.eval(SLIDING_WINDOW_LUA, len(keys), *keys, *args)
+        except redis.exceptions.RedisError as error:
+            raise Unavailable("Rate limits cannot be checked; retry later.") from error
+        return _decision(key, member, reply)
+
+    def hit_sync(self, key, limit, window, now):
+        member, keys, args = self._args(key, limit, window, now)
+        client = redis_sync_client(self.url)
+        try:
+            try:
+                reply = client.evalsha(SLIDING_WINDOW_SHA, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                reply = client.eval(SLIDING_WINDOW_LUA, len(keys), *keys, *args)
+        except redis.exceptions.RedisError as error:
+            raise Unavailable("Rate limits cannot be checked; retry later.") from error
+        return _decision(key, member, reply)
+
+    async def refund(self, decision):
+        await redis_client(self.url).zrem(decision.key, decision.member)
+
+
+class MemoryRateLimiter:
+    """The embedded twin: the same algorithm on deques, for one process."""
+
+    def __init__(self):
+        self._logs = {}  # key -> (window, deque of (time, member))
+        self._lock = threading.Lock()  # sync views run in threads, sockets on the loop
+        self._checks = 0
+
+    def hit_sync(self, key, limit, window, now):
+        with self._lock:
+            self._checks += 1
+            if self._checks % 1000 == 0:
+                self._drop_expired(now)
+            _window, log = self._logs.setdefault(key, (window, deque()))
+            while log and log[0][0] <= now - window:
+                log.popleft()
+            if len(log) < limit:
+                member = _member(now * 1000)
+                log.append((now, member))
+                self._logs[key] = (window, log)
+                return Decision(True, 0.0, key, member)
+            freeing = log[len(log) - limit][0]
+            return Decision(False, max(0.0, freeing + window - now), key, None)
+
+    async def hit(self, key, limit, window, now):
+        return self.hit_sync(key, limit, window, now)
+
+    async def refund(self, decision):
+        with self._lock:
+            entry = self._logs.get(decision.key)
+            if entry:
+                log = entry[1]
+                for item in log:
+                    if item[1] == decision.member:
+                        log.remove(item)
+                        break
+
+    def clear(self):
+        with self._lock:
+            self._logs.clear()
+
+    def _drop_expired(self, now):
+        for key, (window, log) in list(self._logs.items()):
+            if not log or log[-1][0] <= now - window:
+                del self._logs[key]
+
+
+memory_limiter = MemoryRateLimiter()
+
+
+def limiter():
+    """Redis with REDIS_URL (shared by every process), else the in-memory twin."""
+    return RedisRateLimiter() if settings.REDIS_URL else memory_limiter
+
+
+def rate(name):
+    """(limit, window seconds) of a named limit, scaled by the multiplier."""
+    conf = settings.VOICEFLOW
+    base = conf["RATE_LIMITS"][name]
+    return max(1, int(base["limit"] * conf["RATE_LIMIT_MULTIPLIER"])), base["window"]
+
+
+async def rate_hit(name, who, *, now=None):
+    """Count one `name` hit for `who`; the Decision says whether it is allowed.
+
+    Raises Unavailable if the shared store cannot be reached.
+    """
+    limit, window = rate(name)
+    key = redis_key("rl", name, who)
+    decision = await limiter().hit(
+        key, limit, window, time.time() if now is None else now
+    )
+    return _counted(name, decision)
+
+
+def rate_hit_sync(name, who, *, now=None):
+    """rate_hit for sync code (DRF throttles): same script, blocking client."""
+    limit, window = rate(name)
+    key = redis_key("rl", name, who)
+    decision = limiter().hit_sync(key, limit, window, time.time() if now is None else now)
+    return _counted(name, decision)
+
+
+def _counted(name, decision):
+    if not decision.allowed:
+        metrics.RATE_LIMITED.labels(name).inc()
+    return decision
+
+
+async def rate_refund(decision):
+    """Un-count an allowed hit that turned out to be a replay (best effort)."""
+    if not decision.allowed:
+        return
+    try:
+        await limiter().refund(decision)
+    except redis.exceptions.RedisError:
+        pass  # the hit stays counted: the user is limited slightly early, never late
+
+
+@lru_cache(maxsize=8)
+def _networks(proxies):
+    return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+
+
+def _trusted(address):
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in _networks(tuple(settings.TRUSTED_PROXIES)))
+
+
+def client_ip(peer, forwarded_for=None):
+    """The client's IP: the peer, or behind a trusted proxy the nearest untrusted hop.
+
+    X-Forwarded-For is read only when the peer is a trusted proxy (TRUSTED_PROXIES),
+    right to left, skipping trusted hops, so a client cannot forge its address.
+    """
+    if not peer or not forwarded_for or not _trusted(peer):
+        return peer or "unknown"
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # a garbled header: fall back to the proxy itself
+        if not _trusted(hop):
+            return hop
+    return hops[0] if hops else peer
+
+
+def scope_client_ip(scope):
+    """client_ip of an ASGI scope (WebSocket or HTTP)."""
+    peer = (scope.get("client") or (None,))[0]
+    forwarded = [
+        value.decode("latin-1")
+        for name, value in scope.get("headers", ())
+        if name == b"x-forwarded-for"
+    ]
+    return client_ip(peer, ",".join(forwarded) or None)
+
+
+def request_client_ip(request):
+    """client_ip of a Django request (REMOTE_ADDR is the ASGI scope's client)."""
+    meta = request.META
+    return client_ip(meta.get("REMOTE_ADDR"), meta.get("HTTP_X_FORWARDED_FOR"))
+
+
+class ClientIpThrottle(BaseThrottle):
+    """REST requests per client IP, on the shared sliding-window limiter.
+
+    Sync views run in a worker thread, so this uses the limiter's blocking client (the
+    same Lua script): async_to_sync would make a new event loop, and with it a new
+    Redis connection, per request wherever no server loop is running (tests, WSGI).
+    Refusals raise RateLimited (429 + Retry-After); Redis down raises Unavailable (503).
+    """
+
+    def allow_request(self, request, view):
+        if getattr(request, "_rate_counted", False):
+            return True
+        request._rate_counted = True
+        decision = rate_hit_sync("rest", request_client_ip(request))
+        if not decision.allowed:
+            raise decision.refusal("requests")
+        return True
