@@ -82,7 +82,7 @@ SWEEP_REMOVALS = Counter(
 
 def frame_type(value):
     """A frame type as a metric label: the contract's types, else "other"."""
-    return value if value in FRAME_TYPES else "other"
+    return value if isinstance(value, str) and value in FRAME_TYPES else "other"
 
 
 def render():
