@@ -1,14 +1,19 @@
 """The chat socket at /ws/chat/: one per browser tab, any number of rooms."""
 
+import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 
 import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
+
+from presence import selectors as presence_selectors
+from presence import services as presence_services
 
 from . import broadcast, selectors, services
 from .auth import origin_allowed, socket_user
@@ -22,6 +27,8 @@ CLOSE_TOO_LARGE = 1009
 CLOSE_SERVICE_DOWN = 1013
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_ORIGIN_REFUSED = 4403
+CLOSE_SILENT = 4408
+CLOSE_TOO_MANY = 4429
 
 
 def _room_slug(frame):
@@ -64,6 +71,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     """Parses frames, calls services, replies; layer events are forwarded as is."""
 
     user = None
+    presence_registered = False
 
     async def connect(self):
         # Accept first: a refused handshake reaches a browser as 1006 ("reconnect").
@@ -81,8 +89,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.user = user
         self.connection_id = uuid.uuid4().hex
+        try:
+            registered = await presence_services.presence_connect(
+                sid=self.connection_id, user_id=user.id, username=user.username
+            )
+        except Exception:
+            logger.warning("presence store unavailable at connect", exc_info=True)
+            await self.close(code=CLOSE_SERVICE_DOWN)
+            return
+        if not registered:
+            await self.close(code=CLOSE_TOO_MANY)
+            return
+        self.user = user
+        self._presence_start()
         conf = settings.VOICEFLOW
         await self.send_frame(
             {
@@ -98,6 +118,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def disconnect(self, code):
+        await self._presence_end()
         for slug in list(getattr(self, "rooms", ())):
             await self._unsubscribe(slug)
 
@@ -114,6 +135,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         if self.user is None:
             return  # closing: frames that raced the close are ignored
+        self.last_frame_at = asyncio.get_running_loop().time()
         try:
             frame = orjson.loads(text_data)
         except orjson.JSONDecodeError:
@@ -126,6 +148,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         handler = self.frame_handlers.get(kind) if isinstance(kind, str) else None
         ref = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
         request = kind if isinstance(kind, str) else None
+        await self._presence_touch(
+            active=kind == "message" or (kind == "typing" and frame.get("state") == "start")
+        )
         if handler is None:
             await self.send_error(Invalid(f"Unknown frame type {kind!r}."), request, ref)
             return
@@ -162,12 +187,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await broadcast.room_unsubscribe(self.channel_name, slug)
             raise
         self.rooms[slug] = room
+        await presence_services.presence_room_enter(
+            sid=self.connection_id,
+            user_id=self.user.id,
+            username=self.user.username,
+            slug=slug,
+        )
         await self.send_frame(
             {
                 "type": "joined",
                 "room": slug,
                 "last_seq": last_seq,
-                "members": [],
+                "members": await presence_selectors.room_members(slug),
                 "missed": missed,
                 "truncated": truncated,
             }
@@ -176,7 +207,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def frame_leave(self, frame):
         slug = _room_slug(frame)
         if slug in self.rooms:
+            await self.typing.stop(slug)
             await self._unsubscribe(slug)
+            await presence_services.presence_room_exit(
+                sid=self.connection_id, username=self.user.username, slug=slug
+            )
         await self.send_frame({"type": "left", "room": slug})
 
     async def frame_message(self, frame):
@@ -188,6 +223,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             client_id=frame.get("client_id"),
             ensure_membership=False,
         )
+        await self.typing.stop(room.slug)
         message = result.message
         await self.send_frame(
             {
@@ -201,9 +237,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def frame_typing(self, frame):
-        await self._joined_room(frame)
-        if frame.get("state") not in ("start", "stop"):
+        room = await self._joined_room(frame)
+        state = frame.get("state")
+        if state not in ("start", "stop"):
             raise Invalid("state must be 'start' or 'stop'.", field="state")
+        if state == "start":
+            await self.typing.start(room.slug)
+        else:
+            await self.typing.stop(room.slug)
 
     async def frame_ping(self, frame):
         ts = frame.get("ts")
@@ -214,8 +255,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def frame_status(self, frame):
-        if frame.get("status") not in ("online", "away"):
+        status = frame.get("status")
+        if status not in ("online", "away"):
             raise Invalid("status must be 'online' or 'away'.", field="status")
+        await presence_services.presence_set_away(
+            sid=self.connection_id, away=status == "away"
+        )
 
     frame_handlers = {
         "join": frame_join,
@@ -230,6 +275,82 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def chat_message(self, event):
         await self.send(text_data=event["text"])
+
+    async def presence(self, event):
+        # Sent to each shared room's group: a socket in several forwards it once.
+        if event["id"] in self.presence_seen:
+            return
+        self.presence_seen.append(event["id"])
+        await self.send(text_data=event["text"])
+
+    async def member_joined(self, event):
+        await self.send(text_data=event["text"])
+
+    async def member_left(self, event):
+        await self.send(text_data=event["text"])
+
+    async def typing(self, event):
+        if event["user_id"] != self.user.id:  # never echoed to the typist's own sockets
+            await self.send(text_data=event["text"])
+
+    # Presence of this socket
+
+    def _presence_start(self):
+        self.presence_registered = True
+        self.presence_seen = deque(maxlen=64)
+        self.typing = presence_services.SocketTyping(self.user.id, self.user.username)
+        self.last_frame_at = self.touched_at = self.active_at = (
+            asyncio.get_running_loop().time()
+        )
+        self.heartbeat_watch = asyncio.create_task(self._watch_heartbeat())
+        presence_services.embedded_sweeper_start()
+
+    async def _presence_touch(self, active):
+        """Tell the store about frames at most once per touch interval, not per frame."""
+        now = self.last_frame_at
+        interval = settings.VOICEFLOW["PRESENCE_TOUCH_INTERVAL"]
+        active = active and now - self.active_at >= interval
+        if not active and now - self.touched_at < interval:
+            return
+        self.touched_at = now
+        if active:
+            self.active_at = now
+        try:
+            known = await presence_services.presence_touch(
+                sid=self.connection_id, user_id=self.user.id, active=active
+            )
+        except Exception:
+            logger.warning("presence touch failed", exc_info=True)
+            return
+        if not known:  # swept as dead (e.g. the store lost it): make the client reconnect
+            await self._presence_end()
+            await self.close(code=CLOSE_SILENT)
+
+    async def _watch_heartbeat(self):
+        """Close the socket with 4408 once no frame came for the dead timeout."""
+        loop = asyncio.get_running_loop()
+        while True:
+            silent = loop.time() - self.last_frame_at
+            dead_after = settings.VOICEFLOW["DEAD_AFTER"]
+            if silent >= dead_after:
+                break
+            await asyncio.sleep(dead_after - silent)
+        # A dead client may never answer the close: leave presence first.
+        await self._presence_end()
+        await self.close(code=CLOSE_SILENT)
+
+    async def _presence_end(self):
+        if not self.presence_registered:
+            return
+        self.presence_registered = False
+        watch = self.heartbeat_watch
+        if watch is not asyncio.current_task():
+            watch.cancel()
+        try:
+            await self.typing.stop_all()
+            await presence_services.presence_disconnect(sid=self.connection_id)
+        except Exception:
+            logger.warning("presence cleanup of %s failed", self.connection_id, exc_info=True)
 
     # Helpers
 

@@ -16,6 +16,11 @@ api_urlpatterns = [
         name="api-room-messages",
     ),
     path(
+        "rooms/<str:slug>/presence/",
+        api.RoomPresenceView.as_view(),
+        name="api-room-presence",
+    ),
+    path(
         "rooms/<str:slug>/membership/",
         api.MembershipView.as_view(),
         name="api-room-membership",

@@ -7,12 +7,17 @@ import pytest
 import websockets
 
 from chat.models import Message
+from chat.tests.sockets import PRESENCE_EVENTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 async def frame(socket, timeout=5):
-    return json.loads(await asyncio.wait_for(socket.recv(), timeout))
+    """The next frame that is not a presence, member or typing event."""
+    while True:
+        data = json.loads(await asyncio.wait_for(socket.recv(), timeout))
+        if data.get("type") not in PRESENCE_EVENTS:
+            return data
 
 
 async def open_joined(server, token, room="lobby"):
