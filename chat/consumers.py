@@ -207,7 +207,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def frame_leave(self, frame):
         slug = _room_slug(frame)
         if slug in self.rooms:
-            await self.typing.stop(slug)
+            await self.socket_typing.stop(slug)
             await self._unsubscribe(slug)
             await presence_services.presence_room_exit(
                 sid=self.connection_id, username=self.user.username, slug=slug
@@ -223,7 +223,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             client_id=frame.get("client_id"),
             ensure_membership=False,
         )
-        await self.typing.stop(room.slug)
+        await self.socket_typing.stop(room.slug)
         message = result.message
         await self.send_frame(
             {
@@ -242,9 +242,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if state not in ("start", "stop"):
             raise Invalid("state must be 'start' or 'stop'.", field="state")
         if state == "start":
-            await self.typing.start(room.slug)
+            await self.socket_typing.start(room.slug)
         else:
-            await self.typing.stop(room.slug)
+            await self.socket_typing.stop(room.slug)
 
     async def frame_ping(self, frame):
         ts = frame.get("ts")
@@ -298,7 +298,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def _presence_start(self):
         self.presence_registered = True
         self.presence_seen = deque(maxlen=64)
-        self.typing = presence_services.SocketTyping(self.user.id, self.user.username)
+        self.socket_typing = presence_services.SocketTyping(self.user.id, self.user.username)
         self.last_frame_at = self.touched_at = self.active_at = (
             asyncio.get_running_loop().time()
         )
@@ -347,7 +347,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if watch is not asyncio.current_task():
             watch.cancel()
         try:
-            await self.typing.stop_all()
+            await self.socket_typing.stop_all()
             await presence_services.presence_disconnect(sid=self.connection_id)
         except Exception:
             logger.warning("presence cleanup of %s failed", self.connection_id, exc_info=True)
