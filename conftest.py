@@ -68,9 +68,10 @@ def _fresh_presence(settings):
 
     import redis
 
+    url = settings.REDIS_URL
     settings.REDIS_KEY_PREFIX = prefix = f"{settings.REDIS_KEY_PREFIX}:t{uuid.uuid4().hex[:8]}"
     yield
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis.Redis.from_url(url)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
     if keys:
         client.delete(*keys)

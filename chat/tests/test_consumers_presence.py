@@ -264,12 +264,12 @@ async def test_more_live_sockets_than_allowed_are_closed_with_4429(alice, presen
 
 
 async def test_a_silent_socket_is_closed_with_4408_and_leaves_presence(alice, client, presence_conf):
-    presence_conf(DEAD_AFTER=0.3, OFFLINE_GRACE=0)
+    presence_conf(DEAD_AFTER=0.8, OFFLINE_GRACE=0)
     socket = await tab(alice, "lobby")
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)
     await socket.send_json_to({"type": "ping", "ts": 1})  # a frame resets the timer
     assert (await socket.receive_json_from())["type"] == "pong"
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)
     assert await socket.receive_nothing(timeout=0.01)
     closed = await socket.receive_output(timeout=1)
     assert closed == {"type": "websocket.close", "code": 4408}
