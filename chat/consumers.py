@@ -307,6 +307,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _presence_touch(self, active):
         """Tell the store about frames at most once per touch interval, not per frame."""
+        if not self.presence_registered:
+            return  # closed for silence: frames that raced the close change nothing
         now = self.last_frame_at
         interval = settings.VOICEFLOW["PRESENCE_TOUCH_INTERVAL"]
         active = active and now - self.active_at >= interval

@@ -40,5 +40,6 @@ async def room_online_counts(slugs):
 
 
 async def presence_totals():
-    """Deployment-wide counts: users online, users away, live sockets."""
+    """Deployment-wide counts for /health: users online and away, live sockets, rooms
+    with someone present: {"online", "away", "sockets", "rooms"}."""
     return await presence_store().totals()

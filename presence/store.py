@@ -245,7 +245,14 @@ repeat
     end
   end
 until cursor == '0'
-return {online, away, redis.call('ZCARD', k('sockets'))}
+local rooms = 0
+cursor = '0'
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', k('r', '*'), 'COUNT', 500)
+  cursor = page[1]
+  rooms = rooms + #page[2]
+until cursor == '0'
+return {online, away, redis.call('ZCARD', k('sockets')), rooms}
 """
 
 
@@ -345,8 +352,13 @@ class RedisPresenceStore:
         return bool(await self._run(_DEPARTURE_SETTLE, user_id, slug or "", before))
 
     async def totals(self):
-        online, away, sockets = await self._run(_TOTALS)
-        return {"online": int(online), "away": int(away), "sockets": int(sockets)}
+        online, away, sockets, rooms = await self._run(_TOTALS)
+        return {
+            "online": int(online),
+            "away": int(away),
+            "sockets": int(sockets),
+            "rooms": int(rooms),
+        }
 
 
 @dataclass
@@ -563,6 +575,7 @@ class MemoryPresenceStore:
             "online": statuses.count(ONLINE),
             "away": statuses.count("away"),
             "sockets": len(self.sockets),
+            "rooms": len(self.room_sets),
         }
 
 

@@ -158,9 +158,10 @@ async def test_dead_sockets_are_found_by_last_seen(store):
 async def test_totals_count_statuses_and_sockets(store):
     await connect(store, "a1")
     await connect(store, "b1", uid=2, name="bob")
+    await store.room_enter("a1", "lobby", T0)
     await store.status_swap(1, OFFLINE, ONLINE)
     await store.status_swap(2, OFFLINE, AWAY)
-    assert await store.totals() == {"online": 1, "away": 1, "sockets": 2}
+    assert await store.totals() == {"online": 1, "away": 1, "sockets": 2, "rooms": 1}
 
 
 async def test_every_redis_key_expires(store):
