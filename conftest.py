@@ -55,7 +55,7 @@ def lobby(db):
 
 @pytest.fixture(autouse=True)
 def _fresh_presence(settings):
-    """Each test starts with no presence: an empty memory store, or its own Redis keys."""
+    """Each test starts with no presence: an empty memory store, or own Redis keys."""
     from presence.services import SocketTyping
     from presence.store import memory_store_reset
 
@@ -69,7 +69,8 @@ def _fresh_presence(settings):
     import redis
 
     url = settings.REDIS_URL
-    settings.REDIS_KEY_PREFIX = prefix = f"{settings.REDIS_KEY_PREFIX}:t{uuid.uuid4().hex[:8]}"
+    prefix = f"{settings.REDIS_KEY_PREFIX}:t{uuid.uuid4().hex[:8]}"
+    settings.REDIS_KEY_PREFIX = prefix
     yield
     client = redis.Redis.from_url(url)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=500))

@@ -148,9 +148,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         handler = self.frame_handlers.get(kind) if isinstance(kind, str) else None
         ref = frame.get("client_id") if isinstance(frame.get("client_id"), str) else None
         request = kind if isinstance(kind, str) else None
-        await self._presence_touch(
-            active=kind == "message" or (kind == "typing" and frame.get("state") == "start")
-        )
+        typing_start = kind == "typing" and frame.get("state") == "start"
+        await self._presence_touch(active=kind == "message" or typing_start)
         if handler is None:
             await self.send_error(Invalid(f"Unknown frame type {kind!r}."), request, ref)
             return
@@ -298,7 +297,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def _presence_start(self):
         self.presence_registered = True
         self.presence_seen = deque(maxlen=64)
-        self.socket_typing = presence_services.SocketTyping(self.user.id, self.user.username)
+        self.socket_typing = presence_services.SocketTyping(
+            self.user.id, self.user.username
+        )
         self.last_frame_at = self.touched_at = self.active_at = (
             asyncio.get_running_loop().time()
         )
@@ -306,7 +307,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         presence_services.embedded_sweeper_start()
 
     async def _presence_touch(self, active):
-        """Tell the store about frames at most once per touch interval, not per frame."""
+        """Tell the store about frames at most once per touch interval, not each."""
         if not self.presence_registered:
             return  # closed for silence: frames that raced the close change nothing
         now = self.last_frame_at
@@ -324,7 +325,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             logger.warning("presence touch failed", exc_info=True)
             return
-        if not known:  # swept as dead (e.g. the store lost it): make the client reconnect
+        if not known:  # swept as dead (the store lost it): have the client reconnect
             await self._presence_end()
             await self.close(code=CLOSE_SILENT)
 
@@ -352,7 +353,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.socket_typing.stop_all()
             await presence_services.presence_disconnect(sid=self.connection_id)
         except Exception:
-            logger.warning("presence cleanup of %s failed", self.connection_id, exc_info=True)
+            logger.warning(
+                "presence cleanup of %s failed", self.connection_id, exc_info=True
+            )
 
     # Helpers
 

@@ -9,7 +9,7 @@ from .store import presence_store
 
 
 async def room_presence(slug, now=None):
-    """Users with a live socket joined to `slug`: [{"username", "status", "connections"}]."""
+    """Users with a live socket in `slug`: [{"username", "status", "connections"}]."""
     now = time.time() if now is None else now
     conf = settings.VOICEFLOW
     rows = await presence_store().room_users(slug)

@@ -69,7 +69,7 @@ async def presence_connect(*, sid, user_id, username, now=None):
 
 
 async def presence_disconnect(*, sid, now=None):
-    """Forget a socket; its rooms and the user's status wait out the grace period here."""
+    """Forget a socket; its rooms and the user's status wait out the grace period."""
     now = _clock(now)
     store = presence_store()
     removal = await store.socket_remove(sid, now)
@@ -105,7 +105,7 @@ async def _settle(store, user_id, rooms, now):
 
 
 async def presence_touch(*, sid, user_id, active=False, now=None):
-    """A frame arrived (throttled by the caller); `active` frames also count as activity.
+    """A frame arrived (throttled by the caller); `active` ones also count as activity.
 
     False if the store no longer knows the socket (it was swept as dead).
     """
@@ -128,7 +128,7 @@ async def presence_set_away(*, sid, away, now=None):
 
 
 async def presence_room_enter(*, sid, user_id, username, slug, now=None):
-    """The socket joined `slug`; `member_joined` if it is the user's first socket there."""
+    """The socket joined `slug`; `member_joined` if it is the user's first one there."""
     now = _clock(now)
     store = presence_store()
     added = await store.room_enter(sid, slug, now)
@@ -167,7 +167,7 @@ async def presence_sweep(now=None):
     report = SweepReport()
     rooms_of = defaultdict(set)  # user id -> rooms whose grace may be over
     for sid, seen_at in await store.sockets_dead(now - socket_expiry(conf)):
-        # Silent past the dead timeout, so its grace is over too: it left when last seen.
+        # Silent past the dead timeout, so past its grace too: it left when last seen.
         removal = await store.socket_remove(sid, seen_at)
         if removal is not None:
             report.sockets_removed += 1

@@ -12,7 +12,7 @@ Redis keys, under `<REDIS_KEY_PREFIX>:presence`, each with an expiry renewed on 
   u:<uid>:rooms      SET   rooms the user is present in (announced by member_joined)
   r:<slug>           SET   user ids present in the room
   active             ZSET  uid -> last activity, for users who may turn away
-  gone               ZSET  "uid" / "uid|slug" -> when the last socket went (grace timers)
+  gone               ZSET  "uid" / "uid|slug" -> when the last socket went (grace)
 """
 
 import asyncio
@@ -43,7 +43,9 @@ def _departure(entry):
 _LUA_COMMON = """
 local P, TTL = ARGV[1], tonumber(ARGV[2])
 local function k(...) return P .. ':' .. table.concat({...}, ':') end
-local function keep(...) for _, key in ipairs({...}) do redis.call('EXPIRE', key, TTL) end end
+local function keep(...)
+  for _, key in ipairs({...}) do redis.call('EXPIRE', key, TTL) end
+end
 local function holds_room(uid, slug, except)
   for _, o in ipairs(redis.call('SMEMBERS', k('u', uid, 'sockets'))) do
     if o ~= except and redis.call('SISMEMBER', k('s', o, 'rooms'), slug) == 1 then
@@ -72,10 +74,12 @@ end
 """
 
 _SOCKET_ADD = """
-local sid, uid, name, proc, now, cap = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local sid, uid, name, proc, now = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local cap = tonumber(ARGV[8])
 local n = redis.call('SCARD', k('u', uid, 'sockets'))
 if n >= cap then return -1 end
-redis.call('HSET', k('s', sid), 'uid', uid, 'name', name, 'proc', proc, 'seen', now, 'away', '0')
+redis.call('HSET', k('s', sid), 'uid', uid, 'name', name, 'proc', proc,
+           'seen', now, 'away', '0')
 redis.call('ZADD', k('sockets'), now, sid)
 redis.call('SADD', k('u', uid, 'sockets'), sid)
 redis.call('HSET', k('u', uid), 'name', name)
@@ -128,7 +132,9 @@ if active == '1' then
 end
 keep(k('s', sid), k('s', sid, 'rooms'), k('u', uid), k('u', uid, 'sockets'),
      k('u', uid, 'rooms'), k('sockets'), k('active'))
-for _, slug in ipairs(redis.call('SMEMBERS', k('s', sid, 'rooms'))) do keep(k('r', slug)) end
+for _, slug in ipairs(redis.call('SMEMBERS', k('s', sid, 'rooms'))) do
+  keep(k('r', slug))
+end
 return 1
 """
 
@@ -452,7 +458,9 @@ class MemoryPresenceStore:
                 self.gone[(sock.user_id, slug)] = now
         if not user.sockets:
             user.left_at = self.gone[(sock.user_id, None)] = now
-        return SocketRemoval(sock.user_id, sock.username, tuple(departed), len(user.sockets))
+        return SocketRemoval(
+            sock.user_id, sock.username, tuple(departed), len(user.sockets)
+        )
 
     async def socket_touch(self, sid, now, active=False):
         sock = self.sockets.get(sid)
@@ -521,7 +529,9 @@ class MemoryPresenceStore:
     async def room_counts(self, slugs):
         return {
             slug: sum(
-                1 for uid in self.room_sets.get(slug, ()) if self._connections(uid, slug)
+                1
+                for uid in self.room_sets.get(slug, ())
+                if self._connections(uid, slug)
             )
             for slug in slugs
         }
@@ -551,7 +561,9 @@ class MemoryPresenceStore:
         return idle
 
     async def sockets_dead(self, before):
-        return [(sid, s.seen_at) for sid, s in self.sockets.items() if s.seen_at <= before]
+        return [
+            (sid, s.seen_at) for sid, s in self.sockets.items() if s.seen_at <= before
+        ]
 
     async def departures_due(self, before):
         return [key for key, at in self.gone.items() if at <= before]
@@ -590,7 +602,7 @@ def memory_store_reset():
 
 
 def presence_store():
-    """The store of this deployment: Redis with REDIS_URL, else this process's memory."""
+    """The store: Redis with REDIS_URL, else this process's memory (embedded)."""
     if not settings.REDIS_URL:
         return _memory
     from voiceflow.redis import redis_client, redis_key

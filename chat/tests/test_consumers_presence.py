@@ -69,7 +69,9 @@ async def close(*sockets):
         await socket.disconnect()
 
 
-async def test_joined_lists_who_is_present_and_the_rest_api_agrees(alice, bob, make_user, client):
+async def test_joined_lists_who_is_present_and_the_rest_api_agrees(
+    alice, bob, make_user, client
+):
     await sync_to_async(make_user)("carol")
     alice_tabs = [await tab(alice, "lobby"), await tab(alice, "lobby", first=False)]
     bob_tab = await connect(bob)
@@ -91,17 +93,21 @@ async def test_joined_lists_who_is_present_and_the_rest_api_agrees(alice, bob, m
     assert counts == {"design": 0, "elsewhere": 0, "lobby": 2}
     detail = (await sync_to_async(client.get)("/api/rooms/lobby/")).json()
     assert detail["online_count"] == 2
-    assert (await sync_to_async(client.get)("/api/rooms/nowhere/presence/")).status_code == 404
+    assert (
+        await sync_to_async(client.get)("/api/rooms/nowhere/presence/")
+    ).status_code == 404
     await close(*alice_tabs, bob_tab)
 
 
-async def test_member_joined_on_the_first_socket_and_member_left_at_once_on_the_last_leave(
+async def test_member_joined_on_the_first_socket_member_left_at_once_on_the_last_leave(
     alice, bob
 ):
     watcher = await tab(bob, "lobby")
     tab1 = await tab(alice, "lobby")
     tab2 = await tab(alice, "lobby", first=False)
-    assert await frames(watcher) == [{"type": "member_joined", "room": "lobby", "user": "alice"}]
+    assert await frames(watcher) == [
+        {"type": "member_joined", "room": "lobby", "user": "alice"}
+    ]
     await tab1.send_json_to({"type": "leave", "room": "lobby"})
     assert await frames(watcher) == []
     await tab2.send_json_to({"type": "leave", "room": "lobby"})
@@ -137,8 +143,13 @@ async def test_a_reload_within_the_grace_period_sends_no_event(alice, bob, clien
     reloaded = await tab(alice, "lobby", first=False)
     assert await frames(watcher, quiet=GRACE * 2) == []
     await sync_to_async(client.force_login)(bob)
-    users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()["users"]
-    assert {u["username"]: u["status"] for u in users} == {"alice": "online", "bob": "online"}
+    users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()[
+        "users"
+    ]
+    assert {u["username"]: u["status"] for u in users} == {
+        "alice": "online",
+        "bob": "online",
+    }
     await close(watcher, reloaded)
 
 
@@ -171,9 +182,13 @@ async def test_status_away_counts_only_when_every_socket_says_it(alice, bob):
     await hidden.send_json_to({"type": "status", "status": "away"})
     assert await frames(watcher) == []
     await visible.send_json_to({"type": "status", "status": "away"})
-    assert await frames(watcher) == [{"type": "presence", "user": "alice", "status": "away"}]
+    assert await frames(watcher) == [
+        {"type": "presence", "user": "alice", "status": "away"}
+    ]
     await hidden.send_json_to({"type": "status", "status": "online"})
-    assert await frames(watcher) == [{"type": "presence", "user": "alice", "status": "online"}]
+    assert await frames(watcher) == [
+        {"type": "presence", "user": "alice", "status": "online"}
+    ]
     await close(watcher, visible, hidden)
 
 
@@ -188,7 +203,9 @@ async def test_presence_reaches_each_socket_sharing_a_room_once_and_no_one_else(
     for socket in (both_rooms, elsewhere, roomless):
         await frames(socket)
     await subject.send_json_to({"type": "status", "status": "away"})
-    assert await frames(both_rooms) == [{"type": "presence", "user": "alice", "status": "away"}]
+    assert await frames(both_rooms) == [
+        {"type": "presence", "user": "alice", "status": "away"}
+    ]
     assert await frames(elsewhere) == []
     assert await frames(roomless) == []
     assert of_type(await frames(subject), "presence") == [
@@ -199,7 +216,9 @@ async def test_presence_reaches_each_socket_sharing_a_room_once_and_no_one_else(
 
 async def test_typing_is_throttled_stops_by_itself_and_never_echoes(alice, bob):
     listener = await tab(bob, "lobby")
-    typist, other_tab = await tab(alice, "lobby"), await tab(alice, "lobby", first=False)
+    typist, other_tab = await tab(alice, "lobby"), await tab(
+        alice, "lobby", first=False
+    )
     for socket in (listener, typist, other_tab):
         await frames(socket)
     start = {"type": "typing", "room": "lobby", "state": "start"}
@@ -226,7 +245,9 @@ async def test_typing_stops_on_message_leave_and_disconnect(alice, bob):
     start = {"type": "typing", "room": "lobby", "state": "start"}
 
     async def typing_states():
-        return [f["state"] for f in of_type(await frames(listener, quiet=0.1), "typing")]
+        return [
+            f["state"] for f in of_type(await frames(listener, quiet=0.1), "typing")
+        ]
 
     await typist.send_json_to(start)
     await typist.send_json_to({"type": "message", "room": "lobby", "body": "done"})
@@ -251,7 +272,9 @@ async def test_a_typing_frame_for_an_unjoined_room_is_refused(alice):
     await close(socket)
 
 
-async def test_more_live_sockets_than_allowed_are_closed_with_4429(alice, presence_conf):
+async def test_more_live_sockets_than_allowed_are_closed_with_4429(
+    alice, presence_conf
+):
     presence_conf(MAX_SOCKETS_PER_USER=2)
     tabs = [await connect(alice), await connect(alice)]
     ticket = await sync_to_async(ticket_issue)(alice.pk)
@@ -263,7 +286,9 @@ async def test_more_live_sockets_than_allowed_are_closed_with_4429(alice, presen
     await close(tabs[1], fourth)
 
 
-async def test_a_silent_socket_is_closed_with_4408_and_leaves_presence(alice, client, presence_conf):
+async def test_a_silent_socket_is_closed_with_4408_and_leaves_presence(
+    alice, client, presence_conf
+):
     presence_conf(DEAD_AFTER=0.8, OFFLINE_GRACE=0)
     socket = await tab(alice, "lobby")
     await asyncio.sleep(0.5)
@@ -274,11 +299,13 @@ async def test_a_silent_socket_is_closed_with_4408_and_leaves_presence(alice, cl
     closed = await socket.receive_output(timeout=1)
     assert closed == {"type": "websocket.close", "code": 4408}
     await sync_to_async(client.force_login)(alice)
-    users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()["users"]
+    users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()[
+        "users"
+    ]
     assert users == []
 
 
-async def test_the_embedded_process_sweeps_itself_and_the_shared_one_leaves_it_to_the_sweeper(
+async def test_the_embedded_process_sweeps_itself_a_shared_one_leaves_it_to_the_sweeper(
     alice, bob, presence_conf
 ):
     presence_conf(AWAY_AFTER=0.3, PRESENCE_SWEEP_INTERVAL=0.1)
@@ -290,5 +317,8 @@ async def test_the_embedded_process_sweeps_itself_and_the_shared_one_leaves_it_t
         assert got == []  # `sweep_presence --loop` does it in a process of its own
         await presence_sweep()
         got = of_type(await frames(watcher), "presence")
-    assert {(f["user"], f["status"]) for f in got} == {("alice", "away"), ("bob", "away")}
+    assert {(f["user"], f["status"]) for f in got} == {
+        ("alice", "away"),
+        ("bob", "away"),
+    }
     await close(watcher, idle)

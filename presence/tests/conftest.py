@@ -15,7 +15,17 @@ def private_redis():
     assert binary, "redis-server is required for these tests"
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -31,4 +41,3 @@ def private_redis():
     yield url
     process.kill()
     process.wait()
-

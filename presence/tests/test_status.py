@@ -1,8 +1,20 @@
 """The status function: a pure function of timestamps and settings."""
 
-from presence.status import AWAY, OFFLINE, ONLINE, SocketState, UserPresence, presence_status
+from presence.status import (
+    AWAY,
+    OFFLINE,
+    ONLINE,
+    SocketState,
+    UserPresence,
+    presence_status,
+)
 
-CONF = {"DEAD_AFTER": 60, "PRESENCE_TOUCH_INTERVAL": 5, "AWAY_AFTER": 300, "OFFLINE_GRACE": 10}
+CONF = {
+    "DEAD_AFTER": 60,
+    "PRESENCE_TOUCH_INTERVAL": 5,
+    "AWAY_AFTER": 300,
+    "OFFLINE_GRACE": 10,
+}
 NOW = 10_000.0
 
 

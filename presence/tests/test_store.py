@@ -111,7 +111,9 @@ async def test_coming_back_within_the_grace_cancels_the_departures(store):
     await store.room_enter("a1", "lobby", T0)
     await store.socket_remove("a1", T0)
     await connect(store, "a2", now=T0 + 1)
-    assert await store.room_enter("a2", "lobby", T0 + 1) is False  # no new member_joined
+    assert (
+        await store.room_enter("a2", "lobby", T0 + 1) is False
+    )  # no new member_joined
     assert await store.departures_due(T0 + 100) == []
     assert await store.departure_settle(1, "lobby", T0 + 100) is False
     assert (await store.user_get(1)).left_at is None
@@ -132,7 +134,9 @@ async def test_idle_users_are_claimed_once(store):
     await store.status_swap(2, OFFLINE, ONLINE)
     assert await store.users_idle(T0 + 10) == [1]
     assert await store.users_idle(T0 + 10) == []
-    await store.socket_touch("a1", T0 + 60, active=True)  # activity makes them a candidate again
+    await store.socket_touch(
+        "a1", T0 + 60, active=True
+    )  # activity makes them a candidate again
     assert sorted(await store.users_idle(T0 + 100)) == [1, 2]
 
 

@@ -98,7 +98,9 @@ async def test_a_killed_process_is_swept_and_its_users_leave_for_the_other_proce
         beat = asyncio.create_task(heartbeat(bob))  # bob stays alive throughout
 
         doomed.stop(signal.SIGKILL)  # no disconnect handler runs, nothing is cleaned up
-        assert await events_for(bob, DEAD_AFTER + TOUCH + 0.3) == []  # nobody else knows
+        assert (
+            await events_for(bob, DEAD_AFTER + TOUCH + 0.3) == []
+        )  # nobody else knows
 
         result = await asyncio.to_thread(sweep, doomed.env)
         assert result.returncode == 0, result.stderr
@@ -114,7 +116,9 @@ async def test_a_killed_process_is_swept_and_its_users_leave_for_the_other_proce
         assert [u["username"] for u in body["users"]] == ["bob"]
 
         again = await asyncio.to_thread(sweep, doomed.env)
-        assert "removed 0 dead sockets, 0 status changes, 0 members left" in again.stdout
+        assert (
+            "removed 0 dead sockets, 0 status changes, 0 members left" in again.stdout
+        )
         beat.cancel()
         await bob.close()
         await alice.close()
@@ -138,10 +142,14 @@ def test_the_loop_prints_one_line_per_run(private_redis):
     finally:
         process.kill()
         process.wait()
-    assert all(line.startswith("presence sweep: removed 0 dead sockets") for line in lines), lines
+    assert all(
+        line.startswith("presence sweep: removed 0 dead sockets") for line in lines
+    ), lines
 
 
-def test_in_embedded_mode_the_command_says_the_web_process_sweeps_itself(settings, capsys):
+def test_in_embedded_mode_the_command_says_the_web_process_sweeps_itself(
+    settings, capsys
+):
     settings.REDIS_URL = ""
     call_command("sweep_presence")
     assert "the web process, which sweeps itself" in capsys.readouterr().out
