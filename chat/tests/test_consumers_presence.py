@@ -18,7 +18,8 @@ GRACE = 0.4
 
 
 @pytest.fixture(autouse=True)
-def fast_presence(presence_conf, lobby):
+def fast_presence(presence_conf, lobby, settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     Room.objects.get_or_create(slug="design", defaults={"name": "Design"})
     Room.objects.get_or_create(slug="elsewhere", defaults={"name": "Elsewhere"})
     presence_conf(OFFLINE_GRACE=GRACE, PRESENCE_TOUCH_INTERVAL=0, TYPING_STOP_AFTER=0.4)
