@@ -8,6 +8,7 @@ import websockets
 
 from chat.models import Message
 from chat.tests.sockets import PRESENCE_EVENTS
+from voiceflow.tests.servers import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -92,3 +93,41 @@ def test_tickets_never_reach_the_log(server, lobby):
     log = server.output()
     assert "WebSocket /ws/chat/" in log
     assert ticket not in log
+
+
+async def test_presence_on_a_real_server_reload_then_leave_for_good(lobby):
+    grace = 0.6
+    server = ServerProcess(VOICEFLOW_OFFLINE_GRACE=str(grace))
+    await asyncio.to_thread(server.start)
+    try:
+        alice, bob = server.register("alice"), server.register("bob")
+        watcher = await open_joined(server, bob)
+        page = await open_joined(server, alice)
+        assert await presence_events(watcher, 0.5) == [
+            {"type": "member_joined", "room": "lobby", "user": "alice"}
+        ]
+        await page.close()  # a reload: back within the grace period, nobody is told
+        page = await open_joined(server, alice)
+        assert await presence_events(watcher, grace + 0.3) == []
+        await page.close()  # gone for good: offline, then member_left
+        assert await presence_events(watcher, grace + 2, until=2) == [
+            {"type": "presence", "user": "alice", "status": "offline"},
+            {"type": "member_left", "room": "lobby", "user": "alice"},
+        ]
+        await watcher.close()
+    finally:
+        server.stop()
+
+
+async def presence_events(socket, seconds, until=None, about="alice"):
+    """Presence and member events `about` a user reaching `socket` within `seconds`
+    (or until `until` of them arrived)."""
+    got, deadline = [], asyncio.get_running_loop().time() + seconds
+    while (left := deadline - asyncio.get_running_loop().time()) > 0 and len(got) != until:
+        try:
+            data = json.loads(await asyncio.wait_for(socket.recv(), left))
+        except asyncio.TimeoutError:
+            break
+        if data.get("type") in PRESENCE_EVENTS - {"typing"} and data["user"] == about:
+            got.append(data)
+    return got
