@@ -98,7 +98,8 @@ async def _settle(store, user_id, rooms, now):
     user, changed = await _announce(store, user_id, now)
     left = 0
     for slug in sorted(rooms):
-        if await store.departure_settle(user_id, slug, before):
+        # No name: the user's key expired long ago; nobody can still be showing them.
+        if await store.departure_settle(user_id, slug, before) and user.username:
             await broadcast.member_left(slug, user.username)
             left += 1
     return changed, left

@@ -97,12 +97,12 @@ return n + 1
 
 _SOCKET_REMOVE = """
 local sid, now = ARGV[3], ARGV[4]
+redis.call('ZREM', k('sockets'), sid)  -- also when its hash expired: no leftovers
 local uid = redis.call('HGET', k('s', sid), 'uid')
 if not uid then return false end
 local name = redis.call('HGET', k('s', sid), 'name') or ''
 local rooms = redis.call('SMEMBERS', k('s', sid, 'rooms'))
 redis.call('SREM', k('u', uid, 'sockets'), sid)
-redis.call('ZREM', k('sockets'), sid)
 redis.call('DEL', k('s', sid), k('s', sid, 'rooms'))
 local departed = {}
 for _, slug in ipairs(rooms) do

@@ -1,6 +1,7 @@
 """The presence store: one suite, run against the in-memory twin and real Redis."""
 
 import uuid
+from contextlib import asynccontextmanager
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,20 +13,34 @@ from presence.store import MemoryPresenceStore, RedisPresenceStore
 T0 = 1_800_000_000.0
 
 
+@asynccontextmanager
+async def redis_store_at(request):
+    # The run's Redis in the Redis pass; a private redis-server in the embedded pass.
+    url = settings.REDIS_URL or request.getfixturevalue("private_redis")
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    prefix = f"{settings.REDIS_KEY_PREFIX}:storetest:{uuid.uuid4().hex[:8]}:presence"
+    try:
+        yield RedisPresenceStore(client, prefix, ttl=600)
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def store(request):
     if request.param == "memory":
         yield MemoryPresenceStore()
         return
-    # The run's Redis in the Redis pass; a private redis-server in the embedded pass.
-    url = settings.REDIS_URL or request.getfixturevalue("private_redis")
-    client = aioredis.Redis.from_url(url, decode_responses=True)
-    prefix = f"{settings.REDIS_KEY_PREFIX}:storetest:{uuid.uuid4().hex[:8]}:presence"
-    yield RedisPresenceStore(client, prefix, ttl=600)
-    keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+    async with redis_store_at(request) as redis_store:
+        yield redis_store
+
+
+@pytest.fixture
+async def redis_store(request):
+    async with redis_store_at(request) as store:
+        yield store
 
 
 async def connect(store, sid, uid=1, name="alice", now=T0, cap=20):
@@ -157,6 +172,18 @@ async def test_dead_sockets_are_found_by_last_seen(store):
     await connect(store, "b1", uid=2, name="bob")
     await store.socket_touch("b1", T0 + 30)
     assert await store.sockets_dead(T0 + 10) == [("a1", T0)]
+    await store.socket_remove("a1", T0)
+    assert await store.sockets_dead(T0 + 10) == []
+
+
+async def test_a_socket_whose_keys_expired_is_still_dropped_from_the_index(
+    redis_store,
+):
+    store = redis_store  # keys expire only in Redis
+    await connect(store, "a1")
+    await store.client.delete(f"{store.prefix}:s:a1")  # as if its TTL ran out
+    assert await store.socket_remove("a1", T0) is None
+    assert await store.sockets_dead(T0 + 10) == []
 
 
 async def test_totals_count_statuses_and_sockets(store):
