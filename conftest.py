@@ -112,3 +112,40 @@ def lobby(db):
 
     # Transactional tests flush the migration's lobby; make sure it is there.
     return Room.objects.get_or_create(slug="lobby", defaults={"name": "Lobby"})[0]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_presence(settings):
+    """Each test starts with no presence: an empty memory store, or own Redis keys."""
+    from presence.services import SocketTyping
+    from presence.store import memory_store_reset
+
+    memory_store_reset()
+    SocketTyping._forwarded.clear()
+    if not settings.REDIS_URL:
+        yield
+        return
+    import uuid
+
+    import redis
+
+    url = settings.REDIS_URL
+    prefix = f"{settings.REDIS_KEY_PREFIX}:t{uuid.uuid4().hex[:8]}"
+    settings.REDIS_KEY_PREFIX = prefix
+    yield
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def presence_conf(settings):
+    """Shrunk presence timings (seconds) for tests; returns the live VOICEFLOW dict."""
+
+    def shrink(**values):
+        settings.VOICEFLOW = {**settings.VOICEFLOW, **values}
+        return settings.VOICEFLOW
+
+    return shrink

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from presence import selectors as presence_selectors
 from voiceflow import metrics
 
 from . import ratelimit, selectors, services
@@ -87,18 +88,29 @@ class WsTicketView(APIView):
         return Response({"ticket": ticket, "expires_in": settings.VOICEFLOW["TICKET_TTL"]})
 
 
+def _room_data(rooms, many=False):
+    """Rooms in wire form, `online_count` from presence (as the presence endpoint)."""
+    slugs = [room.slug for room in (rooms if many else [rooms])]
+    counts = async_to_sync(presence_selectors.room_online_counts)(slugs)
+    return RoomSerializer(rooms, many=many, context={"online_counts": counts}).data
+
+
 class RoomListView(generics.ListAPIView):
     serializer_class = RoomSerializer
 
     def get_queryset(self):
         return selectors.room_list()
 
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(_room_data(page, many=True))
+
     def post(self, request):
         serializer = RoomCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         room = services.room_create(user=request.user, **serializer.validated_data)
         room = selectors.room_list().get(pk=room.pk)
-        return Response(RoomSerializer(room).data, status=status.HTTP_201_CREATED)
+        return Response(_room_data(room), status=status.HTTP_201_CREATED)
 
 
 class RoomDetailView(APIView):
@@ -106,7 +118,14 @@ class RoomDetailView(APIView):
         room = selectors.room_list().filter(slug=slug).first()
         if room is None:
             selectors.room_get(slug)  # raises NotFound
-        return Response(RoomSerializer(room).data)
+        return Response(_room_data(room))
+
+
+class RoomPresenceView(APIView):
+    def get(self, request, slug):
+        room = selectors.room_get(slug)
+        users = async_to_sync(presence_selectors.room_presence)(room.slug)
+        return Response({"users": users})
 
 
 class RoomMessagesView(APIView):

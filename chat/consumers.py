@@ -1,8 +1,10 @@
 """The chat socket at /ws/chat/: one per browser tab, any number of rooms."""
 
+import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from datetime import UTC, datetime
 
 import orjson
@@ -11,6 +13,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from presence import selectors as presence_selectors
+from presence import services as presence_services
 from voiceflow import metrics
 
 from . import broadcast, ratelimit, selectors, services, sockets
@@ -27,8 +31,9 @@ CLOSE_SERVICE_DOWN = 1013
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_ORIGIN_REFUSED = 4403
 CLOSE_KICKED = 4403
-_UNKNOWN = object()
+CLOSE_SILENT = 4408
 CLOSE_TOO_MANY = 4429
+_UNKNOWN = object()
 
 
 def _room_slug(frame):
@@ -96,6 +101,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # `user.muted` events, so typing costs no database trip. (Posting re-checks it in
     # the seq bump's statement.)
     muted_until = _UNKNOWN
+    presence_registered = False
 
     async def connect(self):
         # Accept first: a refused handshake reaches a browser as 1006 ("reconnect").
@@ -127,15 +133,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        # Subscribed before anything else, so a kick or mute cannot slip past.
+        try:
+            registered = await presence_services.presence_connect(
+                sid=self.connection_id, user_id=user.id, username=user.username
+            )
+        except Exception:
+            logger.warning("presence store unavailable at connect", exc_info=True)
+            await self.close(code=CLOSE_SERVICE_DOWN)
+            return
+        if not registered:
+            await self.close(code=CLOSE_TOO_MANY)
+            return
+        self.user = user
+        self._presence_start()
+        sockets.socket_opened(user.pk)
+        # Subscribed before hello, so a kick or mute cannot slip past.
         try:
             await broadcast.user_subscribe(self.channel_name, user.pk)
         except Exception:
             logger.warning("user group subscribe failed", exc_info=True)
             await self.close(code=CLOSE_SERVICE_DOWN)
             return
-        self.user = user
-        sockets.socket_opened(user.pk)
         logger.info(
             "socket connected",
             extra={
@@ -178,6 +196,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if getattr(self, "released", True):
             return
         self.released = True
+        await self._presence_end()
         rooms = list(self.rooms)
         for slug in rooms:
             await self._unsubscribe(slug)
@@ -225,6 +244,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         if self.user is None:
             return  # closing: frames that raced the close are ignored
+        self.last_frame_at = asyncio.get_running_loop().time()
         try:
             frame = orjson.loads(text_data)
         except orjson.JSONDecodeError:
@@ -241,6 +261,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if json_too_deep(frame, settings.VOICEFLOW["MAX_JSON_DEPTH"]):
             await self.send_error(Invalid("Frame is nested too deeply."), request, ref)
             return
+        typing_start = kind == "typing" and frame.get("state") == "start"
+        await self._presence_touch(active=kind == "message" or typing_start)
         if handler is None:
             detail = f"Unknown frame type {request!r}." if request else "No frame type."
             await self.send_error(Invalid(detail), request, ref)
@@ -288,7 +310,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "type": "joined",
                 "room": slug,
                 "last_seq": last_seq,
-                "members": [],
+                "members": await self._presence_room_enter(slug),
                 "missed": missed,
                 "truncated": truncated,
             }
@@ -297,7 +319,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def frame_leave(self, frame):
         slug = _room_slug(frame)
         if slug in self.rooms:
+            await self.socket_typing.stop(slug)
             await self._unsubscribe(slug)
+            await presence_services.presence_room_exit(
+                sid=self.connection_id, username=self.user.username, slug=slug
+            )
         await self.send_frame({"type": "left", "room": slug})
 
     async def frame_message(self, frame):
@@ -309,6 +335,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             client_id=frame.get("client_id"),
             ensure_membership=False,
         )
+        await self.socket_typing.stop(room.slug)
         message = result.message
         await self.send_frame(
             {
@@ -322,17 +349,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def frame_typing(self, frame):
-        await self._joined_room(frame)
-        if frame.get("state") not in ("start", "stop"):
+        room = await self._joined_room(frame)
+        state = frame.get("state")
+        if state not in ("start", "stop"):
             raise Invalid("state must be 'start' or 'stop'.", field="state")
         if self.muted_until is _UNKNOWN:
             self.muted_until = await _mute_until(self.user.pk)
         refusal = selectors.mute_refusal(self.muted_until)
         if refusal:
             raise Forbidden(refusal, field="room")
-
         if not await self._typing_allowed():
             return  # the contract: over the limit, typing is dropped without an error
+        if state == "start":
+            await self.socket_typing.start(room.slug)
+        else:
+            await self.socket_typing.stop(room.slug)
 
     async def frame_delete(self, frame):
         room = await self._joined_room(frame)
@@ -353,8 +384,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def frame_status(self, frame):
-        if frame.get("status") not in ("online", "away"):
+        status = frame.get("status")
+        if status not in ("online", "away"):
             raise Invalid("status must be 'online' or 'away'.", field="status")
+        await presence_services.presence_set_away(
+            sid=self.connection_id, away=status == "away"
+        )
 
     frame_handlers = {
         "join": frame_join,
@@ -386,6 +421,102 @@ class ChatConsumer(AsyncWebsocketConsumer):
             },
         )
         await self.close(code=CLOSE_KICKED)
+
+    async def presence(self, event):
+        # Sent to each shared room's group: a socket in several forwards it once.
+        if event["id"] in self.presence_seen:
+            return
+        self.presence_seen.append(event["id"])
+        await self.send(text_data=event["text"])
+
+    async def member_joined(self, event):
+        await self.send(text_data=event["text"])
+
+    async def member_left(self, event):
+        await self.send(text_data=event["text"])
+
+    async def typing(self, event):
+        if event["user_id"] != self.user.id:  # never echoed to the typist's own sockets
+            await self.send(text_data=event["text"])
+
+    # Presence of this socket
+
+    def _presence_start(self):
+        self.presence_registered = True
+        self.presence_seen = deque(maxlen=64)
+        self.socket_typing = presence_services.SocketTyping(
+            self.user.id, self.user.username
+        )
+        self.last_frame_at = self.touched_at = self.active_at = (
+            asyncio.get_running_loop().time()
+        )
+        self.heartbeat_watch = asyncio.create_task(self._watch_heartbeat())
+        presence_services.embedded_sweeper_start()
+
+    async def _presence_touch(self, active):
+        """Tell the store about frames at most once per touch interval, not each."""
+        if not self.presence_registered:
+            return  # closed for silence: frames that raced the close change nothing
+        now = self.last_frame_at
+        interval = settings.VOICEFLOW["PRESENCE_TOUCH_INTERVAL"]
+        active = active and now - self.active_at >= interval
+        if not active and now - self.touched_at < interval:
+            return
+        self.touched_at = now
+        if active:
+            self.active_at = now
+        try:
+            known = await presence_services.presence_touch(
+                sid=self.connection_id, user_id=self.user.id, active=active
+            )
+        except Exception:
+            logger.warning("presence touch failed", exc_info=True)
+            return
+        if not known:  # swept as dead (the store lost it): have the client reconnect
+            await self._presence_end()
+            await self.close(code=CLOSE_SILENT)
+
+    async def _watch_heartbeat(self):
+        """Close the socket with 4408 once no frame came for the dead timeout."""
+        loop = asyncio.get_running_loop()
+        while True:
+            silent = loop.time() - self.last_frame_at
+            dead_after = settings.VOICEFLOW["DEAD_AFTER"]
+            if silent >= dead_after:
+                break
+            await asyncio.sleep(dead_after - silent)
+        # A dead client may never answer the close: leave presence first.
+        await self._presence_end()
+        await self.close(code=CLOSE_SILENT)
+
+    async def _presence_room_enter(self, slug):
+        """Be present in the room; its members. Best effort: missed messages matter more."""
+        try:
+            await presence_services.presence_room_enter(
+                sid=self.connection_id,
+                user_id=self.user.id,
+                username=self.user.username,
+                slug=slug,
+            )
+            return await presence_selectors.room_members(slug)
+        except Exception:
+            logger.warning("presence of a join into %s failed", slug, exc_info=True)
+            return []
+
+    async def _presence_end(self):
+        if not self.presence_registered:
+            return
+        self.presence_registered = False
+        watch = self.heartbeat_watch
+        if watch is not asyncio.current_task():
+            watch.cancel()
+        try:
+            await self.socket_typing.stop_all()
+            await presence_services.presence_disconnect(sid=self.connection_id)
+        except Exception:
+            logger.warning(
+                "presence cleanup of %s failed", self.connection_id, exc_info=True
+            )
 
     # Helpers
 

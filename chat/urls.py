@@ -20,6 +20,11 @@ api_urlpatterns = [
         name="api-room-message",
     ),
     path(
+        "rooms/<str:slug>/presence/",
+        api.RoomPresenceView.as_view(),
+        name="api-room-presence",
+    ),
+    path(
         "rooms/<str:slug>/membership/",
         api.MembershipView.as_view(),
         name="api-room-membership",

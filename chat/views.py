@@ -52,7 +52,7 @@ def room(request, slug):
         "user": request.user.username,
         "wsPath": "/ws/chat/",
         "messagesUrl": reverse("api-room-messages", args=[room.slug]),
-        "presenceUrl": f"/api/rooms/{room.slug}/presence/",
+        "presenceUrl": reverse("api-room-presence", args=[room.slug]),
         "heartbeatInterval": settings.VOICEFLOW["HEARTBEAT_INTERVAL"],
     }
     return render(

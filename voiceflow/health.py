@@ -16,6 +16,8 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from chat import selectors, sockets
+from presence.selectors import presence_totals
+from presence.services import SocketTyping
 
 logger = logging.getLogger(__name__)
 
@@ -96,16 +98,22 @@ def memory_rss():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+async def presence_check(timeout):
+    """The deployment's presence counts; zeros if the presence store does not answer."""
+    try:
+        return await asyncio.wait_for(presence_totals(), timeout)
+    except Exception:
+        logger.warning("presence counts unavailable", exc_info=True)
+        return {"online": 0, "away": 0, "sockets": 0, "rooms": 0}
+
+
 async def report():
     """(HTTP status, body) in the contract's shape."""
     timeout = settings.VOICEFLOW["HEALTH_TIMEOUT"]
-    (database, totals), redis_ok = await asyncio.gather(
-        database_check(timeout), redis_check(timeout)
+    (database, totals), redis_ok, present = await asyncio.gather(
+        database_check(timeout), redis_check(timeout), presence_check(timeout)
     )
     live = sockets.counts()
-    # Until presence is merged, users and rooms are counted from this process's
-    # sockets: every connected user counts as online.
-    online, away = live["users"], 0
     healthy = database and redis_ok is not False
     body = {
         "status": "ok" if healthy else "degraded",
@@ -113,15 +121,17 @@ async def report():
         "metrics": {
             "presence": {
                 "totalUsers": totals["totalUsers"],
-                "onlineUsers": online,
-                "awayUsers": away,
-                "offlineUsers": max(totals["totalUsers"] - online - away, 0),
+                "onlineUsers": present["online"],
+                "awayUsers": present["away"],
+                "offlineUsers": max(
+                    totals["totalUsers"] - present["online"] - present["away"], 0
+                ),
                 "totalRooms": totals["totalRooms"],
-                "activeRooms": live["rooms"],
+                "activeRooms": present["rooms"],
             },
             "sockets": {
                 **live,
-                "typingDebounces": 0,
+                "typingDebounces": SocketTyping.debounces(),
                 "memoryUsage": {"rss": memory_rss()},
             },
         },

@@ -15,6 +15,7 @@ def _options():
         "max_connections": settings.REDIS_MAX_CONNECTIONS,
         "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
         "socket_connect_timeout": settings.REDIS_CONNECT_TIMEOUT,
+        "decode_responses": True,
     }
 
 

@@ -315,4 +315,17 @@ VOICEFLOW = {
         "rest": env_rate("VOICEFLOW_RATE_REST", "1000/900"),  # per client IP
         "connect": env_rate("VOICEFLOW_RATE_CONNECT", "60/60"),  # per client IP
     },
+    # Presence and typing (PROTOCOL.md "Presence", "Typing"); seconds unless named.
+    "DEAD_AFTER": env_float("VOICEFLOW_DEAD_AFTER", 60),
+    "AWAY_AFTER": env_float("VOICEFLOW_AWAY_AFTER", 300),
+    "OFFLINE_GRACE": env_float("VOICEFLOW_OFFLINE_GRACE", 10),
+    "TYPING_STOP_AFTER": env_float("VOICEFLOW_TYPING_STOP_AFTER", 3),
+    "TYPING_FORWARD_INTERVAL": env_float("VOICEFLOW_TYPING_FORWARD_INTERVAL", 1),
+    "MAX_SOCKETS_PER_USER": env_int("VOICEFLOW_MAX_SOCKETS_PER_USER", 20),
+    # A socket's last-seen time reaches the store at most this often (not every frame).
+    "PRESENCE_TOUCH_INTERVAL": env_float("VOICEFLOW_PRESENCE_TOUCH_INTERVAL", 5),
+    # How often the embedded web process sweeps itself (the sweeper's --interval).
+    "PRESENCE_SWEEP_INTERVAL": env_float("VOICEFLOW_PRESENCE_SWEEP_INTERVAL", 15),
+    # Lifetime of every presence key in Redis, renewed while its socket/user is active.
+    "PRESENCE_KEY_TTL": env_int("VOICEFLOW_PRESENCE_KEY_TTL", 3600),
 }

@@ -6,11 +6,11 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from chat import services
 from chat.models import Membership, Message, Room
+from chat.tests.sockets import QuietCommunicator
 from chat.tickets import ticket_issue
 from voiceflow.asgi import application
 
@@ -24,7 +24,7 @@ async def open_socket(user=None, *, origin=None, ticket=None, query=None):
             ticket = await sync_to_async(ticket_issue)(user.pk)
         query = f"?ticket={ticket}" if ticket else ""
     headers = [(b"origin", origin.encode())] if origin else []
-    socket = WebsocketCommunicator(application, f"/ws/chat/{query}", headers=headers)
+    socket = QuietCommunicator(application, f"/ws/chat/{query}", headers=headers)
     connected, _ = await socket.connect()
     assert connected
     return socket
@@ -108,7 +108,7 @@ async def test_an_expired_ticket_is_refused(alice, room):
 async def test_the_session_cookie_authenticates_a_browser(alice, room, client):
     await sync_to_async(client.force_login)(alice)
     cookie = f"sessionid={client.cookies['sessionid'].value}"
-    socket = WebsocketCommunicator(
+    socket = QuietCommunicator(
         application,
         "/ws/chat/",
         headers=[(b"cookie", cookie.encode()), (b"origin", b"http://127.0.0.1:8000")],
@@ -498,7 +498,7 @@ async def test_connection_limits_are_per_client_ip(alice, room, set_rate):
 
     async def connect_from(ip):
         ticket = await sync_to_async(ticket_issue)(alice.pk)
-        socket = WebsocketCommunicator(application, f"/ws/chat/?ticket={ticket}")
+        socket = QuietCommunicator(application, f"/ws/chat/?ticket={ticket}")
         socket.scope["client"] = (ip, 40000)
         assert (await socket.connect())[0]
         return socket

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from django.conf import settings
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,8 @@ class ServerProcess:
             "DEBUG": "0",
             "SECRET_KEY": "end-to-end-test-secret-key",
             "VOICEFLOW_FAST_PASSWORD_HASHER": "1",
+            # This test's own prefix (see conftest), so no state outlives the test.
+            "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
             **env,
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)

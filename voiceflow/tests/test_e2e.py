@@ -5,8 +5,11 @@ import json
 
 import pytest
 import websockets
+from asgiref.sync import sync_to_async
 
 from chat.models import Message
+from chat.tests.sockets import PRESENCE_EVENTS
+from voiceflow.tests.servers import ServerProcess
 
 from .servers import ServerProcess
 
@@ -14,7 +17,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 async def frame(socket, timeout=5):
-    return json.loads(await asyncio.wait_for(socket.recv(), timeout))
+    """The next frame that is not a presence, member or typing event."""
+    while True:
+        data = json.loads(await asyncio.wait_for(socket.recv(), timeout))
+        if data.get("type") not in PRESENCE_EVENTS:
+            return data
 
 
 async def open_joined(server, token, room="lobby"):
@@ -39,7 +46,9 @@ async def test_a_message_reaches_both_users_and_all_their_sockets(server, lobby)
         event = await frame(socket)
         assert event["type"] == "message"
         assert (event["id"], event["user"], event["body"]) == (ack["id"], "bob", "hi all")
-    assert await asyncio.to_thread(Message.objects.filter(pk=ack["id"]).exists)
+    # sync_to_async's thread, whose connection the session closes (a pool thread's
+    # connection would stay open and block dropping the test database).
+    assert await sync_to_async(Message.objects.filter(pk=ack["id"]).exists)()
     for socket in [*alice_tabs, bob_tab]:
         await socket.close()
 
@@ -180,3 +189,41 @@ async def test_connection_attempts_over_the_limit_reach_a_client_as_4429(
         assert closed.value.rcvd.code == 4429
     finally:
         server.stop()
+
+
+async def test_presence_on_a_real_server_reload_then_leave_for_good(lobby):
+    grace = 0.6
+    server = ServerProcess(VOICEFLOW_OFFLINE_GRACE=str(grace))
+    await asyncio.to_thread(server.start)
+    try:
+        alice, bob = server.register("alice"), server.register("bob")
+        watcher = await open_joined(server, bob)
+        page = await open_joined(server, alice)
+        assert await presence_events(watcher, 0.5) == [
+            {"type": "member_joined", "room": "lobby", "user": "alice"}
+        ]
+        await page.close()  # a reload: back within the grace period, nobody is told
+        page = await open_joined(server, alice)
+        assert await presence_events(watcher, grace + 0.3) == []
+        await page.close()  # gone for good: offline, then member_left
+        assert await presence_events(watcher, grace + 2, until=2) == [
+            {"type": "presence", "user": "alice", "status": "offline"},
+            {"type": "member_left", "room": "lobby", "user": "alice"},
+        ]
+        await watcher.close()
+    finally:
+        server.stop()
+
+
+async def presence_events(socket, seconds, until=None, about="alice"):
+    """Presence and member events `about` a user reaching `socket` within `seconds`
+    (or until `until` of them arrived)."""
+    got, deadline = [], asyncio.get_running_loop().time() + seconds
+    while (left := deadline - asyncio.get_running_loop().time()) > 0 and len(got) != until:
+        try:
+            data = json.loads(await asyncio.wait_for(socket.recv(), left))
+        except asyncio.TimeoutError:
+            break
+        if data.get("type") in PRESENCE_EVENTS - {"typing"} and data["user"] == about:
+            got.append(data)
+    return got

@@ -1,0 +1,325 @@
+"""Presence and typing on the socket: who is here, away, gone, typing (both modes)."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+
+from chat.models import Room
+from chat.tickets import ticket_issue
+from presence.services import presence_sweep
+from voiceflow.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+GRACE = 0.4
+
+
+@pytest.fixture(autouse=True)
+def fast_presence(presence_conf, lobby, settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    Room.objects.get_or_create(slug="design", defaults={"name": "Design"})
+    Room.objects.get_or_create(slug="elsewhere", defaults={"name": "Elsewhere"})
+    presence_conf(OFFLINE_GRACE=GRACE, PRESENCE_TOUCH_INTERVAL=0, TYPING_STOP_AFTER=0.4)
+
+
+async def connect(user):
+    ticket = await sync_to_async(ticket_issue)(user.pk)
+    socket = WebsocketCommunicator(application, f"/ws/chat/?ticket={ticket}")
+    assert (await socket.connect())[0]
+    assert (await socket.receive_json_from())["type"] == "hello"
+    return socket
+
+
+async def join(socket, room="lobby"):
+    """Join and return the `joined` reply (earlier frames are dropped)."""
+    await socket.send_json_to({"type": "join", "room": room})
+    while (reply := await socket.receive_json_from())["type"] != "joined":
+        pass
+    return reply
+
+
+async def tab(user, *rooms, first=True):
+    """A socket of `user` joined to `rooms`; when it is the user's `first` there, the
+    member_joined it causes reaches it too, and is consumed here."""
+    socket = await connect(user)
+    for room in rooms:
+        await join(socket, room)
+        own = {"type": "member_joined", "room": room, "user": user.username}
+        while first and await socket.receive_json_from() != own:
+            pass
+    return socket
+
+
+async def frames(socket, quiet=0.15):
+    """Every frame until none arrives for `quiet` seconds."""
+    got = []
+    while not await socket.receive_nothing(timeout=quiet):
+        got.append(await socket.receive_json_from())
+    return got
+
+
+def of_type(got, *types):
+    return [f for f in got if f["type"] in types]
+
+
+async def close(*sockets):
+    for socket in sockets:
+        await socket.disconnect()
+
+
+async def test_joined_lists_who_is_present_and_the_rest_api_agrees(
+    alice, bob, make_user, client
+):
+    await sync_to_async(make_user)("carol")
+    alice_tabs = [await tab(alice, "lobby"), await tab(alice, "lobby", first=False)]
+    bob_tab = await connect(bob)
+    reply = await join(bob_tab)
+    assert reply["members"] == [
+        {"username": "alice", "status": "online"},
+        {"username": "bob", "status": "online"},
+    ]
+    await sync_to_async(client.force_login)(bob)
+    presence = await sync_to_async(client.get)("/api/rooms/lobby/presence/")
+    assert presence.json() == {
+        "users": [
+            {"username": "alice", "status": "online", "connections": 2},
+            {"username": "bob", "status": "online", "connections": 1},
+        ]
+    }
+    rooms = (await sync_to_async(client.get)("/api/rooms/")).json()["results"]
+    counts = {room["slug"]: room["online_count"] for room in rooms}
+    assert counts == {"design": 0, "elsewhere": 0, "lobby": 2}
+    detail = (await sync_to_async(client.get)("/api/rooms/lobby/")).json()
+    assert detail["online_count"] == 2
+    assert (
+        await sync_to_async(client.get)("/api/rooms/nowhere/presence/")
+    ).status_code == 404
+    await close(*alice_tabs, bob_tab)
+
+
+async def test_member_joined_on_the_first_socket_member_left_at_once_on_the_last_leave(
+    alice, bob
+):
+    watcher = await tab(bob, "lobby")
+    tab1 = await tab(alice, "lobby")
+    tab2 = await tab(alice, "lobby", first=False)
+    assert await frames(watcher) == [
+        {"type": "member_joined", "room": "lobby", "user": "alice"}
+    ]
+    await tab1.send_json_to({"type": "leave", "room": "lobby"})
+    assert await frames(watcher) == []
+    await tab2.send_json_to({"type": "leave", "room": "lobby"})
+    assert await frames(watcher, quiet=0.1) == [
+        {"type": "member_left", "room": "lobby", "user": "alice"}
+    ]
+    await close(watcher, tab1, tab2)
+
+
+async def test_closing_the_last_socket_means_offline_and_member_left_after_the_grace(
+    alice, bob
+):
+    watcher = await tab(bob, "lobby")
+    tab1 = await tab(alice, "lobby")
+    tab2 = await tab(alice, "lobby", first=False)
+    await frames(watcher)
+    await tab1.disconnect()
+    await tab2.disconnect()
+    assert await frames(watcher, quiet=GRACE * 0.6) == []  # within the grace: nothing
+    assert await frames(watcher, quiet=GRACE) == [
+        {"type": "presence", "user": "alice", "status": "offline"},
+        {"type": "member_left", "room": "lobby", "user": "alice"},
+    ]
+    await close(watcher)
+
+
+async def test_a_reload_within_the_grace_period_sends_no_event(alice, bob, client):
+    watcher = await tab(bob, "lobby")
+    page = await tab(alice, "lobby")
+    await frames(watcher)
+    await page.disconnect()
+    await asyncio.sleep(GRACE / 4)
+    reloaded = await tab(alice, "lobby", first=False)
+    assert await frames(watcher, quiet=GRACE * 2) == []
+    await sync_to_async(client.force_login)(bob)
+    users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()[
+        "users"
+    ]
+    assert {u["username"]: u["status"] for u in users} == {
+        "alice": "online",
+        "bob": "online",
+    }
+    await close(watcher, reloaded)
+
+
+async def test_inactivity_turns_a_user_away_and_activity_brings_them_back(
+    alice, bob, presence_conf
+):
+    presence_conf(AWAY_AFTER=0.5)
+    watcher = await tab(bob, "lobby")
+    talker = await tab(alice, "lobby")
+    await frames(watcher)
+    await asyncio.sleep(0.3)
+    await watcher.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
+    await asyncio.sleep(0.3)  # alice idle 0.6 s, bob 0.3 s
+    report = await presence_sweep()
+    assert report.status_changes == 1
+    assert of_type(await frames(watcher), "presence") == [
+        {"type": "presence", "user": "alice", "status": "away"}
+    ]
+    await talker.send_json_to({"type": "message", "room": "lobby", "body": "back"})
+    assert of_type(await frames(watcher), "presence") == [
+        {"type": "presence", "user": "alice", "status": "online"}
+    ]
+    await close(watcher, talker)
+
+
+async def test_status_away_counts_only_when_every_socket_says_it(alice, bob):
+    watcher = await tab(bob, "lobby")
+    visible, hidden = await tab(alice, "lobby"), await tab(alice)
+    await frames(watcher)
+    await hidden.send_json_to({"type": "status", "status": "away"})
+    assert await frames(watcher) == []
+    await visible.send_json_to({"type": "status", "status": "away"})
+    assert await frames(watcher) == [
+        {"type": "presence", "user": "alice", "status": "away"}
+    ]
+    await hidden.send_json_to({"type": "status", "status": "online"})
+    assert await frames(watcher) == [
+        {"type": "presence", "user": "alice", "status": "online"}
+    ]
+    await close(watcher, visible, hidden)
+
+
+async def test_presence_reaches_each_socket_sharing_a_room_once_and_no_one_else(
+    alice, bob, make_user
+):
+    carol, dave = [await sync_to_async(make_user)(name) for name in ("carol", "dave")]
+    subject = await tab(alice, "lobby", "design")
+    both_rooms = await tab(bob, "lobby", "design")
+    elsewhere = await tab(carol, "elsewhere")
+    roomless = await tab(dave)
+    for socket in (both_rooms, elsewhere, roomless):
+        await frames(socket)
+    await subject.send_json_to({"type": "status", "status": "away"})
+    assert await frames(both_rooms) == [
+        {"type": "presence", "user": "alice", "status": "away"}
+    ]
+    assert await frames(elsewhere) == []
+    assert await frames(roomless) == []
+    assert of_type(await frames(subject), "presence") == [
+        {"type": "presence", "user": "alice", "status": "away"}
+    ]
+    await close(subject, both_rooms, elsewhere, roomless)
+
+
+async def test_typing_is_throttled_stops_by_itself_and_never_echoes(alice, bob):
+    listener = await tab(bob, "lobby")
+    typist, other_tab = await tab(alice, "lobby"), await tab(
+        alice, "lobby", first=False
+    )
+    for socket in (listener, typist, other_tab):
+        await frames(socket)
+    start = {"type": "typing", "room": "lobby", "state": "start"}
+    await typist.send_json_to(start)
+    await typist.send_json_to(start)  # within a second: not forwarded again
+    assert await listener.receive_json_from() == {
+        "type": "typing",
+        "room": "lobby",
+        "user": "alice",
+        "state": "start",
+    }
+    assert await listener.receive_nothing(timeout=0.2)
+    # Stopped on alice's behalf 0.4 s after her last start.
+    stop = await listener.receive_json_from(timeout=1)
+    assert stop == {"type": "typing", "room": "lobby", "user": "alice", "state": "stop"}
+    assert await frames(typist) == [] and await frames(other_tab) == []
+    await close(listener, typist, other_tab)
+
+
+async def test_typing_stops_on_message_leave_and_disconnect(alice, bob):
+    listener = await tab(bob, "lobby")
+    typist = await tab(alice, "lobby")
+    await frames(listener)
+    start = {"type": "typing", "room": "lobby", "state": "start"}
+
+    async def typing_states():
+        return [
+            f["state"] for f in of_type(await frames(listener, quiet=0.1), "typing")
+        ]
+
+    await typist.send_json_to(start)
+    await typist.send_json_to({"type": "message", "room": "lobby", "body": "done"})
+    assert await typing_states() == ["start", "stop"]
+    await typist.send_json_to(start)  # forwarded at once after a stop
+    await typist.send_json_to({"type": "leave", "room": "lobby"})
+    assert await typing_states() == ["start", "stop"]
+    await join(typist)
+    await typist.send_json_to(start)
+    await asyncio.sleep(0.05)
+    await typist.disconnect()
+    assert await typing_states() == ["start", "stop"]
+    await close(listener)
+
+
+async def test_a_typing_frame_for_an_unjoined_room_is_refused(alice):
+    socket = await tab(alice)
+    await socket.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
+    assert (await socket.receive_json_from())["code"] == "forbidden"
+    await socket.send_json_to({"type": "typing", "room": "nowhere", "state": "start"})
+    assert (await socket.receive_json_from())["code"] == "not_found"
+    await close(socket)
+
+
+async def test_more_live_sockets_than_allowed_are_closed_with_4429(
+    alice, presence_conf
+):
+    presence_conf(MAX_SOCKETS_PER_USER=2)
+    tabs = [await connect(alice), await connect(alice)]
+    ticket = await sync_to_async(ticket_issue)(alice.pk)
+    third = WebsocketCommunicator(application, f"/ws/chat/?ticket={ticket}")
+    assert (await third.connect())[0]
+    assert await third.receive_output() == {"type": "websocket.close", "code": 4429}
+    await tabs[0].disconnect()
+    fourth = await connect(alice)  # a slot is free again
+    await close(tabs[1], fourth)
+
+
+async def test_a_silent_socket_is_closed_with_4408_and_leaves_presence(
+    alice, client, presence_conf
+):
+    presence_conf(DEAD_AFTER=0.8, OFFLINE_GRACE=0)
+    socket = await tab(alice, "lobby")
+    await asyncio.sleep(0.5)
+    await socket.send_json_to({"type": "ping", "ts": 1})  # a frame resets the timer
+    assert (await socket.receive_json_from())["type"] == "pong"
+    await asyncio.sleep(0.5)
+    assert await socket.receive_nothing(timeout=0.01)
+    closed = await socket.receive_output(timeout=1)
+    assert closed == {"type": "websocket.close", "code": 4408}
+    await sync_to_async(client.force_login)(alice)
+    users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()[
+        "users"
+    ]
+    assert users == []
+
+
+async def test_the_embedded_process_sweeps_itself_a_shared_one_leaves_it_to_the_sweeper(
+    alice, bob, presence_conf
+):
+    presence_conf(AWAY_AFTER=0.3, PRESENCE_SWEEP_INTERVAL=0.1)
+    watcher = await tab(bob, "lobby")
+    idle = await tab(alice, "lobby")
+    await frames(watcher, quiet=0.05)
+    got = of_type(await frames(watcher, quiet=0.6), "presence")
+    if settings.REDIS_URL:
+        assert got == []  # `sweep_presence --loop` does it in a process of its own
+        await presence_sweep()
+        got = of_type(await frames(watcher), "presence")
+    assert {(f["user"], f["status"]) for f in got} == {
+        ("alice", "away"),
+        ("bob", "away"),
+    }
+    await close(watcher, idle)

@@ -1,0 +1,68 @@
+"""The only presence module that talks to the channel layer; group names are built here.
+
+Presence reaches sockets through the room groups chat subscribes them to; chat tells
+presence how room groups are named (`use_room_groups`), so presence never imports chat.
+"""
+
+import uuid
+
+import orjson
+from channels.layers import get_channel_layer
+
+_room_group = None
+
+
+def use_room_groups(namer):
+    """Name room groups with `namer(slug)` (chat's `room_group`, set in its ready())."""
+    global _room_group
+    _room_group = namer
+
+
+def room_group(slug):
+    if _room_group is None:
+        raise RuntimeError("presence needs use_room_groups() before broadcasting")
+    return _room_group(slug)
+
+
+def _encode(frame):
+    return orjson.dumps(frame).decode()
+
+
+async def presence_changed(username, status, rooms):
+    """A `presence` event to every socket in `rooms`; sockets in several rooms get one.
+
+    The same event id goes to each room group; the consumer forwards an id once.
+    """
+    if not rooms:
+        return
+    event = {
+        "type": "presence",
+        "id": uuid.uuid4().hex,
+        "text": _encode({"type": "presence", "user": username, "status": status}),
+    }
+    layer = get_channel_layer()
+    for slug in sorted(rooms):
+        await layer.group_send(room_group(slug), event)
+
+
+async def member_joined(slug, username):
+    await _member_event("member_joined", slug, username)
+
+
+async def member_left(slug, username):
+    await _member_event("member_left", slug, username)
+
+
+async def _member_event(kind, slug, username):
+    text = _encode({"type": kind, "room": slug, "user": username})
+    await get_channel_layer().group_send(
+        room_group(slug), {"type": kind.replace("_", "."), "text": text}
+    )
+
+
+async def typing_changed(slug, user_id, username, state):
+    """A `typing` event to the room; the sender's own sockets drop it (by user id)."""
+    text = _encode({"type": "typing", "room": slug, "user": username, "state": state})
+    await get_channel_layer().group_send(
+        room_group(slug), {"type": "typing", "user_id": user_id, "text": text}
+    )

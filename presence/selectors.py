@@ -1,0 +1,45 @@
+"""Reads: who is present in a room, with what status, and deployment totals."""
+
+import time
+
+from django.conf import settings
+
+from .status import presence_status
+from .store import presence_store
+
+
+async def room_presence(slug, now=None):
+    """Users with a live socket in `slug`: [{"username", "status", "connections"}]."""
+    now = time.time() if now is None else now
+    conf = settings.VOICEFLOW
+    rows = await presence_store().room_users(slug)
+    return sorted(
+        (
+            {
+                "username": user.username,
+                "status": presence_status(user, now, conf),
+                "connections": connections,
+            }
+            for user, connections in rows
+        ),
+        key=lambda row: row["username"],
+    )
+
+
+async def room_members(slug, now=None):
+    """`joined.members`: the users `room_presence` lists, as {"username", "status"}."""
+    return [
+        {"username": row["username"], "status": row["status"]}
+        for row in await room_presence(slug, now)
+    ]
+
+
+async def room_online_counts(slugs):
+    """{slug: number of users `room_presence` lists} for each slug."""
+    return await presence_store().room_counts(list(slugs))
+
+
+async def presence_totals():
+    """Deployment-wide counts for /health: users online and away, live sockets, rooms
+    with someone present: {"online", "away", "sockets", "rooms"}."""
+    return await presence_store().totals()

@@ -1,0 +1,268 @@
+"""Writes: sockets come and go, join and leave rooms, change status; events follow.
+
+Every function takes the clock (`now`, epoch seconds) so tests can move time; the
+default is the wall clock. Events are sent only when the stored state changed.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from voiceflow import metrics
+
+from . import broadcast
+from .status import presence_status, socket_expiry
+from .store import presence_store
+
+logger = logging.getLogger(__name__)
+
+# Names this server process in the store (diagnostics: whose sockets a sweep removed).
+PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+_tasks = set()  # grace timers and typing stops in flight (a task needs a reference)
+_sweepers = weakref.WeakKeyDictionary()  # event loop -> embedded sweep task
+
+
+def _clock(now):
+    return time.time() if now is None else now
+
+
+def _spawn(coro):
+    task = asyncio.get_running_loop().create_task(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    return task
+
+
+async def _announce(store, user_id, now):
+    """Recompute the user's status; broadcast it if it changed.
+
+    Returns (the user as read, whether a `presence` event went out).
+    """
+    conf = settings.VOICEFLOW
+    for _ in range(5):  # another process may announce in between: compare and swap
+        user = await store.user_get(user_id)
+        status = presence_status(user, now, conf)
+        if status == user.announced:
+            return user, False
+        if await store.status_swap(user_id, user.announced, status):
+            await broadcast.presence_changed(user.username, status, user.rooms)
+            return user, True
+    return user, False
+
+
+async def presence_connect(*, sid, user_id, username, now=None):
+    """Register a new socket; False if the user already has the most sockets allowed."""
+    now = _clock(now)
+    store = presence_store()
+    cap = settings.VOICEFLOW["MAX_SOCKETS_PER_USER"]
+    if await store.socket_add(sid, user_id, username, PROCESS_ID, now, cap) is None:
+        return False
+    await _announce(store, user_id, now)
+    return True
+
+
+async def presence_disconnect(*, sid, now=None):
+    """Forget a socket; its rooms and the user's status wait out the grace period."""
+    now = _clock(now)
+    store = presence_store()
+    removal = await store.socket_remove(sid, now)
+    if removal is None:
+        return  # already removed (closed for silence, or swept)
+    if removal.sockets_left:
+        await _announce(store, removal.user_id, now)  # e.g. the rest are all away
+    if removal.departed or not removal.sockets_left:
+        grace = settings.VOICEFLOW["OFFLINE_GRACE"]
+        _spawn(_grace_expire(removal.user_id, removal.departed, now + grace))
+
+
+async def _grace_expire(user_id, rooms, at):
+    await asyncio.sleep(max(0.0, at - time.time()) + 0.01)
+    try:
+        await _settle(presence_store(), user_id, rooms, time.time())
+    except Exception:
+        logger.exception("presence grace expiry of user %s failed", user_id)
+
+
+async def _settle(store, user_id, rooms, now):
+    """Apply the user's due grace expiries: status first (to rooms they were in), then
+    `member_left` for each room they did not come back to. Returns (changed, left)."""
+    before = now - settings.VOICEFLOW["OFFLINE_GRACE"]
+    await store.departure_settle(user_id, None, before)
+    user, changed = await _announce(store, user_id, now)
+    left = 0
+    for slug in sorted(rooms):
+        # No name: the user's key expired long ago; nobody can still be showing them.
+        if await store.departure_settle(user_id, slug, before) and user.username:
+            await broadcast.member_left(slug, user.username)
+            left += 1
+    return changed, left
+
+
+async def presence_touch(*, sid, user_id, active=False, now=None):
+    """A frame arrived (throttled by the caller); `active` ones also count as activity.
+
+    False if the store no longer knows the socket (it was swept as dead).
+    """
+    now = _clock(now)
+    store = presence_store()
+    if not await store.socket_touch(sid, now, active):
+        return False
+    if active:
+        await _announce(store, user_id, now)  # away -> online
+    return True
+
+
+async def presence_set_away(*, sid, away, now=None):
+    """The socket's `status` frame: away, or online (which also counts as activity)."""
+    now = _clock(now)
+    store = presence_store()
+    user_id = await store.socket_set_away(sid, away, now)
+    if user_id is not None:
+        await _announce(store, user_id, now)
+
+
+async def presence_room_enter(*, sid, user_id, username, slug, now=None):
+    """The socket joined `slug`; `member_joined` if it is the user's first one there."""
+    now = _clock(now)
+    store = presence_store()
+    added = await store.room_enter(sid, slug, now)
+    if added:
+        await broadcast.member_joined(slug, username)
+    await _announce(store, user_id, now)  # a join is activity
+    return bool(added)
+
+
+async def presence_room_exit(*, sid, username, slug):
+    """The socket left `slug`; `member_left` at once if it was the user's last there."""
+    if await presence_store().room_exit(sid, slug):
+        await broadcast.member_left(slug, username)
+        return True
+    return False
+
+
+@dataclass
+class SweepReport:
+    sockets_removed: int = 0
+    status_changes: int = 0
+    members_left: int = 0
+
+    def __str__(self):
+        return (
+            f"removed {self.sockets_removed} dead sockets, "
+            f"{self.status_changes} status changes, {self.members_left} members left"
+        )
+
+
+async def presence_sweep(now=None):
+    """Drop dead sockets, apply away and grace expiries, broadcast what changed."""
+    now = _clock(now)
+    conf = settings.VOICEFLOW
+    store = presence_store()
+    report = SweepReport()
+    rooms_of = defaultdict(set)  # user id -> rooms whose grace may be over
+    for sid, seen_at in await store.sockets_dead(now - socket_expiry(conf)):
+        # Silent past the dead timeout, so past its grace too: it left when last seen.
+        removal = await store.socket_remove(sid, seen_at)
+        if removal is not None:
+            report.sockets_removed += 1
+            rooms_of[removal.user_id].update(removal.departed)
+    for user_id, slug in await store.departures_due(now - conf["OFFLINE_GRACE"]):
+        rooms_of[user_id].update([slug] if slug else [])
+    for user_id in await store.users_idle(now - conf["AWAY_AFTER"]):
+        rooms_of.setdefault(user_id, set())
+    for user_id, rooms in rooms_of.items():
+        changed, left = await _settle(store, user_id, rooms, now)
+        report.status_changes += changed
+        report.members_left += left
+    metrics.SWEEP_RUNS.inc()
+    metrics.SWEEP_REMOVALS.inc(report.sockets_removed)
+    return report
+
+
+def embedded_sweeper_start():
+    """Embedded mode: this process sweeps itself (nothing else can reach its sockets).
+
+    One task per event loop, started lazily by the first socket; a no-op with Redis,
+    where `manage.py sweep_presence --loop` does the sweeping.
+    """
+    if settings.REDIS_URL:
+        return
+    loop = asyncio.get_running_loop()
+    task = _sweepers.get(loop)
+    if task is None or task.done():
+        _sweepers[loop] = loop.create_task(_sweep_forever())
+
+
+async def _sweep_forever():
+    while True:
+        await asyncio.sleep(settings.VOICEFLOW["PRESENCE_SWEEP_INTERVAL"])
+        try:
+            report = await presence_sweep()
+            if report.sockets_removed or report.status_changes or report.members_left:
+                logger.info("presence sweep: %s", report)
+        except Exception:
+            logger.exception("presence sweep failed")
+
+
+class SocketTyping:
+    """One socket's typing: `start` forwarded at most once a second per user and room,
+    `stop` sent on the user's behalf after the last `start`, or on message/leave/close.
+    Lives in process memory only (no store, no database)."""
+
+    _forwarded = {}  # (user id, slug) -> loop time of the last forwarded start
+
+    def __init__(self, user_id, username):
+        self.user_id = user_id
+        self.username = username
+        self.timers = {}  # slug -> auto-stop task
+
+    async def start(self, slug):
+        conf = settings.VOICEFLOW
+        loop = asyncio.get_running_loop()
+        key = (self.user_id, slug)
+        timer = self.timers.pop(slug, None)
+        if timer is not None:
+            timer.cancel()
+        self.timers[slug] = _spawn(self._expire(slug, conf["TYPING_STOP_AFTER"]))
+        last = self._forwarded.get(key)
+        if last is None or loop.time() - last >= conf["TYPING_FORWARD_INTERVAL"]:
+            self._forwarded[key] = loop.time()
+            await broadcast.typing_changed(slug, self.user_id, self.username, "start")
+
+    async def stop(self, slug):
+        """Send `stop` if this socket is typing in `slug`; otherwise nothing."""
+        timer = self.timers.pop(slug, None)
+        if timer is None:
+            return
+        timer.cancel()
+        await self._stopped(slug)
+
+    async def stop_all(self):
+        for slug in list(self.timers):
+            await self.stop(slug)
+
+    async def _expire(self, slug, delay):
+        await asyncio.sleep(delay)
+        self.timers.pop(slug, None)
+        try:
+            await self._stopped(slug)
+        except Exception:
+            logger.exception("typing stop in %s failed", slug)
+
+    async def _stopped(self, slug):
+        self._forwarded.pop((self.user_id, slug), None)
+        await broadcast.typing_changed(slug, self.user_id, self.username, "stop")
+
+    @classmethod
+    def debounces(cls):
+        """How many user+room typing states this process holds (for /health)."""
+        return len(cls._forwarded)

@@ -1,0 +1,616 @@
+"""Where presence lives: Redis (shared by every process) or memory (embedded mode).
+
+One interface, two backends. Every operation is one round trip (a Lua script) in Redis,
+so concurrent processes never see half an update. Times are epoch seconds (floats).
+
+Redis keys, under `<REDIS_KEY_PREFIX>:presence`, each with an expiry renewed on use:
+  sockets            ZSET  socket id -> last seen (the sweep finds dead sockets here)
+  s:<sid>            HASH  uid, name, proc (server process), seen, away (0/1)
+  s:<sid>:rooms      SET   room slugs this socket joined
+  u:<uid>            HASH  name, active (last activity), status (last announced), left
+  u:<uid>:sockets    SET   the user's socket ids
+  u:<uid>:rooms      SET   rooms the user is present in (announced by member_joined)
+  r:<slug>           SET   user ids present in the room
+  active             ZSET  uid -> last activity, for users who may turn away
+  gone               ZSET  "uid" / "uid|slug" -> when the last socket went (grace)
+"""
+
+import asyncio
+import weakref
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from .status import OFFLINE, ONLINE, SocketState, UserPresence
+
+
+@dataclass(frozen=True)
+class SocketRemoval:
+    """What removing a socket left behind."""
+
+    user_id: int
+    username: str
+    departed: tuple  # rooms where the user now has no socket (their grace starts)
+    sockets_left: int
+
+
+def _departure(entry):
+    uid, _, slug = entry.partition("|")
+    return int(uid), slug or None
+
+
+# Lua shared by the scripts: key names and the user view that status needs.
+_LUA_COMMON = """
+local P, TTL = ARGV[1], tonumber(ARGV[2])
+local function k(...) return P .. ':' .. table.concat({...}, ':') end
+local function keep(...)
+  for _, key in ipairs({...}) do redis.call('EXPIRE', key, TTL) end
+end
+local function holds_room(uid, slug, except)
+  for _, o in ipairs(redis.call('SMEMBERS', k('u', uid, 'sockets'))) do
+    if o ~= except and redis.call('SISMEMBER', k('s', o, 'rooms'), slug) == 1 then
+      return true
+    end
+  end
+  return false
+end
+local function connections(uid, slug)
+  local n = 0
+  for _, o in ipairs(redis.call('SMEMBERS', k('u', uid, 'sockets'))) do
+    n = n + redis.call('SISMEMBER', k('s', o, 'rooms'), slug)
+  end
+  return n
+end
+local function view(uid)
+  local u = redis.call('HMGET', k('u', uid), 'name', 'active', 'status', 'left')
+  local socks = {}
+  for _, sid in ipairs(redis.call('SMEMBERS', k('u', uid, 'sockets'))) do
+    local s = redis.call('HMGET', k('s', sid), 'seen', 'away')
+    if s[1] then table.insert(socks, s[1]); table.insert(socks, s[2] or '0') end
+  end
+  return {uid, u[1] or '', u[2] or '', u[3] or '', u[4] or '', socks,
+          redis.call('SMEMBERS', k('u', uid, 'rooms'))}
+end
+"""
+
+_SOCKET_ADD = """
+local sid, uid, name, proc, now = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local cap = tonumber(ARGV[8])
+local n = redis.call('SCARD', k('u', uid, 'sockets'))
+if n >= cap then return -1 end
+redis.call('HSET', k('s', sid), 'uid', uid, 'name', name, 'proc', proc,
+           'seen', now, 'away', '0')
+redis.call('ZADD', k('sockets'), now, sid)
+redis.call('SADD', k('u', uid, 'sockets'), sid)
+redis.call('HSET', k('u', uid), 'name', name)
+redis.call('HDEL', k('u', uid), 'left')
+redis.call('ZREM', k('gone'), uid)
+if n == 0 and (redis.call('HGET', k('u', uid), 'status') or 'offline') == 'offline' then
+  -- Arriving counts as activity; a reload within the grace period does not.
+  redis.call('HSET', k('u', uid), 'active', now)
+  redis.call('ZADD', k('active'), now, uid)
+  keep(k('active'))
+end
+keep(k('s', sid), k('u', uid, 'sockets'), k('u', uid), k('sockets'), k('gone'))
+return n + 1
+"""
+
+_SOCKET_REMOVE = """
+local sid, now = ARGV[3], ARGV[4]
+redis.call('ZREM', k('sockets'), sid)  -- also when its hash expired: no leftovers
+local uid = redis.call('HGET', k('s', sid), 'uid')
+if not uid then return false end
+local name = redis.call('HGET', k('s', sid), 'name') or ''
+local rooms = redis.call('SMEMBERS', k('s', sid, 'rooms'))
+redis.call('SREM', k('u', uid, 'sockets'), sid)
+redis.call('DEL', k('s', sid), k('s', sid, 'rooms'))
+local departed = {}
+for _, slug in ipairs(rooms) do
+  if not holds_room(uid, slug, nil) then
+    table.insert(departed, slug)
+    redis.call('ZADD', k('gone'), now, uid .. '|' .. slug)
+  end
+end
+local left = redis.call('SCARD', k('u', uid, 'sockets'))
+if left == 0 then
+  redis.call('HSET', k('u', uid), 'left', now)
+  redis.call('ZADD', k('gone'), now, uid)
+end
+keep(k('gone'), k('u', uid))
+return {uid, name, left, departed}
+"""
+
+_SOCKET_TOUCH = """
+local sid, now, active = ARGV[3], ARGV[4], ARGV[5]
+local uid = redis.call('HGET', k('s', sid), 'uid')
+if not uid then return 0 end
+redis.call('HSET', k('s', sid), 'seen', now)
+redis.call('ZADD', k('sockets'), now, sid)
+if active == '1' then
+  redis.call('HSET', k('u', uid), 'active', now)
+  redis.call('ZADD', k('active'), now, uid)
+end
+keep(k('s', sid), k('s', sid, 'rooms'), k('u', uid), k('u', uid, 'sockets'),
+     k('u', uid, 'rooms'), k('sockets'), k('active'))
+for _, slug in ipairs(redis.call('SMEMBERS', k('s', sid, 'rooms'))) do
+  keep(k('r', slug))
+end
+return 1
+"""
+
+_SOCKET_SET_AWAY = """
+local sid, away, now = ARGV[3], ARGV[4], ARGV[5]
+local uid = redis.call('HGET', k('s', sid), 'uid')
+if not uid then return false end
+redis.call('HSET', k('s', sid), 'away', away)
+if away == '0' then
+  redis.call('HSET', k('u', uid), 'active', now)
+  redis.call('ZADD', k('active'), now, uid)
+  keep(k('active'))
+end
+return uid
+"""
+
+_ROOM_ENTER = """
+local sid, slug, now = ARGV[3], ARGV[4], ARGV[5]
+local uid = redis.call('HGET', k('s', sid), 'uid')
+if not uid then return -1 end
+redis.call('SADD', k('s', sid, 'rooms'), slug)
+redis.call('ZREM', k('gone'), uid .. '|' .. slug)
+local added = redis.call('SADD', k('r', slug), uid)
+redis.call('SADD', k('u', uid, 'rooms'), slug)
+redis.call('HSET', k('u', uid), 'active', now)
+redis.call('ZADD', k('active'), now, uid)
+keep(k('s', sid, 'rooms'), k('r', slug), k('u', uid, 'rooms'), k('u', uid), k('active'))
+return added
+"""
+
+_ROOM_EXIT = """
+local sid, slug = ARGV[3], ARGV[4]
+local uid = redis.call('HGET', k('s', sid), 'uid')
+if not uid then return 0 end
+if redis.call('SREM', k('s', sid, 'rooms'), slug) == 0 then return 0 end
+if holds_room(uid, slug, sid) then return 0 end
+redis.call('ZREM', k('gone'), uid .. '|' .. slug)
+redis.call('SREM', k('u', uid, 'rooms'), slug)
+return redis.call('SREM', k('r', slug), uid)
+"""
+
+_USER_GET = """
+return view(ARGV[3])
+"""
+
+_ROOM_USERS = """
+local slug = ARGV[3]
+local out = {}
+for _, uid in ipairs(redis.call('SMEMBERS', k('r', slug))) do
+  local n = connections(uid, slug)
+  if n > 0 then table.insert(out, {n, view(uid)}) end
+end
+return out
+"""
+
+_ROOM_COUNTS = """
+local out = {}
+for i = 3, #ARGV do
+  local n = 0
+  for _, uid in ipairs(redis.call('SMEMBERS', k('r', ARGV[i]))) do
+    if connections(uid, ARGV[i]) > 0 then n = n + 1 end
+  end
+  table.insert(out, n)
+end
+return out
+"""
+
+_STATUS_SWAP = """
+local uid, old, new = ARGV[3], ARGV[4], ARGV[5]
+if (redis.call('HGET', k('u', uid), 'status') or 'offline') ~= old then return 0 end
+redis.call('HSET', k('u', uid), 'status', new)
+local active = redis.call('HGET', k('u', uid), 'active')
+if new == 'online' and active then
+  redis.call('ZADD', k('active'), active, uid)
+else
+  redis.call('ZREM', k('active'), uid)
+end
+keep(k('u', uid), k('active'))
+return 1
+"""
+
+_USERS_IDLE = """
+local before = ARGV[3]
+local uids = redis.call('ZRANGEBYSCORE', k('active'), '-inf', before)
+redis.call('ZREMRANGEBYSCORE', k('active'), '-inf', before)
+return uids
+"""
+
+_DEPARTURE_SETTLE = """
+local uid, slug, before = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local entry = slug == '' and uid or (uid .. '|' .. slug)
+local at = redis.call('ZSCORE', k('gone'), entry)
+if not at or tonumber(at) > before then return 0 end
+redis.call('ZREM', k('gone'), entry)
+if slug == '' then
+  return redis.call('SCARD', k('u', uid, 'sockets')) == 0 and 1 or 0
+end
+if holds_room(uid, slug, nil) then return 0 end
+redis.call('SREM', k('u', uid, 'rooms'), slug)
+return redis.call('SREM', k('r', slug), uid)
+"""
+
+_TOTALS = """
+local users, online, away = 0, 0, 0
+local cursor = '0'
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', k('u', '*'), 'COUNT', 500)
+  cursor = page[1]
+  for _, key in ipairs(page[2]) do
+    if redis.call('TYPE', key)['ok'] == 'hash' then
+      local status = redis.call('HGET', key, 'status')
+      if status == 'online' then online = online + 1 end
+      if status == 'away' then away = away + 1 end
+    end
+  end
+until cursor == '0'
+local rooms = 0
+cursor = '0'
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', k('r', '*'), 'COUNT', 500)
+  cursor = page[1]
+  rooms = rooms + #page[2]
+until cursor == '0'
+return {online, away, redis.call('ZCARD', k('sockets')), rooms}
+"""
+
+
+def _float(value):
+    return float(value) if value not in (None, "", False) else None
+
+
+def _user_view(raw):
+    uid, name, active, status, left, socks, rooms = raw
+    sockets = tuple(
+        SocketState(seen_at=float(socks[i]), away=socks[i + 1] == "1")
+        for i in range(0, len(socks), 2)
+    )
+    return UserPresence(
+        user_id=int(uid),
+        username=name,
+        active_at=_float(active),
+        announced=status or OFFLINE,
+        left_at=_float(left),
+        sockets=sockets,
+        rooms=frozenset(rooms),
+    )
+
+
+class RedisPresenceStore:
+    """Presence in Redis, shared by every server process and the sweeper."""
+
+    def __init__(self, client, prefix, ttl):
+        self.client = client
+        self.prefix = prefix
+        self.ttl = ttl
+        self._scripts = {}
+
+    async def _run(self, source, *args):
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.client.register_script(
+                _LUA_COMMON + source
+            )
+        return await script(args=[self.prefix, self.ttl, *args])
+
+    async def socket_add(self, sid, user_id, username, process, now, cap):
+        count = await self._run(_SOCKET_ADD, sid, user_id, username, process, now, cap)
+        return None if count < 0 else count
+
+    async def socket_remove(self, sid, now):
+        raw = await self._run(_SOCKET_REMOVE, sid, now)
+        if not raw:
+            return None
+        uid, name, left, departed = raw
+        return SocketRemoval(int(uid), name, tuple(sorted(departed)), int(left))
+
+    async def socket_touch(self, sid, now, active=False):
+        return bool(await self._run(_SOCKET_TOUCH, sid, now, int(active)))
+
+    async def socket_set_away(self, sid, away, now):
+        uid = await self._run(_SOCKET_SET_AWAY, sid, int(away), now)
+        return int(uid) if uid else None
+
+    async def room_enter(self, sid, slug, now):
+        added = await self._run(_ROOM_ENTER, sid, slug, now)
+        return None if added < 0 else bool(added)
+
+    async def room_exit(self, sid, slug):
+        return bool(await self._run(_ROOM_EXIT, sid, slug))
+
+    async def user_get(self, user_id):
+        return _user_view(await self._run(_USER_GET, user_id))
+
+    async def room_users(self, slug):
+        rows = await self._run(_ROOM_USERS, slug)
+        return [(_user_view(view), int(n)) for n, view in rows]
+
+    async def room_counts(self, slugs):
+        if not slugs:
+            return {}
+        counts = await self._run(_ROOM_COUNTS, *slugs)
+        return dict(zip(slugs, map(int, counts)))
+
+    async def status_swap(self, user_id, old, new):
+        return bool(await self._run(_STATUS_SWAP, user_id, old, new))
+
+    async def users_idle(self, before):
+        return [int(uid) for uid in await self._run(_USERS_IDLE, before)]
+
+    async def sockets_dead(self, before):
+        rows = await self.client.zrangebyscore(
+            f"{self.prefix}:sockets", "-inf", before, withscores=True
+        )
+        return [(sid, float(seen)) for sid, seen in rows]
+
+    async def departures_due(self, before):
+        rows = await self.client.zrangebyscore(f"{self.prefix}:gone", "-inf", before)
+        return [_departure(entry) for entry in rows]
+
+    async def departure_settle(self, user_id, slug, before):
+        return bool(await self._run(_DEPARTURE_SETTLE, user_id, slug or "", before))
+
+    async def totals(self):
+        online, away, sockets, rooms = await self._run(_TOTALS)
+        return {
+            "online": int(online),
+            "away": int(away),
+            "sockets": int(sockets),
+            "rooms": int(rooms),
+        }
+
+
+@dataclass
+class _Socket:
+    user_id: int
+    username: str
+    process: str
+    seen_at: float
+    away: bool = False
+    rooms: set = None
+
+
+@dataclass
+class _User:
+    username: str = ""
+    active_at: float | None = None
+    status: str = OFFLINE
+    left_at: float | None = None
+    sockets: set = None
+    rooms: set = None
+
+
+class MemoryPresenceStore:
+    """The in-memory twin for the embedded single process (same interface, no awaits).
+
+    Nothing expires on its own here: the process sweeps itself, and a restart clears it.
+    """
+
+    def __init__(self):
+        self.sockets = {}  # sid -> _Socket
+        self.users = {}  # uid -> _User
+        self.room_sets = {}  # slug -> set of uids present
+        self.active = {}  # uid -> last activity (may turn away)
+        self.gone = {}  # (uid, slug|None) -> left at
+
+    def _user(self, uid):
+        user = self.users.get(uid)
+        if user is None:
+            user = self.users[uid] = _User(sockets=set(), rooms=set())
+        return user
+
+    def _holds_room(self, uid, slug, except_sid=None):
+        return any(
+            slug in self.sockets[s].rooms
+            for s in self._user(uid).sockets
+            if s != except_sid
+        )
+
+    def _connections(self, uid, slug):
+        return sum(slug in self.sockets[s].rooms for s in self._user(uid).sockets)
+
+    def _view(self, uid):
+        user = self._user(uid)
+        return UserPresence(
+            user_id=uid,
+            username=user.username,
+            active_at=user.active_at,
+            announced=user.status,
+            left_at=user.left_at,
+            sockets=tuple(
+                SocketState(self.sockets[s].seen_at, self.sockets[s].away)
+                for s in user.sockets
+            ),
+            rooms=frozenset(user.rooms),
+        )
+
+    async def socket_add(self, sid, user_id, username, process, now, cap):
+        user = self._user(user_id)
+        count = len(user.sockets)
+        if count >= cap:
+            return None
+        self.sockets[sid] = _Socket(user_id, username, process, now, rooms=set())
+        user.sockets.add(sid)
+        user.username = username
+        user.left_at = None
+        self.gone.pop((user_id, None), None)
+        if count == 0 and user.status == OFFLINE:
+            user.active_at = self.active[user_id] = now
+        return count + 1
+
+    async def socket_remove(self, sid, now):
+        sock = self.sockets.pop(sid, None)
+        if sock is None:
+            return None
+        user = self._user(sock.user_id)
+        user.sockets.discard(sid)
+        departed = []
+        for slug in sorted(sock.rooms):
+            if not self._holds_room(sock.user_id, slug):
+                departed.append(slug)
+                self.gone[(sock.user_id, slug)] = now
+        if not user.sockets:
+            user.left_at = self.gone[(sock.user_id, None)] = now
+        return SocketRemoval(
+            sock.user_id, sock.username, tuple(departed), len(user.sockets)
+        )
+
+    async def socket_touch(self, sid, now, active=False):
+        sock = self.sockets.get(sid)
+        if sock is None:
+            return False
+        sock.seen_at = now
+        if active:
+            self._user(sock.user_id).active_at = self.active[sock.user_id] = now
+        return True
+
+    async def socket_set_away(self, sid, away, now):
+        sock = self.sockets.get(sid)
+        if sock is None:
+            return None
+        sock.away = away
+        if not away:
+            self._user(sock.user_id).active_at = self.active[sock.user_id] = now
+        return sock.user_id
+
+    async def room_enter(self, sid, slug, now):
+        sock = self.sockets.get(sid)
+        if sock is None:
+            return None
+        uid = sock.user_id
+        sock.rooms.add(slug)
+        self.gone.pop((uid, slug), None)
+        present = self.room_sets.setdefault(slug, set())
+        added = uid not in present
+        present.add(uid)
+        user = self._user(uid)
+        user.rooms.add(slug)
+        user.active_at = self.active[uid] = now
+        return added
+
+    async def room_exit(self, sid, slug):
+        sock = self.sockets.get(sid)
+        if sock is None or slug not in sock.rooms:
+            return False
+        sock.rooms.discard(slug)
+        if self._holds_room(sock.user_id, slug):
+            return False
+        return self._room_drop(sock.user_id, slug)
+
+    def _room_drop(self, uid, slug):
+        self.gone.pop((uid, slug), None)
+        self._user(uid).rooms.discard(slug)
+        present = self.room_sets.get(slug, set())
+        if uid not in present:
+            return False
+        present.discard(uid)
+        if not present:
+            del self.room_sets[slug]
+        return True
+
+    async def user_get(self, user_id):
+        return self._view(user_id)
+
+    async def room_users(self, slug):
+        rows = []
+        for uid in list(self.room_sets.get(slug, ())):
+            n = self._connections(uid, slug)
+            if n:
+                rows.append((self._view(uid), n))
+        return rows
+
+    async def room_counts(self, slugs):
+        return {
+            slug: sum(
+                1
+                for uid in self.room_sets.get(slug, ())
+                if self._connections(uid, slug)
+            )
+            for slug in slugs
+        }
+
+    async def status_swap(self, user_id, old, new):
+        user = self._user(user_id)
+        if user.status != old:
+            return False
+        user.status = new
+        if new == ONLINE and user.active_at is not None:
+            self.active[user_id] = user.active_at
+        else:
+            self.active.pop(user_id, None)
+        self._forget_if_gone(user_id)
+        return True
+
+    def _forget_if_gone(self, uid):
+        user = self.users.get(uid)
+        if user and user.status == OFFLINE and not user.sockets and not user.rooms:
+            if not any(key[0] == uid for key in self.gone):
+                del self.users[uid]  # nothing left to know about them
+
+    async def users_idle(self, before):
+        idle = [uid for uid, at in self.active.items() if at <= before]
+        for uid in idle:
+            del self.active[uid]
+        return idle
+
+    async def sockets_dead(self, before):
+        return [
+            (sid, s.seen_at) for sid, s in self.sockets.items() if s.seen_at <= before
+        ]
+
+    async def departures_due(self, before):
+        return [key for key, at in self.gone.items() if at <= before]
+
+    async def departure_settle(self, user_id, slug, before):
+        at = self.gone.get((user_id, slug))
+        if at is None or at > before:
+            return False
+        del self.gone[(user_id, slug)]
+        if slug is None:
+            return not self._user(user_id).sockets
+        if self._holds_room(user_id, slug):
+            return False
+        dropped = self._room_drop(user_id, slug)
+        self._forget_if_gone(user_id)
+        return dropped
+
+    async def totals(self):
+        statuses = [u.status for u in self.users.values()]
+        return {
+            "online": statuses.count(ONLINE),
+            "away": statuses.count("away"),
+            "sockets": len(self.sockets),
+            "rooms": len(self.room_sets),
+        }
+
+
+_memory = MemoryPresenceStore()
+_redis_stores = weakref.WeakKeyDictionary()  # event loop -> RedisPresenceStore
+
+
+def memory_store_reset():
+    """Forget everything in the in-memory store (tests)."""
+    global _memory
+    _memory = MemoryPresenceStore()
+
+
+def presence_store():
+    """The store: Redis with REDIS_URL, else this process's memory (embedded)."""
+    if not settings.REDIS_URL:
+        return _memory
+    from voiceflow.redis import redis_client, redis_key
+
+    prefix = redis_key("presence")
+    loop = asyncio.get_running_loop()
+    store = _redis_stores.get(loop)
+    if store is None or store.prefix != prefix:
+        ttl = settings.VOICEFLOW["PRESENCE_KEY_TTL"]
+        store = _redis_stores[loop] = RedisPresenceStore(redis_client(), prefix, ttl)
+    return store
