@@ -133,6 +133,10 @@ class Person:
     def messages(self):
         return self.page.locator("#message-list li.message")
 
+    @property
+    def sent_messages(self):
+        return self.page.locator("#message-list li.message[data-state=sent]")
+
     def message(self, body):
         return self.page.locator("#message-list li.message").filter(
             has=self.page.locator(".message-body", has_text=body)

@@ -64,7 +64,7 @@ def test_two_users_chat_both_ways(people):
     alice.type_and_send("12:30 at the usual place")
 
     for person in (alice, bob):
-        expect(person.messages).to_have_count(4)
+        expect(person.sent_messages).to_have_count(4)
         bodies = person.page.locator("#message-list .message-body").all_inner_texts()
         assert bodies == [
             "Hi Bob, are you there?",
