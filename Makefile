@@ -9,7 +9,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow
 TEST_REDIS_PREFIX ?= vftest
 
-.PHONY: install run test test-embedded test-redis lint
+.PHONY: install run test test-embedded test-redis test-browser lint
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: test-embedded test-redis
 
 test-embedded: install
 	env -u REDIS_URL -u DATABASE_URL $(BIN)/pytest
+
+# Just the chat page in Chromium (embedded mode); screenshots in artifacts/screenshots/.
+test-browser: install
+	env -u REDIS_URL -u DATABASE_URL $(BIN)/pytest -m "browser and not needs_presence" voiceflow/tests
 
 test-redis: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) \

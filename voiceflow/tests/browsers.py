@@ -1,5 +1,7 @@
 """Debian's Chromium driven by Playwright, for the browser tests of the chat page."""
 
+import json
+import re
 from pathlib import Path
 
 from asgiref.sync import SyncToAsync
@@ -87,6 +89,44 @@ def set_tab_hidden(page, hidden):
         }""",
         hidden,
     )
+
+
+class SocketProxy:
+    """A pass-through proxy for a page's chat socket (Playwright's WebSocket routing).
+
+    `hold()` keeps the server's frames from the page until `release()`; `inject(frame)`
+    hands the page a frame as if the server had sent it.
+    """
+
+    def __init__(self, page):
+        self.holding = False
+        self.held = []
+        self.to_page = None
+        page.route_web_socket(re.compile(r"/ws/chat/$"), self._route)
+
+    def _route(self, ws):
+        server = ws.connect_to_server()
+        self.to_page = ws
+        server.on_message(self._from_server)
+        ws.on_message(lambda frame: server.send(frame))
+
+    def _from_server(self, frame):
+        if self.holding:
+            self.held.append(frame)
+        else:
+            self.to_page.send(frame)
+
+    def hold(self):
+        self.holding = True
+
+    def release(self):
+        self.holding = False
+        held, self.held = self.held, []
+        for frame in held:
+            self.to_page.send(frame)
+
+    def inject(self, frame):
+        self.to_page.send(json.dumps(frame))
 
 
 class Person:

@@ -9,7 +9,14 @@ from playwright.sync_api import expect
 from chat import services
 from chat.models import Message, Room
 
-from .browsers import PASSWORD, PHONE, in_db_thread, screenshot, set_tab_hidden
+from .browsers import (
+    PASSWORD,
+    PHONE,
+    SocketProxy,
+    in_db_thread,
+    screenshot,
+    set_tab_hidden,
+)
 from .servers import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -85,20 +92,10 @@ def test_two_users_chat_both_ways(people):
 
 def test_a_message_shows_at_once_as_pending_and_turns_sent_on_ack(people):
     alice = people("alice", log_in=False)
-    holding, held, to_page = [], [], []
-
-    def route(ws):
-        # A pass-through proxy for the page's socket that can hold back the server's
-        # frames, so the test sees the message before its ack arrives.
-        server = ws.connect_to_server()
-        to_page.append(ws)
-        server.on_message(lambda frame: held.append(frame) if holding else ws.send(frame))
-        ws.on_message(lambda frame: server.send(frame))
-
-    alice.page.route_web_socket(re.compile(r"/ws/chat/$"), route)
+    socket = SocketProxy(alice.page)
     alice.log_in()
 
-    holding.append(True)
+    socket.hold()  # the server's answers wait, so the page has no ack yet
     alice.type_and_send("Is this thing on?")
     pending = alice.message("Is this thing on?")
     expect(pending).to_have_attribute("data-state", "pending")
@@ -106,16 +103,50 @@ def test_a_message_shows_at_once_as_pending_and_turns_sent_on_ack(people):
     expect(alice.page.locator("#composer")).to_have_value("")
     alice.page.wait_for_timeout(500)
     expect(pending).to_have_attribute("data-state", "pending")  # still: no ack yet
-    assert any('"ack"' in frame for frame in held)
+    assert any('"ack"' in frame for frame in socket.held)
     screenshot(alice.page, "06-pending")
 
-    holding.clear()
-    for frame in held:
-        to_page[0].send(frame)
+    socket.release()
     expect(pending).to_have_attribute("data-state", "sent")
     expect(pending.locator(".message-status")).to_be_hidden()
     assert pending.get_attribute("data-seq") == "1"
     assert stored_count("Is this thing on?") == 1
+
+
+def test_the_page_shows_typing_and_presence_frames_from_the_server(people):
+    """The page's side of typing and presence, with frames as the contract has them."""
+    alice = people("alice", log_in=False)
+    socket = SocketProxy(alice.page)
+    alice.log_in()
+    page = alice.page
+    member = page.locator('#member-list li[data-user="dave"]')
+
+    socket.inject({"type": "member_joined", "room": "lobby", "user": "dave"})
+    expect(member).to_have_attribute("data-status", "online")
+    expect(page.locator("#member-empty")).to_be_hidden()
+    expect(page.locator("#member-count")).to_have_text("(2)")
+    socket.inject({"type": "typing", "room": "lobby", "user": "dave", "state": "start"})
+    expect(page.locator("#typing-indicator")).to_have_text("dave is typing…")
+    socket.inject({"type": "typing", "room": "lobby", "user": "erin", "state": "start"})
+    expect(page.locator("#typing-indicator")).to_have_text("dave and erin are typing…")
+    socket.inject({"type": "presence", "user": "dave", "status": "away"})
+    expect(member).to_have_attribute("data-status", "away")
+    expect(member.locator(".member__status")).to_have_text("away")
+    screenshot(page, "09-typing-and-away")
+
+    socket.inject({"type": "typing", "room": "lobby", "user": "dave", "state": "stop"})
+    expect(page.locator("#typing-indicator")).to_have_text("erin is typing…")
+    # A start with no stop fades by itself (the server's stop may have been lost).
+    expect(page.locator("#typing-indicator")).to_have_text("", timeout=7000)
+    socket.inject({"type": "member_left", "room": "lobby", "user": "dave"})
+    expect(member).to_have_attribute("data-status", "offline")
+    expect(page.locator("#member-count")).to_have_text("(1)")
+    # Frames for another room change nothing here.
+    socket.inject({"type": "typing", "room": "other", "user": "dave", "state": "start"})
+    socket.inject({"type": "member_joined", "room": "other", "user": "zed"})
+    page.wait_for_timeout(300)
+    expect(page.locator("#typing-indicator")).to_have_text("")
+    expect(page.locator('#member-list li[data-user="zed"]')).to_have_count(0)
 
 
 def test_a_message_typed_while_the_server_restarts_is_delivered_once(
