@@ -88,6 +88,8 @@ def test_two_users_chat_both_ways(people):
     expect(alice.message("Great, see you").locator(".message-time")).to_have_text("just now")
     screenshot(alice.page, "04-conversation")
     screenshot(bob.page, "05-conversation-bob")
+    alice.page.emulate_media(color_scheme="dark")
+    screenshot(alice.page, "12-conversation-dark")
 
 
 def test_a_message_shows_at_once_as_pending_and_turns_sent_on_ack(people):
@@ -251,6 +253,7 @@ def test_keyboard_only_use(people, browser_server):
     alice = people("alice")
     page = alice.page
     page.goto(browser_server.base + "/")  # the room list: nothing focused yet
+    screenshot(page, "00-room-list")
 
     # The first Tab stop skips the header; the next one is the first room.
     page.keyboard.press("Tab")
