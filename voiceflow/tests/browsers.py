@@ -23,6 +23,9 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 PASSWORD = "Correct-Horse-9"
+EXPECTED_CONSOLE_ERRORS = re.compile(
+    r"WebSocket connection to .* failed|net::ERR_CONNECTION_REFUSED"
+)
 
 
 def in_db_thread(fn, *args, **kwargs):
@@ -82,9 +85,10 @@ def set_tab_hidden(page, hidden):
     page.evaluate(
         """(hidden) => {
             const state = hidden ? 'hidden' : 'visible';
-            Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});
-            Object.defineProperty(document, 'visibilityState',
-                                  {configurable: true, get: () => state});
+            const define = (name, get) =>
+                Object.defineProperty(document, name, {configurable: true, get});
+            define('hidden', () => hidden);
+            define('visibilityState', () => state);
             document.dispatchEvent(new Event('visibilitychange'));
         }""",
         hidden,
@@ -140,7 +144,13 @@ class Person:
         self.errors = []
         self.dialogs = []
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("console", self._on_console)
         self.page.on("dialog", self._on_dialog)
+
+    def _on_console(self, message):
+        # A socket refused while the server restarts is logged by the browser itself.
+        if message.type == "error" and not EXPECTED_CONSOLE_ERRORS.search(message.text):
+            self.errors.append(f"console: {message.text}")
 
     def _on_dialog(self, dialog):
         self.dialogs.append(dialog.message)
@@ -172,6 +182,10 @@ class Person:
     @property
     def messages(self):
         return self.page.locator("#message-list li.message")
+
+    def seqs(self):
+        """The seq of every message in the list, top to bottom."""
+        return self.messages.evaluate_all("els => els.map(e => Number(e.dataset.seq))")
 
     @property
     def sent_messages(self):

@@ -20,7 +20,7 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("NOT RUN: needs_presence", sep="!", yellow=True, bold=True)
     write(
         f"{len(_waiting_for_presence)} browser scenarios wait for the presence branch "
-        "(deselected by pytest.ini's -m \"not needs_presence\"; delete it at merge):",
+        '(deselected by pytest.ini\'s -m "not needs_presence"; delete it at merge):',
         yellow=True,
     )
     for nodeid in _waiting_for_presence:
@@ -37,7 +37,7 @@ def server(transactional_db):
 
 @pytest.fixture
 def browser_server(transactional_db, lobby):
-    """A server for browser tests; limits raised so a test's own traffic is never refused."""
+    """A server for browser tests, limits raised so their own traffic is never refused."""
     process = ServerProcess(VOICEFLOW_RATE_LIMIT_MULTIPLIER="100").start()
     yield process
     process.stop()

@@ -65,7 +65,9 @@ def test_two_users_chat_both_ways(people):
     bob = people("bob", viewport=PHONE)
 
     alice.type_and_send("Hi Bob, are you there?")
-    expect(bob.message("Hi Bob, are you there?")).to_have_attribute("data-state", "sent")
+    expect(bob.message("Hi Bob, are you there?")).to_have_attribute(
+        "data-state", "sent"
+    )
     bob.type_and_send("Hello Alice!\nYes, on my phone.")
     expect(alice.message("Yes, on my phone.")).to_have_count(1)
     alice.type_and_send("Great, see you at lunch.")
@@ -80,13 +82,14 @@ def test_two_users_chat_both_ways(people):
             "Great, see you at lunch.",
             "12:30 at the usual place",
         ]
-        seqs = person.messages.evaluate_all("els => els.map(e => Number(e.dataset.seq))")
-        assert seqs == [1, 2, 3, 4]
+        assert person.seqs() == [1, 2, 3, 4]
     # Alice's two last messages are one group: one author line on screen.
     expect(alice.message("12:30")).to_have_class(re.compile(r"\bmessage--continued\b"))
     expect(alice.message("Great, see you")).not_to_have_class(re.compile("continued"))
     assert alice.message("12:30").locator(".message-meta").bounding_box()["height"] <= 1
-    expect(alice.message("Great, see you").locator(".message-time")).to_have_text("just now")
+    expect(alice.message("Great, see you").locator(".message-time")).to_have_text(
+        "just now"
+    )
     screenshot(alice.page, "04-conversation")
     screenshot(bob.page, "05-conversation-bob")
     alice.page.emulate_media(color_scheme="dark")
@@ -181,7 +184,9 @@ def test_a_message_typed_while_the_server_restarts_is_delivered_once(
         # Backoff grows while the server is down: allow for its longest wait so far.
         for person in (alice, bob):
             person.wait_connected(timeout=30_000)
-        expect(alice.page.locator("#connection-announcer")).to_have_text("Connected again.")
+        expect(alice.page.locator("#connection-announcer")).to_have_text(
+            "Connected again."
+        )
         expect(waiting).to_have_attribute("data-state", "sent", timeout=15_000)
         expect(bob.message("typed while the server was down")).to_have_count(1)
         bob.type_and_send("welcome back")
@@ -212,7 +217,10 @@ def in_view(page, locator):
     """True if `locator` is inside the message scroller's visible area."""
     box = locator.bounding_box()
     frame = page.locator("#message-scroller").bounding_box()
-    return frame["y"] <= box["y"] and box["y"] + box["height"] <= frame["y"] + frame["height"]
+    return (
+        frame["y"] <= box["y"]
+        and box["y"] + box["height"] <= frame["y"] + frame["height"]
+    )
 
 
 def test_scrolling_back_loads_older_history(people, browser_server):
@@ -234,8 +242,7 @@ def test_scrolling_back_loads_older_history(people, browser_server):
         assert time.monotonic() < deadline, "older pages never came"
         page.mouse.wheel(0, -2000)
         page.wait_for_timeout(100)
-    seqs = alice.messages.evaluate_all("els => els.map(e => Number(e.dataset.seq))")
-    assert seqs == list(range(1, 121))
+    assert alice.seqs() == list(range(1, 121))
     expect(page.locator("#history-start")).to_be_visible()
     expect(page.locator("#load-older")).to_be_hidden()
     screenshot(page, "08-history-start", scroll="top")

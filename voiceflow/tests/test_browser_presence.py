@@ -27,7 +27,9 @@ def test_typing_shows_while_someone_types_and_goes_when_they_send_or_leave_the_b
     bob = people("bob")
     indicator = alice.page.locator("#typing-indicator")
 
-    bob.page.locator("#composer").press_sequentially("I am typing a long mess", delay=50)
+    bob.page.locator("#composer").press_sequentially(
+        "I am typing a long mess", delay=50
+    )
     expect(indicator).to_have_text("bob is typing…")
     expect(bob.page.locator("#typing-indicator")).to_have_text("")  # not about yourself
     screenshot(alice.page, "09-typing")
