@@ -341,3 +341,44 @@ def test_unread_count_in_the_title_while_the_tab_is_hidden(people):
     expect(alice.page).to_have_title("(2) Lobby · VoiceFlow")
     set_tab_hidden(alice.page, False)
     expect(alice.page).to_have_title("Lobby · VoiceFlow")
+
+
+UNNAMED_CONTROL = re.compile(
+    r"^\s*- (button|link|textbox|checkbox|combobox)\s*(\[.*)?:?$"
+)
+
+
+def test_every_page_names_its_parts_for_assistive_technology(people, browser_server):
+    visitor = people("visitor", log_in=False)
+    for path in ("/login/", "/signup/"):
+        visitor.page.goto(browser_server.base + path)
+        snapshot = visitor.page.locator("body").aria_snapshot()
+        assert visitor.page.get_by_role("main").count() == 1
+        assert visitor.page.get_by_role("heading", level=1).count() == 1
+        unnamed = [
+            line for line in snapshot.splitlines() if UNNAMED_CONTROL.match(line)
+        ]
+        assert not unnamed, f"{path}: controls without a name: {unnamed}"
+
+    page = people("alice").page
+    for role, name in [
+        ("banner", None),
+        ("navigation", "Site"),
+        ("main", None),
+        ("heading", "Lobby"),
+        ("log", "Messages in Lobby"),
+        ("textbox", "Message #lobby"),
+        ("button", "Send"),
+        ("complementary", "People here (1)"),
+    ]:
+        expect(page.get_by_role(role, name=name)).to_have_count(1)
+    # Connection loss is announced through a status region (see the restart test).
+    expect(page.locator("#connection-announcer")).to_have_attribute("role", "status")
+    unnamed = [
+        line
+        for line in page.locator("body").aria_snapshot().splitlines()
+        if UNNAMED_CONTROL.match(line)
+    ]
+    assert not unnamed, f"room: controls without a name: {unnamed}"
+    # Sending is a button that says why it is off: nothing typed yet.
+    expect(page.get_by_role("button", name="Send")).to_be_disabled()
