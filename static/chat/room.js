@@ -281,6 +281,12 @@ function onAck(frame) {
 function failLocal(clientId, text) {
   outbox.remove(clientId);
   view.setLocalState(clientId, 'failed', `Not sent: ${text}`);
+  announce(`Your message was not sent: ${text}`);
+}
+
+// Polite news for screen readers that the message log does not carry by itself.
+function announce(text) {
+  $('announcer').textContent = text;
 }
 
 // ---------------------------------------------------------------- socket frames
@@ -412,17 +418,16 @@ conn.addEventListener('state', (event) => {
 
 // Screen readers hear a lost connection and its return, not every countdown tick.
 function announceConnection(connected) {
-  const announcer = $('connection-announcer');
   if (connected) {
     clearTimeout(lossTimer);
     lossTimer = null;
-    if (lossAnnounced) announcer.textContent = 'Connected again.';
+    if (lossAnnounced) announce('Connected again.');
     lossAnnounced = false;
   } else if (lossTimer === null && !lossAnnounced) {
     lossTimer = setTimeout(() => {
       lossTimer = null;
       lossAnnounced = true;
-      announcer.textContent = 'Connection lost. Reconnecting; messages you send will wait.';
+      announce('Connection lost. Reconnecting; messages you send will wait.');
     }, ANNOUNCE_LOSS_AFTER_MS);
   }
 }

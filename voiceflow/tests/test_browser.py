@@ -172,7 +172,7 @@ def test_a_message_typed_while_the_server_restarts_is_delivered_once(
     waiting = alice.message("typed while the server was down")
     expect(waiting).to_have_attribute("data-state", "pending")
     expect(waiting.locator(".message-status")).to_have_text("waiting for connection…")
-    expect(alice.page.locator("#connection-announcer")).to_have_text(
+    expect(alice.page.locator("#announcer")).to_have_text(
         re.compile("Connection lost")
     )
     screenshot(alice.page, "07-reconnecting")
@@ -184,7 +184,7 @@ def test_a_message_typed_while_the_server_restarts_is_delivered_once(
         # Backoff grows while the server is down: allow for its longest wait so far.
         for person in (alice, bob):
             person.wait_connected(timeout=30_000)
-        expect(alice.page.locator("#connection-announcer")).to_have_text(
+        expect(alice.page.locator("#announcer")).to_have_text(
             "Connected again."
         )
         expect(waiting).to_have_attribute("data-state", "sent", timeout=15_000)
@@ -372,8 +372,8 @@ def test_every_page_names_its_parts_for_assistive_technology(people, browser_ser
         ("complementary", "People here (1)"),
     ]:
         expect(page.get_by_role(role, name=name)).to_have_count(1)
-    # Connection loss is announced through a status region (see the restart test).
-    expect(page.locator("#connection-announcer")).to_have_attribute("role", "status")
+    # Connection loss and refusals are announced through a status region.
+    expect(page.locator("#announcer")).to_have_attribute("role", "status")
     unnamed = [
         line
         for line in page.locator("body").aria_snapshot().splitlines()
@@ -382,3 +382,32 @@ def test_every_page_names_its_parts_for_assistive_technology(people, browser_ser
     assert not unnamed, f"room: controls without a name: {unnamed}"
     # Sending is a button that says why it is off: nothing typed yet.
     expect(page.get_by_role("button", name="Send")).to_be_disabled()
+
+
+def test_a_refused_message_shows_as_failed_and_can_be_edited_and_resent(people):
+    alice = people("alice")
+    page = alice.page
+    set_lobby_locked(True)  # the server now refuses posts with `forbidden`
+
+    alice.type_and_send("is anyone here?")
+    failed = alice.message("is anyone here?")
+    expect(failed).to_have_attribute("data-state", "failed")
+    expect(failed.locator(".message-status")).to_contain_text(
+        "Not sent: This room is locked"
+    )
+    expect(page.locator("#announcer")).to_contain_text("not sent")
+    screenshot(page, "13-failed")
+    assert stored_count("is anyone here?") == 0
+
+    set_lobby_locked(False)
+    failed.get_by_role("button", name="Edit").click()
+    expect(failed).to_have_count(0)
+    expect(page.locator("#composer")).to_have_value("is anyone here?")
+    expect(page.locator("#composer")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(alice.message("is anyone here?")).to_have_attribute("data-state", "sent")
+    assert stored_count("is anyone here?") == 1
+
+
+def set_lobby_locked(locked):
+    in_db_thread(lambda: Room.objects.filter(slug="lobby").update(is_locked=locked))
