@@ -92,6 +92,12 @@ def test_two_users_chat_both_ways(people):
     )
     screenshot(alice.page, "04-conversation")
     screenshot(bob.page, "05-conversation-bob")
+    # A long unbroken line wraps on the phone instead of widening the page.
+    alice.type_and_send("https://example.com/" + "a-very-long-path-segment" * 12)
+    expect(bob.message("a-very-long-path")).to_have_attribute("data-state", "sent")
+    assert bob.page.evaluate(
+        "document.documentElement.scrollWidth <= window.innerWidth"
+    ), "the phone page scrolls sideways"
     alice.page.emulate_media(color_scheme="dark")
     screenshot(alice.page, "12-conversation-dark")
 
@@ -172,9 +178,7 @@ def test_a_message_typed_while_the_server_restarts_is_delivered_once(
     waiting = alice.message("typed while the server was down")
     expect(waiting).to_have_attribute("data-state", "pending")
     expect(waiting.locator(".message-status")).to_have_text("waiting for connection…")
-    expect(alice.page.locator("#announcer")).to_have_text(
-        re.compile("Connection lost")
-    )
+    expect(alice.page.locator("#announcer")).to_have_text(re.compile("Connection lost"))
     screenshot(alice.page, "07-reconnecting")
 
     restarted = ServerProcess(
@@ -184,9 +188,7 @@ def test_a_message_typed_while_the_server_restarts_is_delivered_once(
         # Backoff grows while the server is down: allow for its longest wait so far.
         for person in (alice, bob):
             person.wait_connected(timeout=30_000)
-        expect(alice.page.locator("#announcer")).to_have_text(
-            "Connected again."
-        )
+        expect(alice.page.locator("#announcer")).to_have_text("Connected again.")
         expect(waiting).to_have_attribute("data-state", "sent", timeout=15_000)
         expect(bob.message("typed while the server was down")).to_have_count(1)
         bob.type_and_send("welcome back")
