@@ -10,7 +10,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow
 TEST_REDIS_PREFIX ?= vftest
 
-.PHONY: install run test test-embedded test-redis lint
+.PHONY: install run test test-embedded test-redis test-browser lint
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: test-embedded test-redis
 test-embedded: install
 	env -u REDIS_URL -u DATABASE_URL TEST_REDIS_URL=$(TEST_REDIS_URL) \
 		REDIS_KEY_PREFIX=$(TEST_REDIS_PREFIX) $(BIN)/pytest
+
+# Just the chat page in Chromium (embedded mode); screenshots in artifacts/screenshots/.
+test-browser: install
+	env -u REDIS_URL -u DATABASE_URL $(BIN)/pytest -m browser voiceflow/tests
 
 test-redis: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) \

@@ -52,6 +52,10 @@ export class Composer {
     this.counter.classList.toggle('char-counter--near', !over && length > this.max * 0.9);
     if (over) this.textarea.setAttribute('aria-invalid', 'true');
     else this.textarea.removeAttribute('aria-invalid');
+    // The counter is shown, and read with the composer, only near the limit.
+    const hint = this.textarea.getAttribute('aria-describedby')?.split(' ').filter((id) => id !== this.counter.id) || [];
+    if (over || length > this.max * 0.9) hint.push(this.counter.id);
+    this.textarea.setAttribute('aria-describedby', hint.join(' '));
     this.button.disabled = length === 0 || over;
     // Grow with the content up to the CSS max-height, then scroll.
     const ta = this.textarea;

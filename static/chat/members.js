@@ -9,7 +9,8 @@ export class MemberList {
     this.count = count;
     this.empty = empty;
     this.me = me;
-    this.status = new Map(); // username -> status
+    // You are here as soon as the page is open, whatever the server has said so far.
+    this.status = new Map(me ? [[me, 'online']] : []); // username -> status
     this.render();
   }
 
@@ -20,6 +21,7 @@ export class MemberList {
       if (m && typeof m.username === 'string') present.set(m.username, normal(m.status));
     }
     for (const user of this.status.keys()) if (!present.has(user)) present.set(user, 'offline');
+    if (this.me) present.set(this.me, present.get(this.me) === 'away' ? 'away' : 'online');
     this.status = present;
     this.render();
   }
@@ -55,7 +57,8 @@ export class MemberList {
     this.list.replaceChildren(...items);
     const here = users.filter(([, s]) => s !== 'offline').length;
     if (this.count) this.count.textContent = users.length ? `(${here})` : '';
-    if (this.empty) this.empty.hidden = users.length > 0;
+    // "Nobody else is here yet" while the list holds only you.
+    if (this.empty) this.empty.hidden = users.some(([user]) => user !== this.me);
   }
 
   #item(user, status) {
@@ -70,7 +73,13 @@ export class MemberList {
 
     const name = document.createElement('span');
     name.className = 'member__name';
-    name.textContent = user === this.me ? `${user} (you)` : user;
+    name.textContent = user;
+    if (user === this.me) {
+      const you = document.createElement('span');
+      you.className = 'member__you';
+      you.textContent = ' (you)';
+      name.append(you);
+    }
 
     // The dot's colour is not available to screen readers: say the status in text.
     const label = document.createElement('span');

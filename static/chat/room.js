@@ -20,6 +20,8 @@ const GAP_WAIT_MS = 2000; // out-of-order delivery settles within a second or tw
 const MAX_GAP_PAGES = 10; // beyond this, jump to the newest page instead
 const MAX_BODY = 4000;
 const OLDER_TRIGGER_PX = 80;
+const WAITING_NOTE = 'waiting for connection…';
+const ANNOUNCE_LOSS_AFTER_MS = 3000; // a blip that heals faster is not worth announcing
 
 const $ = (id) => document.getElementById(id);
 const scroller = $('message-scroller');
@@ -66,6 +68,8 @@ let fillingGap = false;
 let gapTimer = null;
 let flushTimer = null;
 let unread = 0;
+let lossTimer = null;
+let lossAnnounced = false;
 
 // ---------------------------------------------------------------- messages
 
@@ -223,6 +227,20 @@ function sendMessage(body) {
   jumpButton.hidden = true;
   typingSender.stop();
   flushOutbox();
+  if (!joined) view.setLocalState(item.client_id, 'pending', WAITING_NOTE);
+}
+
+// The room's section shows whether this socket has joined it (sends go out only then).
+function setJoined(value) {
+  joined = value;
+  $('chat').dataset.joined = String(value);
+}
+
+// Queued messages say they wait for the connection rather than "sending…".
+function markWaiting() {
+  for (const item of outbox.list()) {
+    if (view.hasPending(item.client_id)) view.setLocalState(item.client_id, 'pending', WAITING_NOTE);
+  }
 }
 
 // Send every queued message that is due. `force` resends those still awaiting an ack,
@@ -263,6 +281,12 @@ function onAck(frame) {
 function failLocal(clientId, text) {
   outbox.remove(clientId);
   view.setLocalState(clientId, 'failed', `Not sent: ${text}`);
+  announce(`Your message was not sent: ${text}`);
+}
+
+// Polite news for screen readers that the message log does not carry by itself.
+function announce(text) {
+  $('announcer').textContent = text;
 }
 
 // ---------------------------------------------------------------- socket frames
@@ -306,7 +330,7 @@ function handleFrame(frame) {
   switch (frame.type) {
     case 'joined':
       if (frame.room !== ROOM) return;
-      joined = true;
+      setJoined(true);
       if (Array.isArray(frame.members)) members.setAll(frame.members);
       else loadPresence(); // a server without members in `joined`: ask the REST endpoint
       timeline.noteLastSeq(frame.last_seq);
@@ -315,7 +339,7 @@ function handleFrame(frame) {
       if (frame.truncated || timeline.hasGap) fillGap();
       break;
     case 'left':
-      if (frame.room === ROOM) joined = false;
+      if (frame.room === ROOM) setJoined(false);
       break;
     case 'message':
       if (frame.room !== ROOM || !isMessage(frame)) return;
@@ -385,10 +409,28 @@ conn.addEventListener('state', (event) => {
   else if (state === 'offline') el.textContent = 'offline';
   else el.textContent = 'connecting…';
   if (state !== 'connected') {
-    joined = false; // a new socket must join again before we send
+    setJoined(false); // a new socket must join again before we send
     typingIndicator.clearAll();
+    markWaiting();
   }
+  announceConnection(state === 'connected');
 });
+
+// Screen readers hear a lost connection and its return, not every countdown tick.
+function announceConnection(connected) {
+  if (connected) {
+    clearTimeout(lossTimer);
+    lossTimer = null;
+    if (lossAnnounced) announce('Connected again.');
+    lossAnnounced = false;
+  } else if (lossTimer === null && !lossAnnounced) {
+    lossTimer = setTimeout(() => {
+      lossTimer = null;
+      lossAnnounced = true;
+      announce('Connection lost. Reconnecting; messages you send will wait.');
+    }, ANNOUNCE_LOSS_AFTER_MS);
+  }
+}
 
 conn.addEventListener('toolarge', (event) => {
   const clientId = event.detail?.client_id;
@@ -441,11 +483,18 @@ jumpButton.addEventListener('click', () => {
 setInterval(() => flushOutbox(), 5000);
 setInterval(() => view.refreshTimes(), 30_000);
 
-// The member list starts folded on phones, where it would push the chat down.
+// The member list is folded on phones, where it would push the chat down.
 const narrow = window.matchMedia('(max-width: 720px)');
 $('members-details').open = !narrow.matches;
+narrow.addEventListener('change', () => {
+  $('members-details').open = !narrow.matches;
+});
+
+// Ready to type on arrival, except on touch screens where focus pops up the keyboard.
+if (window.matchMedia('(pointer: fine)').matches) $('composer').focus({ preventScroll: true });
 
 // Unsent messages from an earlier visit appear at once and go out after the join.
 for (const item of outbox.list()) view.addPending(item);
+markWaiting();
 conn.connect();
 loadInitial();

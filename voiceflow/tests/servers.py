@@ -43,8 +43,9 @@ def test_database_url():
 class ServerProcess:
     """One `web` process of the Procfile on a free port, sharing this run's database."""
 
-    def __init__(self, **env):
-        self.port = free_port()
+    def __init__(self, port=None, **env):
+        # A given port (e.g. the one of a process just stopped) stands for a restart.
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws/chat/"
         self.env = {
