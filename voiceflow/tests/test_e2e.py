@@ -9,7 +9,6 @@ from asgiref.sync import sync_to_async
 
 from chat.models import Message
 from chat.tests.sockets import PRESENCE_EVENTS
-from voiceflow.tests.servers import ServerProcess
 
 from .servers import ServerProcess
 

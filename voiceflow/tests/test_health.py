@@ -4,7 +4,6 @@ import asyncio
 import json
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -33,49 +32,6 @@ def get_health(server, timeout=10):
     except urllib.error.HTTPError as error:
         status, raw = error.code, error.read()
     return status, json.loads(raw), time.monotonic() - started
-
-
-class PrivateRedis:
-    """A redis-server of this test's own on a free port, so it can be stopped."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-        self.process.wait()
-
-
-@pytest.fixture
-def private_redis():
-    redis = PrivateRedis()
-    yield redis
-    redis.stop()
 
 
 @pytest.fixture
@@ -132,9 +88,9 @@ async def test_health_reports_the_contract_shape_and_this_process_s_sockets(
 
 
 def test_health_is_503_quickly_when_redis_hangs_and_when_it_is_gone(
-    transactional_db, private_redis, servers
+    transactional_db, redis_server, servers
 ):
-    server = servers(REDIS_URL=private_redis.url)
+    server = servers(REDIS_URL=redis_server.url)
     status, body, _ = get_health(server)
     assert (status, body["status"], body["services"]) == (
         200,
@@ -142,7 +98,7 @@ def test_health_is_503_quickly_when_redis_hangs_and_when_it_is_gone(
         {"redis": True, "database": True},
     )
 
-    private_redis.process.send_signal(signal.SIGSTOP)  # hung: accepts, never answers
+    redis_server.process.send_signal(signal.SIGSTOP)  # hung: accepts, never answers
     for _ in range(2):
         status, body, took = get_health(server)
         assert (status, body["status"], body["services"]) == (
@@ -153,7 +109,7 @@ def test_health_is_503_quickly_when_redis_hangs_and_when_it_is_gone(
         assert took < 2
     assert set(body["metrics"]) == {"presence", "sockets"}
 
-    private_redis.stop()  # gone: connections refused
+    redis_server.kill()  # gone: connections refused
     status, body, took = get_health(server)
     assert (status, body["services"]["redis"], took < 2) == (503, False, True)
 
