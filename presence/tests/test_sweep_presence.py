@@ -151,3 +151,21 @@ def test_in_embedded_mode_the_command_says_the_web_process_sweeps_itself(
     settings.REDIS_URL = ""
     call_command("sweep_presence")
     assert "the web process, which sweeps itself" in capsys.readouterr().out
+
+
+def test_in_embedded_mode_the_loop_stays_up_instead_of_exiting(tmp_path):
+    env = {**ServerProcess().env, "REDIS_URL": "", "DEBUG": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "sweep_presence", "--loop"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "sweeps itself" in process.stdout.readline()
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(1.5)
+    finally:
+        process.kill()
+        process.wait()

@@ -33,6 +33,11 @@ class Command(BaseCommand):
                 "embedded mode (no REDIS_URL): presence lives in the web process, "
                 "which sweeps itself; nothing here to sweep"
             )
+            if loop:
+                # Stay up: a process manager restarts a sweeper that exits, or stops
+                # the whole Procfile with it.
+                self.stdout.flush()
+                asyncio.run(asyncio.Event().wait())
             return
         asyncio.run(self._sweep(loop, interval))
 
