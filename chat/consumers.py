@@ -27,6 +27,7 @@ from .validators import json_too_deep
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_LARGE = 1009
+CLOSE_RESTARTING = 1012
 CLOSE_SERVICE_DOWN = 1013
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_ORIGIN_REFUSED = 4403
@@ -89,6 +90,7 @@ def _room_exists(slug):
 
 
 _mute_until = database_sync_to_async(selectors.mute_until)
+_offline_queue_take = database_sync_to_async(services.offline_queue_take)
 _message_delete_own = database_sync_to_async(services.message_delete_own)
 
 
@@ -179,6 +181,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 },
             }
         )
+        await self._offline_queue_send()
+
+    async def _offline_queue_send(self):
+        """`offline_messages` right after hello, if the user's offline queue holds any."""
+        try:
+            queue = await _offline_queue_take(user=self.user)
+        except Exception:
+            # The mark stays (the transaction rolled back): the next connect gets it.
+            logger.warning("offline queue unavailable at connect", exc_info=True)
+            return
+        if queue and (queue.messages or queue.dropped):
+            await self.send_frame(
+                {
+                    "type": "offline_messages",
+                    "messages": queue.messages,
+                    "dropped": queue.dropped,
+                }
+            )
 
     async def __call__(self, scope, receive, send):
         try:
