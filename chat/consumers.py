@@ -104,6 +104,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # the seq bump's statement.)
     muted_until = _UNKNOWN
     presence_registered = False
+    draining = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Held while one event is handled, so a drain never cuts a frame's ack off.
+        self.dispatching = asyncio.Lock()
 
     async def connect(self):
         # Accept first: a refused handshake reaches a browser as 1006 ("reconnect").
@@ -149,6 +155,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         self._presence_start()
         sockets.socket_opened(user.pk)
+        sockets.consumer_opened(self)
         # Subscribed before hello, so a kick or mute cannot slip past.
         try:
             await broadcast.user_subscribe(self.channel_name, user.pk)
@@ -211,6 +218,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code):
         await self._release(code)
 
+    async def dispatch(self, message):
+        async with self.dispatching:
+            await super().dispatch(message)
+
+    async def drain(self):
+        """Server shutdown: once the frame in hand is handled and acked, leave presence
+        (a normal disconnect: the grace period runs, in the sweep if this process is
+        gone by then) and close with 1012 so the client reconnects elsewhere."""
+        async with self.dispatching:
+            if self.released or self.draining:
+                return
+            self.draining = True
+            await self._presence_end()
+            await self.close(code=CLOSE_RESTARTING)
+
     async def _release(self, code):
         """Leave every group and the socket registry, once; log the close code."""
         if getattr(self, "released", True):
@@ -223,6 +245,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.user is None:
             return
         sockets.socket_closed(self.user.pk)
+        sockets.consumer_closed(self)
         try:
             await broadcast.user_unsubscribe(self.channel_name, self.user.pk)
         except Exception:
@@ -262,8 +285,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if len(text_data) * 4 > limit and _utf8_size(text_data) > limit:
             await self.close(code=CLOSE_TOO_LARGE)
             return
-        if self.user is None:
-            return  # closing: frames that raced the close are ignored
+        if self.user is None or self.draining:
+            # Closing: frames that raced the close are ignored (unacked, so resent).
+            return
         self.last_frame_at = asyncio.get_running_loop().time()
         try:
             frame = orjson.loads(text_data)

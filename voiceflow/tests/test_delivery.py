@@ -1,0 +1,171 @@
+"""Delivery you can trust, against real server processes (the Procfile's web line),
+real Redis and the run's real database: several processes, SIGTERM drains, crashes,
+a Redis restart, a socket that stops reading."""
+
+import asyncio
+import json
+import signal
+import time
+
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+
+from chat.models import Message, OfflineMark
+
+from .servers import ServerProcess, SweeperProcess
+from .test_e2e import frame, open_joined, presence_events
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def start_all(*servers):
+    """Start processes side by side (each takes a second or two to boot)."""
+    return asyncio.gather(*(asyncio.to_thread(s.start) for s in servers))
+
+
+@pytest.fixture
+def shared_redis(settings, redis_server):
+    """The Redis several processes share: the run's (Redis pass) or a private one."""
+    return settings.REDIS_URL or redis_server.url
+
+
+def process_env(settings, redis_url, **env):
+    return {
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
+        "VOICEFLOW_RATE_LIMIT_MULTIPLIER": "1000",
+        **{key: str(value) for key, value in env.items()},
+    }
+
+
+def send_message(socket, body, client_id, room="lobby"):
+    return socket.send(
+        json.dumps({"type": "message", "room": room, "body": body, "client_id": client_id})
+    )
+
+
+async def test_a_message_sent_on_one_process_reaches_sockets_on_the_other(
+    lobby, settings, shared_redis
+):
+    env = process_env(settings, shared_redis)
+    first, second = ServerProcess(**env), ServerProcess(**env)
+    await start_all(first, second)
+    try:
+        alice, bob = first.register("alice"), first.register("bob")
+        on_first = await open_joined(first, alice)
+        on_second = await open_joined(second, bob)
+        await send_message(on_second, "across processes", "x-1")
+        ack = await frame(on_second)
+        assert ack["type"] == "ack"
+        for socket in (on_first, on_second):
+            got = await frame(socket)
+            assert (got["type"], got["id"], got["body"]) == (
+                "message",
+                ack["id"],
+                "across processes",
+            )
+        await on_first.close()
+        await on_second.close()
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def member_events(socket, seconds):
+    """Every presence and member event reaching `socket` within `seconds`."""
+    got, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            data = json.loads(await asyncio.wait_for(socket.recv(), left))
+        except asyncio.TimeoutError:
+            break
+        if data["type"] in ("presence", "member_joined", "member_left"):
+            got.append(data)
+    return got
+
+
+async def closed_code(socket, timeout=10):
+    """Read until the server closes the socket: (close code, frames before it)."""
+    frames = []
+    try:
+        while True:
+            frames.append(json.loads(await asyncio.wait_for(socket.recv(), timeout)))
+    except websockets.ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None, frames
+
+
+async def test_sigterm_drains_acks_in_flight_and_keeps_presence_through_a_reconnect(
+    lobby, settings, shared_redis
+):
+    grace, window, drain_timeout = 3.0, 1.0, 6.0
+    env = process_env(
+        settings,
+        shared_redis,
+        VOICEFLOW_OFFLINE_GRACE=grace,
+        VOICEFLOW_DRAIN_WINDOW=window,
+        VOICEFLOW_DRAIN_TIMEOUT=drain_timeout,
+    )
+    leaving, staying = ServerProcess(**env), ServerProcess(**env)
+    await start_all(leaving, staying)
+    sweeper = SweeperProcess(staying, interval=0.2).start()
+    try:
+        names = ("alice", "carol", "bob", "dave")
+        alice, carol, bob, dave = (staying.register(name) for name in names)
+        watcher = await open_joined(staying, bob)
+        alice_socket = await open_joined(leaving, alice)
+        carol_socket = await open_joined(leaving, carol)
+        tabs = []  # dave's: in no room, there to show the closes are spread out
+        for _ in range(10):
+            tabs.append(await websockets.connect(leaving.socket_url(dave)))
+            assert (await frame(tabs[-1]))["type"] == "hello"
+        await presence_events(watcher, 0.5)  # their member_joined
+
+        await send_message(alice_socket, "sent as the deploy starts", "in-flight")
+        leaving.process.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+
+        async def closed_at(socket):
+            code, _ = await closed_code(socket)
+            return code, time.monotonic()
+
+        closes = await asyncio.gather(*map(closed_at, tabs))
+        assert {code for code, _ in closes} == {1012}
+        moments = [at for _, at in closes]
+        assert max(moments) - min(moments) > window * 0.3  # not all at once
+        assert max(moments) - stopped_at < window + 1
+
+        code, before_close = await closed_code(alice_socket)
+        assert code == 1012
+        ack = next(f for f in before_close if f["type"] == "ack")
+        assert ack["client_id"] == "in-flight"
+        assert await sync_to_async(Message.objects.filter(pk=ack["id"]).exists)()
+        assert (await closed_code(carol_socket))[0] == 1012
+
+        # alice reconnects to the other process within the grace period; carol never.
+        alice_socket = await websockets.connect(staying.socket_url(alice))
+        assert (await frame(alice_socket))["type"] == "hello"
+        await alice_socket.send(json.dumps({"type": "join", "room": "lobby", "since": 0}))
+        joined = await frame(alice_socket)
+        assert [m["id"] for m in joined["missed"]] == [ack["id"]]
+
+        exit_code = await asyncio.to_thread(leaving.process.wait, drain_timeout + 5)
+        assert exit_code in (0, -signal.SIGTERM)
+        assert time.monotonic() - stopped_at < drain_timeout + 1
+
+        events = await member_events(watcher, grace + 1.5 - (time.monotonic() - stopped_at))
+        assert events == [
+            {"type": "presence", "user": "carol", "status": "offline"},
+            {"type": "member_left", "room": "lobby", "user": "carol"},
+        ]
+        # The sweeper declared carol offline in its own process: her queue has begun.
+        assert await sync_to_async(OfflineMark.objects.filter(user__username="carol").exists)()
+        assert not await sync_to_async(
+            OfflineMark.objects.filter(user__username="alice").exists
+        )()
+        await alice_socket.close()
+        await watcher.close()
+    finally:
+        sweeper.stop()
+        leaving.stop()
+        staying.stop()
