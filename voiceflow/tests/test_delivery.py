@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 
 from chat.models import Message, OfflineMark
 
+from .clients import Client, audit, settle, steady_traffic
 from .servers import ServerProcess, SweeperProcess
 from .test_e2e import frame, open_joined, presence_events
 
@@ -169,3 +170,101 @@ async def test_sigterm_drains_acks_in_flight_and_keeps_presence_through_a_reconn
         sweeper.stop()
         leaving.stop()
         staying.stop()
+
+
+def stored_messages(slug="lobby"):
+    return [
+        {"id": m.id, "client_id": m.client_id, "user": m.user.username, "body": m.body}
+        for m in Message.objects.filter(room__slug=slug).select_related("user")
+    ]
+
+
+async def test_kill_9_of_one_process_under_steady_traffic_loses_nothing_acked(
+    lobby, settings, shared_redis
+):
+    env = process_env(settings, shared_redis)
+    doomed, survivor = ServerProcess(**env), ServerProcess(**env)
+    await start_all(doomed, survivor)
+    try:
+        names = ["ann", "ben", "cat", "dan"]
+        tokens = [survivor.register(name) for name in names]
+        clients = [
+            Client(name, token, [doomed.base, survivor.base] if i < 2 else [survivor.base])
+            for i, (name, token) in enumerate(zip(names, tokens))
+        ]
+        runs = [asyncio.ensure_future(c.run()) for c in clients]
+        assert await settle(clients, timeout=10)
+        traffic = asyncio.ensure_future(steady_traffic(clients, seconds=3))
+        await asyncio.sleep(1)
+        doomed.stop(signal.SIGKILL)
+        await traffic
+        assert await settle(clients, timeout=20)
+        stored = await sync_to_async(stored_messages)()
+        report = audit(clients, stored)
+        for client in clients:
+            client.stop()
+        await asyncio.gather(*runs)
+
+        assert report["sent"] >= 4 * 50 and report["unacked"] == 0
+        assert report["lost_acked"] == 0  # every ack is in the database
+        assert report["stored"] == report["acked"]  # each message stored once
+        assert report["duplicated"] == 0
+        assert report["lost_deliveries"] == 0  # everyone holds everything, no gap
+        assert [c.connects for c in clients[2:]] == [1, 1]  # the survivors' sockets
+        assert all(c.connects >= 2 for c in clients[:2])  # moved to the survivor
+    finally:
+        doomed.stop()
+        survivor.stop()
+
+
+async def test_a_redis_restart_under_steady_traffic_loses_and_duplicates_nothing(
+    lobby, settings, redis_server
+):
+    env = process_env(settings, redis_server.url)
+    first, second = ServerProcess(**env), ServerProcess(**env)
+    await start_all(first, second)
+    try:
+        names = ["ann", "ben", "cat", "dan"]
+        tokens = [first.register(name) for name in names]
+        clients = [
+            Client(name, token, [(first, second)[i % 2].base, (second, first)[i % 2].base])
+            for i, (name, token) in enumerate(zip(names, tokens))
+        ]
+        runs = [asyncio.ensure_future(c.run()) for c in clients]
+        assert await settle(clients, timeout=10)
+        traffic = asyncio.ensure_future(steady_traffic(clients, seconds=4))
+        await asyncio.sleep(1)
+        redis_server.kill()
+        await asyncio.sleep(0.3)
+        status, health = await asyncio.to_thread(first.request, "GET", "/health")
+        assert (status, health["services"]["redis"]) == (503, False)
+        await asyncio.to_thread(redis_server.start)  # empty: every key is gone
+        back_at = time.monotonic()
+        await traffic
+        assert await settle(clients, timeout=20)
+        recovered_in = time.monotonic() - back_at
+        for server in (first, second):
+            status, _ = await asyncio.to_thread(server.request, "GET", "/health")
+            assert status == 200
+        stored = await sync_to_async(stored_messages)()
+        report = audit(clients, stored)
+
+        # Live delivery works again across processes (the pub/sub layer reconnected).
+        later = [clients[0].send("after the restart"), clients[1].send("and again")]
+        assert await settle(clients, timeout=5)
+        ids = {c.acked[cid]["id"] for c, cid in zip(clients, later)}
+        await asyncio.sleep(0.2)
+        assert all(ids <= c.live for c in clients), [c.close_codes for c in clients]
+        for client in clients:
+            client.stop()
+        await asyncio.gather(*runs)
+
+        assert report["unacked"] == 0 and report["acked"] > 0
+        assert report["lost_acked"] == 0
+        assert report["stored"] == report["acked"]
+        assert report["duplicated"] == 0
+        assert report["lost_deliveries"] == 0
+        assert recovered_in < 10, recovered_in
+    finally:
+        first.stop()
+        second.stop()
