@@ -46,12 +46,18 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
     parser.add_argument("--ws-max-size", type=int, default=65536)
     args = parser.parse_args(argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceflow.settings")
+    from django.conf import settings
+
+    conf = settings.VOICEFLOW
     config = uvicorn.Config(
         "voiceflow.asgi:application",
         host=args.host,
         port=args.port,
         ws="websockets-sansio",
         ws_max_size=args.ws_max_size,
+        ws_ping_interval=conf["WS_PING_INTERVAL"],
+        ws_ping_timeout=conf["WS_PING_TIMEOUT"],
         lifespan="off",
         server_header=False,
     )

@@ -335,4 +335,8 @@ VOICEFLOW = {
     # window; the process exits by the timeout whatever is left.
     "DRAIN_WINDOW": env_float("VOICEFLOW_DRAIN_WINDOW", 2),
     "DRAIN_TIMEOUT": env_float("VOICEFLOW_DRAIN_TIMEOUT", 10),
+    # uvicorn's WebSocket keepalive (voiceflow/server.py): a client that answers no
+    # ping within the timeout (e.g. one that stopped reading) is closed with 1011.
+    "WS_PING_INTERVAL": env_float("VOICEFLOW_WS_PING_INTERVAL", 20),
+    "WS_PING_TIMEOUT": env_float("VOICEFLOW_WS_PING_TIMEOUT", 20),
 }
