@@ -82,4 +82,3 @@ async def sockets_drain(window, timeout):
         await asyncio.wait_for(drained(), timeout)
     except TimeoutError:
         logger.warning("drain timed out with %s sockets left", len(_consumers))
-
