@@ -165,6 +165,16 @@ async def test_sigterm_drains_acks_in_flight_and_keeps_presence_through_a_reconn
         assert not await sync_to_async(
             OfflineMark.objects.filter(user__username="alice").exists
         )()
+        # What bob posts now waits for carol, and reaches her on her next connect.
+        await send_message(watcher, "while you were away", "away-1")
+        posted = await frame(watcher)
+        assert posted["type"] == "ack"
+        carol_socket = await websockets.connect(staying.socket_url(carol))
+        assert (await frame(carol_socket))["type"] == "hello"
+        queue = await frame(carol_socket)
+        assert queue["type"] == "offline_messages"
+        assert [m["id"] for m in queue["messages"]] == [posted["id"]]
+        await carol_socket.close()
         await alice_socket.close()
         await watcher.close()
     finally:
