@@ -159,6 +159,10 @@ async def main():
         await asyncio.gather(*tasks)
         settled = await settle(clients, timeout=30)
         took = time.monotonic() - started
+        for c in clients:
+            if c.outbox or not c.connected:
+                print(f"unsettled    {c.name}: {len(c.outbox)} unacked, "
+                      f"connected={c.connected}, last_seq={c.last_seq}")
         stored = await asyncio.to_thread(history, bases[-1], tokens[0], slug)
         report = audit(clients, stored)
         for client in clients:

@@ -47,6 +47,7 @@ class Client:
         self._socket = None
         self._stopped = asyncio.Event()
         self._gap_task = None
+        self._join_pending = False
 
     def send(self, body):
         client_id = f"{self.name}-{next(self._ids)}"
@@ -105,12 +106,16 @@ class Client:
         kind = data.get("type")
         if kind == "hello":
             self.connects += 1
+            self._join_pending = True
             await socket.send(json.dumps(self._join_frame()))
         elif kind == "joined":
             self._socket = socket
+            self._join_pending = False
             self._note(data["missed"])
-            if data["truncated"] or data["last_seq"] > self.last_seq:
+            if data["truncated"]:  # more than one page missed: the next one now
                 self._gap_check(socket, delay=0)
+            elif data["last_seq"] > self.last_seq:  # live ones may still be coming
+                self._gap_check(socket, delay=1.0)
             for client_id in list(self.outbox):  # no ack: assume nothing stored
                 await self._send_message(socket, client_id)
         elif kind == "message":
@@ -124,6 +129,7 @@ class Client:
         elif kind == "error" and data.get("request") == "message":
             pass  # unavailable or rate limited: the next reconnect or retry resends
         elif kind == "error" and data.get("request") == "join":
+            self._join_pending = False
             self._gap_check(socket, delay=0.5)
 
     def _join_frame(self):
@@ -156,11 +162,9 @@ class Client:
 
         async def check():
             await asyncio.sleep(delay)
-            if socket is self._socket or delay == 0:
-                try:
-                    await socket.send(json.dumps(self._join_frame()))
-                except websockets.ConnectionClosed:
-                    pass
+            still_open = self.seqs and max(self.seqs) > self.last_seq
+            if delay == 0 or (socket is self._socket and still_open):
+                await self._rejoin(socket)
 
         self._gap_task = asyncio.ensure_future(check())
 
@@ -173,10 +177,16 @@ class Client:
     async def catch_up(self):
         """Re-join with since: what a client does on a gap or when it comes back."""
         if self._socket is not None:
-            try:
-                await self._socket.send(json.dumps(self._join_frame()))
-            except websockets.ConnectionClosed:
-                pass
+            await self._rejoin(self._socket)
+
+    async def _rejoin(self, socket):
+        if self._join_pending:
+            return  # its `joined` brings what is missing; do not ask twice
+        self._join_pending = True
+        try:
+            await socket.send(json.dumps(self._join_frame()))
+        except websockets.ConnectionClosed:
+            pass
 
 
 async def steady_traffic(clients, seconds, interval=0.05):
@@ -196,6 +206,7 @@ async def settle(clients, timeout=20):
     highest any of them knows; resend and catch up as a real client would. True if so."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    before = {}
     while loop.time() < deadline:
         target = max(
             [seq for c in clients for seq in c.seqs]
@@ -206,8 +217,9 @@ async def settle(clients, timeout=20):
             return True
         for client in clients:
             await client.resend_pending()
-            if client.last_seq < target:
-                await client.catch_up()
+            if client.last_seq < target and before.get(client) == client.last_seq:
+                await client.catch_up()  # no progress since the last look: stuck
+            before[client] = client.last_seq
         await asyncio.sleep(0.5)
     return False
 
