@@ -7,8 +7,12 @@ class ChatConfig(AppConfig):
 
     def ready(self):
         from presence.broadcast import use_room_groups
+        from presence.signals import user_went_offline
 
         from .broadcast import room_group
+        from .services import on_user_went_offline
 
         # Presence events reach sockets through chat's room groups.
         use_room_groups(room_group)
+        # A user presence declares offline starts an offline queue.
+        user_went_offline.connect(on_user_went_offline, dispatch_uid="chat.offline")

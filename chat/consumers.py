@@ -27,6 +27,7 @@ from .validators import json_too_deep
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_LARGE = 1009
+CLOSE_RESTARTING = 1012
 CLOSE_SERVICE_DOWN = 1013
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_ORIGIN_REFUSED = 4403
@@ -89,6 +90,7 @@ def _room_exists(slug):
 
 
 _mute_until = database_sync_to_async(selectors.mute_until)
+_offline_queue_take = database_sync_to_async(services.offline_queue_take)
 _message_delete_own = database_sync_to_async(services.message_delete_own)
 
 
@@ -102,6 +104,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # the seq bump's statement.)
     muted_until = _UNKNOWN
     presence_registered = False
+    draining = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Held while one event is handled, so a drain never cuts a frame's ack off.
+        self.dispatching = asyncio.Lock()
 
     async def connect(self):
         # Accept first: a refused handshake reaches a browser as 1006 ("reconnect").
@@ -147,6 +155,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         self._presence_start()
         sockets.socket_opened(user.pk)
+        sockets.consumer_opened(self)
         # Subscribed before hello, so a kick or mute cannot slip past.
         try:
             await broadcast.user_subscribe(self.channel_name, user.pk)
@@ -179,6 +188,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 },
             }
         )
+        await self._offline_queue_send()
+
+    async def _offline_queue_send(self):
+        """`offline_messages` right after hello, if the user's offline queue holds any."""
+        try:
+            queue = await _offline_queue_take(user=self.user)
+        except Exception:
+            # The mark stays (the transaction rolled back): the next connect gets it.
+            logger.warning("offline queue unavailable at connect", exc_info=True)
+            return
+        if queue and (queue.messages or queue.dropped):
+            await self.send_frame(
+                {
+                    "type": "offline_messages",
+                    "messages": queue.messages,
+                    "dropped": queue.dropped,
+                }
+            )
 
     async def __call__(self, scope, receive, send):
         try:
@@ -190,6 +217,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         await self._release(code)
+
+    async def dispatch(self, message):
+        async with self.dispatching:
+            await super().dispatch(message)
+
+    async def drain(self):
+        """Server shutdown: once the frame in hand is handled and acked, leave presence
+        (a normal disconnect: the grace period runs, in the sweep if this process is
+        gone by then) and close with 1012 so the client reconnects elsewhere."""
+        async with self.dispatching:
+            if self.released or self.draining:
+                return
+            self.draining = True
+            await self._presence_end()
+            await self.close(code=CLOSE_RESTARTING)
 
     async def _release(self, code):
         """Leave every group and the socket registry, once; log the close code."""
@@ -203,6 +245,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.user is None:
             return
         sockets.socket_closed(self.user.pk)
+        sockets.consumer_closed(self)
         try:
             await broadcast.user_unsubscribe(self.channel_name, self.user.pk)
         except Exception:
@@ -242,8 +285,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if len(text_data) * 4 > limit and _utf8_size(text_data) > limit:
             await self.close(code=CLOSE_TOO_LARGE)
             return
-        if self.user is None:
-            return  # closing: frames that raced the close are ignored
+        if self.user is None or self.draining:
+            # Closing: frames that raced the close are ignored (unacked, so resent).
+            return
         self.last_frame_at = asyncio.get_running_loop().time()
         try:
             frame = orjson.loads(text_data)

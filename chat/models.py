@@ -146,3 +146,21 @@ class ModerationAction(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} by {self.actor_id} at {self.created_at}"
+
+
+class OfflineMark(models.Model):
+    """When a user went offline: their offline queue holds what others posted since.
+
+    Set by presence's `user_went_offline` hook; taken (deleted) on their next connect.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        primary_key=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+    )
+    since = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.user_id} offline since {self.since}"

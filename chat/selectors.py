@@ -126,3 +126,24 @@ def messages_latest(room_id, limit):
     """The newest `limit` messages, oldest first, and whether older exist."""
     rows = list(_messages(room_id).order_by("-seq")[: limit + 1])
     return rows[:limit][::-1], len(rows) > limit
+
+
+def offline_messages(user, since, *, limit, max_age, now=None):
+    """The user's offline queue: what others posted in the user's rooms after `since`.
+
+    Returns (the newest `limit` of those younger than `max_age`, oldest first; how many
+    more there were, older or beyond the cap). Tombstones are skipped.
+    """
+    now = now or timezone.now()
+    rows = (
+        Message.objects.filter(
+            room__memberships__user=user, created_at__gt=since, deleted_at__isnull=True
+        )
+        .exclude(user=user)
+        .select_related("user", "room")
+    )
+    newest = list(
+        rows.filter(created_at__gt=now - max_age).order_by("-created_at", "-id")[:limit]
+    )
+    return newest[::-1], rows.count() - len(newest)
+

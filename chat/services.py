@@ -3,6 +3,7 @@
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -18,7 +19,7 @@ from voiceflow import metrics
 
 from . import broadcast, ratelimit, selectors
 from .errors import Forbidden, Invalid, NotFound, Unavailable
-from .models import Membership, Message, ModerationAction, Mute, Room
+from .models import Membership, Message, ModerationAction, Mute, OfflineMark, Room
 from .payloads import message_data
 from .validators import CONTROL_CHARS, validate_name_text
 
@@ -222,6 +223,55 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
             # Stored is what an ack promises; sockets recover it by seq on rejoin.
             logger.exception("broadcast of message %s failed", result.message["id"])
     return result
+
+
+# The offline queue (PROTOCOL.md "Delivery guarantees"): a mark per offline user in the
+# database, so it survives restarts and a Redis flush; the queue is a query over it.
+
+
+def offline_mark_set(*, user_id, since):
+    """Note that `user_id` went offline at `since` (a datetime); an earlier mark stays."""
+    try:
+        mark, created = OfflineMark.objects.get_or_create(
+            user_id=user_id, defaults={"since": since}
+        )
+    except IntegrityError:
+        return  # the user was deleted meanwhile
+    if not created and since < mark.since:
+        OfflineMark.objects.filter(pk=user_id).update(since=since)
+
+
+async def on_user_went_offline(sender, *, user_id, since, **kwargs):
+    """presence's `user_went_offline` hook (connected in ChatConfig.ready())."""
+    at = datetime.fromtimestamp(since, UTC)
+    await database_sync_to_async(offline_mark_set)(user_id=user_id, since=at)
+
+
+@dataclass(frozen=True)
+class OfflineQueue:
+    """The `offline_messages` frame's data: messages oldest first, how many fell out."""
+
+    messages: list
+    dropped: int
+
+
+def offline_queue_take(*, user, now=None):
+    """Take the user's offline queue (once: the mark is consumed); None if no mark."""
+    conf = settings.VOICEFLOW
+    with transaction.atomic():
+        # Row lock: of two sockets connecting at once, one gets the queue.
+        mark = OfflineMark.objects.select_for_update().filter(user=user).first()
+        if mark is None:
+            return None
+        mark.delete()
+        rows, dropped = selectors.offline_messages(
+            user,
+            mark.since,
+            limit=conf["OFFLINE_QUEUE_LIMIT"],
+            max_age=timedelta(seconds=conf["OFFLINE_QUEUE_MAX_AGE"]),
+            now=now,
+        )
+    return OfflineQueue([message_data(m) for m in rows], dropped)
 
 
 # Deletion and moderation. These are sync (admin, REST, and the socket through

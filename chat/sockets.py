@@ -3,13 +3,19 @@
 Plain in-memory bookkeeping, touched only from the event loop's thread.
 """
 
+import asyncio
+import logging
+import random
 from collections import Counter
 
 from voiceflow import metrics
 
+logger = logging.getLogger(__name__)
+
 _users = Counter()  # user id → live sockets of this process
 _rooms = Counter()  # room slug → sockets of this process that joined it
 _connections = 0
+_consumers = set()  # this process's signed-in consumers, for the drain on shutdown
 
 
 def socket_opened(user_id):
@@ -41,3 +47,38 @@ def room_left(slug):
 def counts():
     """{"connections", "users", "rooms"} of this process."""
     return {"connections": _connections, "users": len(_users), "rooms": len(_rooms)}
+
+
+def consumer_opened(consumer):
+    _consumers.add(consumer)
+
+
+def consumer_closed(consumer):
+    _consumers.discard(consumer)
+
+
+async def sockets_drain(window, timeout):
+    """Close every socket of this process with 1012, each at a random moment within
+    `window` seconds (so reconnects spread over the other processes), once its
+    in-flight frame is handled; wait until all are released, at most `timeout` s."""
+    consumers = list(_consumers)
+    logger.info(
+        "draining %s sockets over %s s",
+        len(consumers),
+        window,
+        extra={"event": "drain_started", "sockets": len(consumers)},
+    )
+
+    async def drain_one(consumer):
+        await asyncio.sleep(random.uniform(0, window))
+        await consumer.drain()
+
+    async def drained():
+        await asyncio.gather(*map(drain_one, consumers), return_exceptions=True)
+        while _consumers:  # released once the client answered the close
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(drained(), timeout)
+    except TimeoutError:
+        logger.warning("drain timed out with %s sockets left", len(_consumers))

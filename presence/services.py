@@ -19,7 +19,8 @@ from django.conf import settings
 from voiceflow import metrics
 
 from . import broadcast
-from .status import presence_status, socket_expiry
+from .signals import user_went_offline
+from .status import OFFLINE, presence_status, socket_expiry
 from .store import presence_store
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,19 @@ async def _announce(store, user_id, now):
             return user, False
         if await store.status_swap(user_id, user.announced, status):
             await broadcast.presence_changed(user.username, status, user.rooms)
+            if status == OFFLINE:
+                await _went_offline(user, now)
             return user, True
     return user, False
+
+
+async def _went_offline(user, now):
+    """Tell the hook's receivers (chat's offline queue) once the swap is won."""
+    since = user.left_at if user.left_at is not None else now
+    try:
+        await user_went_offline.asend(sender=None, user_id=user.user_id, since=since)
+    except Exception:
+        logger.exception("user_went_offline hook for user %s failed", user.user_id)
 
 
 async def presence_connect(*, sid, user_id, username, now=None):

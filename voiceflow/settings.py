@@ -328,4 +328,15 @@ VOICEFLOW = {
     "PRESENCE_SWEEP_INTERVAL": env_float("VOICEFLOW_PRESENCE_SWEEP_INTERVAL", 15),
     # Lifetime of every presence key in Redis, renewed while its socket/user is active.
     "PRESENCE_KEY_TTL": env_int("VOICEFLOW_PRESENCE_KEY_TTL", 3600),
+    # Offline queue ("Delivery guarantees"): newest N messages per user, none older.
+    "OFFLINE_QUEUE_LIMIT": env_int("VOICEFLOW_OFFLINE_QUEUE_LIMIT", 100),
+    "OFFLINE_QUEUE_MAX_AGE": env_float("VOICEFLOW_OFFLINE_QUEUE_MAX_AGE", 86400),
+    # Graceful shutdown (voiceflow/server.py): sockets close with 1012 spread over the
+    # window; the process exits by the timeout whatever is left.
+    "DRAIN_WINDOW": env_float("VOICEFLOW_DRAIN_WINDOW", 2),
+    "DRAIN_TIMEOUT": env_float("VOICEFLOW_DRAIN_TIMEOUT", 10),
+    # uvicorn's WebSocket keepalive (voiceflow/server.py): a client that answers no
+    # ping within the timeout (e.g. one that stopped reading) is closed with 1011.
+    "WS_PING_INTERVAL": env_float("VOICEFLOW_WS_PING_INTERVAL", 20),
+    "WS_PING_TIMEOUT": env_float("VOICEFLOW_WS_PING_TIMEOUT", 20),
 }

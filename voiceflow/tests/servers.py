@@ -131,6 +131,38 @@ class ServerProcess:
         return f"{self.ws_url}?ticket={body['ticket']}"
 
 
+class SweeperProcess:
+    """The Procfile's `sweeper` (sweep_presence --loop), at a test's own interval."""
+
+    def __init__(self, server, interval=0.2):
+        self.env = server.env
+        self.interval = interval
+        self.process = None
+
+    def start(self):
+        command = procfile_command("sweeper").replace(
+            "--interval 15", f"--interval {self.interval}"
+        )
+        self.process = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return self
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 class RedisServer:
     """A private redis-server on a free port, for fault tests (never the shared one)."""
 
@@ -174,3 +206,9 @@ class RedisServer:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+    def restart(self, down_for=0.0):
+        """Kill it (SIGKILL: all data gone) and start it again on the same port."""
+        self.kill()
+        time.sleep(down_for)
+        return self.start()

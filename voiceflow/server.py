@@ -1,0 +1,68 @@
+"""`python -m voiceflow.server`: the Procfile's web process, uvicorn that drains.
+
+uvicorn alone closes every socket at once with 1012 on SIGTERM, cutting off frames in
+hand. This server stops accepting, lets each socket finish the frame it is handling
+(its write and ack), closes them with 1012 spread over VOICEFLOW_DRAIN_WINDOW, and then
+shuts down as uvicorn does, all within VOICEFLOW_DRAIN_TIMEOUT.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+
+import uvicorn
+
+logger = logging.getLogger("voiceflow.server")
+
+
+class DrainingServer(uvicorn.Server):
+    async def shutdown(self, sockets=None):
+        from django.conf import settings
+
+        from chat.sockets import sockets_drain
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for server in self.servers:
+            server.close()  # stop accepting first
+        for sock in sockets or []:
+            sock.close()
+        conf = settings.VOICEFLOW
+        timeout = conf["DRAIN_TIMEOUT"]
+        try:
+            await sockets_drain(conf["DRAIN_WINDOW"], timeout * 0.8)
+        except Exception:
+            logger.exception("socket drain failed; closing the rest at once")
+        # What is left (HTTP requests, sockets still connecting) gets uvicorn's own
+        # shutdown, bounded by the rest of the timeout.
+        self.config.timeout_graceful_shutdown = max(0.1, timeout - (loop.time() - started))
+        await super().shutdown()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
+    parser.add_argument("--ws-max-size", type=int, default=65536)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceflow.settings")
+    from django.conf import settings
+
+    conf = settings.VOICEFLOW
+    config = uvicorn.Config(
+        "voiceflow.asgi:application",
+        host=args.host,
+        port=args.port,
+        ws="websockets-sansio",
+        ws_max_size=args.ws_max_size,
+        ws_ping_interval=conf["WS_PING_INTERVAL"],
+        ws_ping_timeout=conf["WS_PING_TIMEOUT"],
+        lifespan="off",
+        server_header=False,
+    )
+    DrainingServer(config).run()
+
+
+if __name__ == "__main__":
+    main()
