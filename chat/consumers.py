@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
 from django.conf import settings
 from django.db import DatabaseError
 
@@ -217,6 +218,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "rooms": len(rooms),
             },
         )
+
+    async def dispatch(self, message):
+        # channels' dispatch hops to the sync thread (close_old_connections) before
+        # every event, i.e. per delivered broadcast per socket; our database work
+        # all goes through database_sync_to_async, which does that check itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def send(self, text_data=None, bytes_data=None, close=False):
         try:
