@@ -15,6 +15,7 @@ from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
 
 from voiceflow import metrics
+from voiceflow.db import hot_path_database_sync_to_async
 
 from . import broadcast, ratelimit, selectors
 from .errors import Forbidden, Invalid, NotFound, Unavailable
@@ -241,7 +242,7 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
             raise refusal
         return PostResult(stored, created=False)
     try:
-        result = await database_sync_to_async(message_post)(
+        result = await hot_path_database_sync_to_async(message_post)(
             user=user,
             room=room,
             body=body,
