@@ -77,6 +77,8 @@ def pct(values, q):
 class Socket:
     """One authenticated socket; frames are handed to `on_frame`."""
 
+    deflate = False  # offer permessage-deflate, as browsers do
+
     def __init__(self, base, token):
         self.base, self.token = base, token
         self.ws = None
@@ -88,7 +90,12 @@ class Socket:
             raise RuntimeError(f"ws-ticket HTTP {status} {body!r}")
         url = self.base.replace("http", "ws", 1) + f"/ws/chat/?ticket={body['ticket']}"
         started = time.perf_counter()
-        self.ws = await websockets.connect(url, max_size=2**20, compression=None, ping_interval=None)
+        self.ws = await websockets.connect(
+            url,
+            max_size=2**20,
+            compression="deflate" if self.deflate else None,
+            ping_interval=None,
+        )
         hello = orjson.loads(await self.ws.recv())
         if hello.get("type") != "hello":
             raise RuntimeError(f"expected hello, got {hello!r}")
@@ -272,6 +279,7 @@ def main():
         p.add_argument("--server-pid", type=int)
         p.add_argument("--prefix", help="user/room name tag (default: random)")
         p.add_argument("--json", action="store_true")
+        p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
     f = sub.choices["fanout"]
     f.add_argument("--rooms", type=int, default=10)
     f.add_argument("--members", type=int, default=20)
@@ -287,6 +295,7 @@ def main():
     i.add_argument("--hold", type=float, default=20)
     i.add_argument("--ping-interval", type=float, default=25)
     args = parser.parse_args()
+    Socket.deflate = args.deflate
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
