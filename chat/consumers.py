@@ -284,6 +284,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def send(self, text_data=None, bytes_data=None, close=False):
+        if self.close_code is not None:
+            # Closed by us (e.g. 4408): a layer event still in flight must not reach
+            # uvicorn, which raises on a send after close and kills the consumer.
+            return
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except OSError:
