@@ -219,7 +219,30 @@ async def idle(args):
     baseline = rss_bytes(args.server_pid) if args.server_pid else 0
     sockets = [Socket(base, tokens[names[i % args.users]]) for i in range(args.sockets)]
     gate = asyncio.Semaphore(args.concurrency)
-    connect_ms, failures, closed = [], [], []
+    connect_ms, failures, closed, pong_ms = [], [], [], []
+    done = asyncio.Event()
+    keepers = []
+
+    async def keep(sock):
+        """Ping every --ping-interval from the moment it is open (the server closes
+        sockets silent for 60 s), until the hold is over."""
+        try:
+            while not done.is_set():
+                sent = time.perf_counter()
+                await sock.send({"type": "ping", "ts": sent})
+                while True:
+                    frame = orjson.loads(await asyncio.wait_for(sock.ws.recv(), 30))
+                    if frame.get("type") == "pong":
+                        pong_ms.append((time.perf_counter() - sent) * 1000)
+                        break
+                try:
+                    await asyncio.wait_for(done.wait(), args.ping_interval)
+                except TimeoutError:
+                    pass
+        except websockets.ConnectionClosed as error:
+            closed.append(error.rcvd.code if error.rcvd else None)
+        except Exception as error:
+            failures.append(repr(error)[:120])
 
     async def open_one(i, sock):
         async with gate:
@@ -228,33 +251,18 @@ async def idle(args):
                 await sock.join(slugs[i % args.rooms])
             except Exception as error:  # counted, reported: the figure is how many fail
                 failures.append(repr(error)[:120])
+                return
+        keepers.append(asyncio.create_task(keep(sock)))
 
     started = time.perf_counter()
     await asyncio.gather(*(open_one(i, s) for i, s in enumerate(sockets)))
     open_s = time.perf_counter() - started
     live = [s for s in sockets if s.ws is not None]
-    pong_ms = []
-
-    async def keep(sock):
-        try:
-            end = time.perf_counter() + args.hold
-            while time.perf_counter() < end:
-                sent = time.perf_counter()
-                await sock.send({"type": "ping", "ts": sent})
-                while True:
-                    frame = orjson.loads(await asyncio.wait_for(sock.ws.recv(), 30))
-                    if frame.get("type") == "pong":
-                        pong_ms.append((time.perf_counter() - sent) * 1000)
-                        break
-                await asyncio.sleep(min(args.ping_interval, max(0, end - time.perf_counter())))
-        except websockets.ConnectionClosed as error:
-            closed.append(error.rcvd.code if error.rcvd else None)
-        except Exception as error:
-            failures.append(repr(error)[:120])
-
     await asyncio.sleep(1)
     full = rss_bytes(args.server_pid) if args.server_pid else 0
-    await asyncio.gather(*(keep(s) for s in live))
+    await asyncio.sleep(max(0.0, args.hold - 1))
+    done.set()
+    await asyncio.gather(*keepers)
     out = {
         "scenario": "idle", "url": base, "sockets": args.sockets, "users": args.users,
         "open": len(live), "open_s": open_s, "failures": len(failures),
