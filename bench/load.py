@@ -14,6 +14,7 @@ Prints one block of figures; `--json` prints one JSON object instead.
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import resource
@@ -211,6 +212,9 @@ async def fanout(args):
 
 
 async def idle(args):
+    # Ticket requests are blocking urllib calls in threads: one per concurrent connect.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency)
+    asyncio.get_running_loop().set_default_executor(pool)
     base, tag = args.url.rstrip("/"), args.prefix or uuid.uuid4().hex[:6]
     names = [f"li{tag}u{u}" for u in range(args.users)]
     tokens = await tokens_for(base, names)
