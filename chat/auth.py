@@ -2,6 +2,7 @@
 
 from urllib.parse import parse_qs, urlsplit
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http.request import split_domain_port, validate_host
@@ -29,6 +30,15 @@ def origin_allowed(scope):
     return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
 
 
+@database_sync_to_async
+def _ticket_user(ticket):
+    """The active user a ticket was issued for (redeeming it), or None."""
+    user_id = ticket_redeem(ticket)
+    if user_id is None:
+        return None
+    return get_user_model().objects.filter(pk=user_id, is_active=True).first()
+
+
 async def socket_user(scope):
     """The authenticated user of a socket (ticket first, then session), or None.
 
@@ -37,11 +47,7 @@ async def socket_user(scope):
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     tickets = query.get("ticket")
     if tickets:
-        user_id = await ticket_redeem(tickets[0])
-        if user_id is None:
-            return None
-        user = await get_user_model().objects.filter(pk=user_id, is_active=True).afirst()
-        return user
+        return await _ticket_user(tickets[0])
     user = scope.get("user")
     if user is not None and user.is_authenticated:
         return user

@@ -21,6 +21,14 @@ def encode(frame):
     return orjson.dumps(frame).decode()
 
 
+async def socket_channel(alias):
+    """A socket's own channel on layer `alias`: (the layer, the channel's name)."""
+    layer = get_channel_layer(alias)
+    if layer is None:
+        return None, None
+    return layer, await layer.new_channel()
+
+
 async def room_subscribe(channel_name, slug):
     await get_channel_layer().group_add(room_group(slug), channel_name)
 

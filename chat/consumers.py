@@ -1,6 +1,7 @@
 """The chat socket at /ws/chat/: one per browser tab, any number of rooms."""
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -10,6 +11,8 @@ from datetime import UTC, datetime
 import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
@@ -92,6 +95,44 @@ def _room_exists(slug):
 _mute_until = database_sync_to_async(selectors.mute_until)
 _offline_queue_take = database_sync_to_async(services.offline_queue_take)
 _message_delete_own = database_sync_to_async(services.message_delete_own)
+
+
+async def _dispatch_in_order(sources, dispatch):
+    """Dispatch what each source yields, one event at a time, in arrival order.
+
+    channels' await_many_dispatch makes a new task and an asyncio.wait() per event,
+    i.e. per broadcast per socket; here one long-lived reader task per source takes
+    turns through a lock. Returns (raising) when a dispatch raises, StopConsumer too.
+    """
+    lock = asyncio.Lock()
+    stopped = False
+
+    async def pump(source):
+        nonlocal stopped
+        while True:
+            message = await source()
+            async with lock:
+                if stopped:
+                    return  # the other source's dispatch ended the consumer
+                try:
+                    await dispatch(message)
+                except BaseException:
+                    stopped = True
+                    raise
+
+    tasks = [asyncio.ensure_future(pump(source)) for source in sources]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -208,8 +249,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
 
     async def __call__(self, scope, receive, send):
+        # AsyncConsumer.__call__, with _dispatch_in_order for await_many_dispatch.
+        self.scope = scope
+        self.base_send = send
+        sources = [receive]
         try:
-            await super().__call__(scope, receive, send)
+            self.channel_layer, channel = await broadcast.socket_channel(
+                self.channel_layer_alias
+            )
+            if self.channel_layer is not None:
+                self.channel_name = channel
+                self.channel_receive = functools.partial(
+                    self.channel_layer.receive, self.channel_name
+                )
+                sources.append(self.channel_receive)
+            await _dispatch_in_order(sources, self.dispatch)
+        except StopConsumer:
+            pass
         finally:
             # Whatever ended the dispatch loop (an error, a cancelled task), the socket
             # leaves its groups and the registry.
@@ -261,7 +317,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
             },
         )
 
+    async def dispatch(self, message):
+        # channels' dispatch hops to the sync thread (close_old_connections) before
+        # every event, i.e. per delivered broadcast per socket; our database work
+        # all goes through database_sync_to_async, which does that check itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
     async def send(self, text_data=None, bytes_data=None, close=False):
+        if self.close_code is not None:
+            # Closed by us (e.g. 4408): a layer event still in flight must not reach
+            # uvicorn, which raises on a send after close and kills the consumer.
+            return
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except OSError:

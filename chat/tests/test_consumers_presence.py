@@ -306,6 +306,18 @@ async def test_a_silent_socket_is_closed_with_4408_and_leaves_presence(
     assert users == []
 
 
+async def test_nothing_reaches_a_socket_after_the_server_closed_it(alice, bob, presence_conf):
+    # uvicorn raises on a send after close, which killed the consumer mid-event.
+    presence_conf(DEAD_AFTER=0.6, OFFLINE_GRACE=0)
+    silent = await tab(alice, "lobby")
+    while (output := await silent.receive_output(timeout=2))["type"] != "websocket.close":
+        pass
+    assert output["code"] == 4408
+    other = await tab(bob, "lobby")  # the room hears member_joined: not this socket
+    assert await silent.receive_nothing(timeout=0.3)
+    await close(silent, other)
+
+
 async def test_the_embedded_process_sweeps_itself_a_shared_one_leaves_it_to_the_sweeper(
     alice, bob, presence_conf
 ):
