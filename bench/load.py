@@ -18,7 +18,6 @@ import concurrent.futures
 import json
 import os
 import resource
-import statistics
 import time
 import urllib.error
 import urllib.request

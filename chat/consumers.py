@@ -274,10 +274,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code):
         await self._release(code)
 
-    async def dispatch(self, message):
-        async with self.dispatching:
-            await super().dispatch(message)
-
     async def drain(self):
         """Server shutdown: once the frame in hand is handled and acked, leave presence
         (a normal disconnect: the grace period runs, in the sweep if this process is
@@ -324,7 +320,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+        # Held while an event is handled, so a drain closes only between frames.
+        async with self.dispatching:
+            await handler(message)
 
     async def send(self, text_data=None, bytes_data=None, close=False):
         if self.close_code is not None:
