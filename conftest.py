@@ -91,7 +91,9 @@ def redis_server():
 @pytest.fixture
 def make_user(db, django_user_model):
     def make(username="alice", password="Correct-Horse-9"):
-        return django_user_model.objects.create_user(username=username, password=password)
+        return django_user_model.objects.create_user(
+            username=username, password=password
+        )
 
     return make
 

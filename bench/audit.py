@@ -31,7 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fault", choices=["none", "kill9", "redis-restart", "sigterm"])
+    parser.add_argument(
+        "--fault", choices=["none", "kill9", "redis-restart", "sigterm"]
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=6, help="traffic duration")
     parser.add_argument("--interval", type=float, default=0.05, help="s between sends")
@@ -93,7 +95,9 @@ async def inject(fault, servers, redis, at):
         redis.kill()
         await asyncio.sleep(1)
         await asyncio.to_thread(redis.start)
-    print(f"fault        {fault} at {at:.1f} s, done in {time.monotonic() - started:.1f} s")
+    print(
+        f"fault        {fault} at {at:.1f} s, done in {time.monotonic() - started:.1f} s"
+    )
 
 
 def _extra_env(server):
@@ -143,7 +147,9 @@ async def main():
         run = uuid.uuid4().hex[:6]
         tokens = [api.register(f"audit-{run}-{i}") for i in range(args.clients)]
         slug = f"audit-{run}"
-        status, body = api.request("POST", "/api/rooms/", {"name": slug, "slug": slug}, tokens[0])
+        status, body = api.request(
+            "POST", "/api/rooms/", {"name": slug, "slug": slug}, tokens[0]
+        )
         assert status == 201, body
         clients = [
             Client(f"c{i}", token, bases if i % 2 == 0 else bases[::-1], room=slug)
@@ -161,27 +167,43 @@ async def main():
         took = time.monotonic() - started
         for c in clients:
             if c.outbox or not c.connected:
-                print(f"unsettled    {c.name}: {len(c.outbox)} unacked, "
-                      f"connected={c.connected}, last_seq={c.last_seq}")
+                print(
+                    f"unsettled    {c.name}: {len(c.outbox)} unacked, "
+                    f"connected={c.connected}, last_seq={c.last_seq}"
+                )
         stored = await asyncio.to_thread(history, bases[-1], tokens[0], slug)
         report = audit(clients, stored)
         for client in clients:
             client.stop()
         await asyncio.gather(*runs)
-        print(f"clients      {args.clients} ({sum(c.connects for c in clients)} connects)")
+        print(
+            f"clients      {args.clients} ({sum(c.connects for c in clients)} connects)"
+        )
         print(f"settled      {settled} after {took:.1f} s")
         for name in (
-            "sent", "acked", "unacked", "stored", "delivered", "expected_deliveries",
-            "lost_acked", "lost_deliveries", "duplicated", "redelivered_frames",
+            "sent",
+            "acked",
+            "unacked",
+            "stored",
+            "delivered",
+            "expected_deliveries",
+            "lost_acked",
+            "lost_deliveries",
+            "duplicated",
+            "redelivered_frames",
         ):
             print(f"{name:<12} {report[name]}")
         codes = sorted({code for c in clients for code in c.close_codes}, key=str)
         print(f"close codes  {json.dumps(codes)}")
         ok = settled and not (
-            report["unacked"] or report["lost_acked"] or report["lost_deliveries"]
+            report["unacked"]
+            or report["lost_acked"]
+            or report["lost_deliveries"]
             or report["duplicated"]
         )
-        print("result       " + ("OK: nothing lost, nothing duplicated" if ok else "FAIL"))
+        print(
+            "result       " + ("OK: nothing lost, nothing duplicated" if ok else "FAIL")
+        )
         return 0 if ok else 1
     finally:
         if sweeper:

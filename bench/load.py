@@ -42,9 +42,13 @@ def _post(base, path, payload=None, token=None):
 
 def user_token(base, username, password="load-Tool-pw-1"):
     """A token for `username`: registered on first use, logged in after."""
-    status, body = _post(base, "/api/auth/register/", {"username": username, "password": password})
+    status, body = _post(
+        base, "/api/auth/register/", {"username": username, "password": password}
+    )
     if status != 201:
-        status, body = _post(base, "/api/auth/token/", {"username": username, "password": password})
+        status, body = _post(
+            base, "/api/auth/token/", {"username": username, "password": password}
+        )
     if status != 200 and status != 201:
         raise SystemExit(f"cannot authenticate {username}: HTTP {status} {body!r}")
     return body["token"]
@@ -85,7 +89,9 @@ class Socket:
         self.closed_code = None
 
     async def open(self):
-        status, body = await asyncio.to_thread(_post, self.base, "/api/ws-ticket/", None, self.token)
+        status, body = await asyncio.to_thread(
+            _post, self.base, "/api/ws-ticket/", None, self.token
+        )
         if status != 200:
             raise RuntimeError(f"ws-ticket HTTP {status} {body!r}")
         url = self.base.replace("http", "ws", 1) + f"/ws/chat/?ticket={body['ticket']}"
@@ -133,7 +139,11 @@ def rss_bytes(pid, tree=True):
 async def fanout(args):
     base, tag = args.url.rstrip("/"), args.prefix or uuid.uuid4().hex[:6]
     slugs = [f"lt-{tag}-{r}" for r in range(args.rooms)]
-    names = {(r, m): f"lt{tag}r{r}m{m}" for r in range(args.rooms) for m in range(args.members)}
+    names = {
+        (r, m): f"lt{tag}r{r}m{m}"
+        for r in range(args.rooms)
+        for m in range(args.members)
+    }
     tokens = await tokens_for(base, list(names.values()))
     rooms_create(base, tokens[names[(0, 0)]], slugs)
     sockets = {key: Socket(base, tokens[name]) for key, name in names.items()}
@@ -178,7 +188,14 @@ async def fanout(args):
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             cid = f"{key[0]}.{key[1]}.{n}"
             sent_at[cid] = time.perf_counter()
-            await sock.send({"type": "message", "room": slugs[key[0]], "body": body, "client_id": cid})
+            await sock.send(
+                {
+                    "type": "message",
+                    "room": slugs[key[0]],
+                    "body": body,
+                    "client_id": cid,
+                }
+            )
             n += 1
 
     cpu_before = os.times()
@@ -188,23 +205,44 @@ async def fanout(args):
     await asyncio.sleep(args.drain)
     for task in readers:
         task.cancel()
-    expected = {(r, m, cid) for cid in sent_at for r in range(args.rooms)
-                for m in range(args.members) if cid.split(".")[0] == str(r)}
+    expected = {
+        (r, m, cid)
+        for cid in sent_at
+        for r in range(args.rooms)
+        for m in range(args.members)
+        if cid.split(".")[0] == str(r)
+    }
     got = {(k[0], k[1], cid) for (k, cid), count in received.items()}
     dups = sum(count - 1 for count in received.values() if count > 1)
     out = {
-        "scenario": "fanout", "url": base, "rooms": args.rooms, "members": args.members,
-        "senders": len(senders), "rate": args.rate, "offered": len(sent_at) / elapsed,
-        "sent": len(sent_at), "acked": len(acked), "deliveries": len(got),
-        "lost": len(expected - got), "dup": dups, "errors": len(errors),
-        "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
-        "ack_p50_ms": pct(ack_latencies, 50), "ack_p99_ms": pct(ack_latencies, 99),
+        "scenario": "fanout",
+        "url": base,
+        "rooms": args.rooms,
+        "members": args.members,
+        "senders": len(senders),
+        "rate": args.rate,
+        "offered": len(sent_at) / elapsed,
+        "sent": len(sent_at),
+        "acked": len(acked),
+        "deliveries": len(got),
+        "lost": len(expected - got),
+        "dup": dups,
+        "errors": len(errors),
+        "p50_ms": pct(latencies, 50),
+        "p99_ms": pct(latencies, 99),
+        "ack_p50_ms": pct(ack_latencies, 50),
+        "ack_p99_ms": pct(ack_latencies, 99),
         "loadgen_cpu_s": sum(os.times()[:2]) - sum(cpu_before[:2]),
     }
     if args.server_pid:
         out["server_rss_mb"] = rss_bytes(args.server_pid) / 2**20
-    out["passed"] = (out["lost"] == 0 and out["dup"] == 0 and out["errors"] == 0
-                     and out["acked"] == out["sent"] and out["p99_ms"] < 250)
+    out["passed"] = (
+        out["lost"] == 0
+        and out["dup"] == 0
+        and out["errors"] == 0
+        and out["acked"] == out["sent"]
+        and out["p99_ms"] < 250
+    )
     for sock in sockets.values():
         await sock.ws.close()
     return out
@@ -267,11 +305,19 @@ async def idle(args):
     done.set()
     await asyncio.gather(*keepers)
     out = {
-        "scenario": "idle", "url": base, "sockets": args.sockets, "users": args.users,
-        "open": len(live), "open_s": open_s, "failures": len(failures),
-        "first_failure": failures[0] if failures else None, "closed_by_server": closed,
-        "connect_p50_ms": pct(connect_ms, 50), "connect_p99_ms": pct(connect_ms, 99),
-        "pong_p50_ms": pct(pong_ms, 50), "pong_p99_ms": pct(pong_ms, 99),
+        "scenario": "idle",
+        "url": base,
+        "sockets": args.sockets,
+        "users": args.users,
+        "open": len(live),
+        "open_s": open_s,
+        "failures": len(failures),
+        "first_failure": failures[0] if failures else None,
+        "closed_by_server": closed,
+        "connect_p50_ms": pct(connect_ms, 50),
+        "connect_p99_ms": pct(connect_ms, 99),
+        "pong_p50_ms": pct(pong_ms, 50),
+        "pong_p99_ms": pct(pong_ms, 99),
     }
     if args.server_pid:
         out["server_rss_mb"] = full / 2**20
@@ -290,7 +336,9 @@ def main():
         p.add_argument("--server-pid", type=int)
         p.add_argument("--prefix", help="user/room name tag (default: random)")
         p.add_argument("--json", action="store_true")
-        p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
+        p.add_argument(
+            "--deflate", action="store_true", help="offer permessage-deflate"
+        )
     f = sub.choices["fanout"]
     f.add_argument("--rooms", type=int, default=10)
     f.add_argument("--members", type=int, default=20)
@@ -320,7 +368,11 @@ def main():
         print(json.dumps(out))
     else:
         for key, value in out.items():
-            print(f"{key:>18}: {value:.2f}" if isinstance(value, float) else f"{key:>18}: {value}")
+            print(
+                f"{key:>18}: {value:.2f}"
+                if isinstance(value, float)
+                else f"{key:>18}: {value}"
+            )
 
 
 if __name__ == "__main__":

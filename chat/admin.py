@@ -72,7 +72,13 @@ class MessageAdmin(admin.ModelAdmin):
     # Built for 100,000s of rows: newest first by primary key, no full counts, room
     # picked by slug in the search box instead of a filter listing every room.
     list_display = [
-        "id", "room", "seq", "user", "short_body", "created_at", "deleted_at"
+        "id",
+        "room",
+        "seq",
+        "user",
+        "short_body",
+        "created_at",
+        "deleted_at",
     ]
     list_filter = [DeletedFilter]
     search_fields = ["body"]
@@ -82,7 +88,13 @@ class MessageAdmin(admin.ModelAdmin):
     ordering = ["-id"]
     raw_id_fields = ["room", "user"]
     readonly_fields = [
-        "room", "seq", "user", "body", "client_id", "created_at", "deleted_at"
+        "room",
+        "seq",
+        "user",
+        "body",
+        "client_id",
+        "created_at",
+        "deleted_at",
     ]
     show_full_result_count = False
     actions = ["delete_messages"]
@@ -148,7 +160,13 @@ class MuteAdmin(admin.ModelAdmin):
 @admin.register(ModerationAction)
 class ModerationActionAdmin(admin.ModelAdmin):
     list_display = [
-        "created_at", "kind", "actor", "target_user", "room", "message_id", "reason"
+        "created_at",
+        "kind",
+        "actor",
+        "target_user",
+        "room",
+        "message_id",
+        "reason",
     ]
     list_filter = ["kind"]
     search_fields = ["=actor__username", "=target_user__username", "=room__slug"]

@@ -60,7 +60,10 @@ def exception_handler(exc, context):
     if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
         metrics.ERRORS.labels("unavailable").inc()
         return Response(
-            {"detail": "The database is unavailable; retry later.", "code": "unavailable"},
+            {
+                "detail": "The database is unavailable; retry later.",
+                "code": "unavailable",
+            },
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
     return drf_exception_handler(exc, context)
@@ -85,7 +88,9 @@ class TokenView(ObtainAuthToken):
 class WsTicketView(APIView):
     def post(self, request):
         ticket = ticket_issue(request.user.pk)
-        return Response({"ticket": ticket, "expires_in": settings.VOICEFLOW["TICKET_TTL"]})
+        return Response(
+            {"ticket": ticket, "expires_in": settings.VOICEFLOW["TICKET_TTL"]}
+        )
 
 
 def _room_data(rooms, many=False):
@@ -135,7 +140,9 @@ class RoomMessagesView(APIView):
         after = _seq_param(request, "after")
         before = _seq_param(request, "before")
         if after is not None:
-            rows, has_more = selectors.messages_after(room.id, after, limit, before=before)
+            rows, has_more = selectors.messages_after(
+                room.id, after, limit, before=before
+            )
         elif before is not None:
             rows, has_more = selectors.messages_before(room.id, before, limit)
         else:

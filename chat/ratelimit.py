@@ -200,7 +200,9 @@ def rate_hit_sync(name, who, *, now=None):
     """rate_hit for sync code (DRF throttles): same script, blocking client."""
     limit, window = rate(name)
     key = redis_key("rl", name, who)
-    decision = limiter().hit_sync(key, limit, window, time.time() if now is None else now)
+    decision = limiter().hit_sync(
+        key, limit, window, time.time() if now is None else now
+    )
     return _counted(name, decision)
 
 

@@ -146,4 +146,3 @@ def offline_messages(user, since, *, limit, max_age, now=None):
         rows.filter(created_at__gt=now - max_age).order_by("-created_at", "-id")[:limit]
     )
     return newest[::-1], rows.count() - len(newest)
-

@@ -47,7 +47,14 @@ class RoomSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Room
-        fields = ["slug", "name", "created_at", "is_locked", "member_count", "online_count"]
+        fields = [
+            "slug",
+            "name",
+            "created_at",
+            "is_locked",
+            "member_count",
+            "online_count",
+        ]
 
     def get_online_count(self, room):
         return self.context.get("online_counts", {}).get(room.slug, 0)

@@ -26,6 +26,7 @@ from .validators import CONTROL_CHARS, validate_name_text
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class DeleteResult:
     """The `message_deleted` data; `deleted` is False if it was a tombstone already."""
@@ -62,7 +63,9 @@ def clean_client_id(client_id):
     if client_id is None:
         return None
     if not isinstance(client_id, str) or not 1 <= len(client_id) <= 64:
-        raise Invalid("client_id must be a string of 1–64 characters.", field="client_id")
+        raise Invalid(
+            "client_id must be a string of 1–64 characters.", field="client_id"
+        )
     if CONTROL_CHARS.search(client_id):
         raise Invalid("client_id contains control characters.", field="client_id")
     return client_id
@@ -151,8 +154,13 @@ def _message_insert_fast(room_id, user, body, client_id, now):
     if row is None:
         return None
     return Message(
-        id=row[0], room_id=room_id, seq=row[1], user=user, body=body,
-        client_id=client_id, created_at=now,
+        id=row[0],
+        room_id=room_id,
+        seq=row[1],
+        user=user,
+        body=body,
+        client_id=client_id,
+        created_at=now,
     )
 
 

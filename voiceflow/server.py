@@ -36,7 +36,9 @@ class DrainingServer(uvicorn.Server):
             logger.exception("socket drain failed; closing the rest at once")
         # What is left (HTTP requests, sockets still connecting) gets uvicorn's own
         # shutdown, bounded by the rest of the timeout.
-        self.config.timeout_graceful_shutdown = max(0.1, timeout - (loop.time() - started))
+        self.config.timeout_graceful_shutdown = max(
+            0.1, timeout - (loop.time() - started)
+        )
         await super().shutdown()
 
 

@@ -45,13 +45,19 @@ def env_rate(name, default):
     except ValueError:
         rate = None
     if not rate or rate["limit"] < 1 or rate["window"] <= 0:
-        raise ImproperlyConfigured(f"{name} must be LIMIT/SECONDS, e.g. 30/60: {value!r}")
+        raise ImproperlyConfigured(
+            f"{name} must be LIMIT/SECONDS, e.g. 30/60: {value!r}"
+        )
     return rate
 
 
 def env_list(name, default):
     value = env_str(name)
-    return [item.strip() for item in value.split(",") if item.strip()] if value else default
+    return (
+        [item.strip() for item in value.split(",") if item.strip()]
+        if value
+        else default
+    )
 
 
 REDIS_URL = env_str("REDIS_URL")

@@ -19,13 +19,17 @@ def api():
 @pytest.fixture
 def alice_api(alice):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    client.credentials(
+        HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}"
+    )
     return client
 
 
 def register(api, username="carol", password=PASSWORD):
     return api.post(
-        "/api/auth/register/", {"username": username, "password": password}, format="json"
+        "/api/auth/register/",
+        {"username": username, "password": password},
+        format="json",
     )
 
 
@@ -62,9 +66,13 @@ def test_register_refuses_a_weak_password(api):
 
 
 def test_token_logs_in_and_refuses_bad_credentials(api, alice):
-    good = api.post("/api/auth/token/", {"username": "alice", "password": PASSWORD}, format="json")
+    good = api.post(
+        "/api/auth/token/", {"username": "alice", "password": PASSWORD}, format="json"
+    )
     assert good.status_code == 200 and good.json()["token"]
-    bad = api.post("/api/auth/token/", {"username": "alice", "password": "nope"}, format="json")
+    bad = api.post(
+        "/api/auth/token/", {"username": "alice", "password": "nope"}, format="json"
+    )
     assert bad.status_code == 400
 
 
@@ -93,14 +101,18 @@ def test_create_room_with_and_without_slug(alice_api):
     made = alice_api.post("/api/rooms/", {"name": "Design Crit"}, format="json")
     assert made.status_code == 201
     assert made.json()["slug"] == "design-crit" and made.json()["member_count"] == 0
-    explicit = alice_api.post("/api/rooms/", {"name": "Ops", "slug": "ops-1"}, format="json")
+    explicit = alice_api.post(
+        "/api/rooms/", {"name": "Ops", "slug": "ops-1"}, format="json"
+    )
     assert explicit.status_code == 201 and explicit.json()["slug"] == "ops-1"
 
 
 def test_create_room_refuses_a_taken_or_bad_slug_and_a_missing_name(alice_api, lobby):
     taken = alice_api.post("/api/rooms/", {"name": "L", "slug": "lobby"}, format="json")
     assert taken.status_code == 400 and "slug" in taken.json()
-    bad = alice_api.post("/api/rooms/", {"name": "L", "slug": "Bad Slug"}, format="json")
+    bad = alice_api.post(
+        "/api/rooms/", {"name": "L", "slug": "Bad Slug"}, format="json"
+    )
     assert bad.status_code == 400 and "slug" in bad.json()
     nameless = alice_api.post("/api/rooms/", {"slug": "x"}, format="json")
     assert nameless.status_code == 400 and "name" in nameless.json()
@@ -127,15 +139,33 @@ def seqs(response):
 
 
 def test_history_without_cursor_is_the_newest_oldest_first(alice_api, history):
-    assert seqs(alice_api.get("/api/rooms/lobby/messages/?limit=3")) == ([8, 9, 10], True)
-    assert seqs(alice_api.get("/api/rooms/lobby/messages/")) == (list(range(1, 11)), False)
+    assert seqs(alice_api.get("/api/rooms/lobby/messages/?limit=3")) == (
+        [8, 9, 10],
+        True,
+    )
+    assert seqs(alice_api.get("/api/rooms/lobby/messages/")) == (
+        list(range(1, 11)),
+        False,
+    )
 
 
 def test_history_after_and_before(alice_api, history):
-    assert seqs(alice_api.get("/api/rooms/lobby/messages/?after=4&limit=3")) == ([5, 6, 7], True)
-    assert seqs(alice_api.get("/api/rooms/lobby/messages/?after=7&limit=3")) == ([8, 9, 10], False)
-    assert seqs(alice_api.get("/api/rooms/lobby/messages/?before=5&limit=3")) == ([2, 3, 4], True)
-    assert seqs(alice_api.get("/api/rooms/lobby/messages/?before=4&limit=3")) == ([1, 2, 3], False)
+    assert seqs(alice_api.get("/api/rooms/lobby/messages/?after=4&limit=3")) == (
+        [5, 6, 7],
+        True,
+    )
+    assert seqs(alice_api.get("/api/rooms/lobby/messages/?after=7&limit=3")) == (
+        [8, 9, 10],
+        False,
+    )
+    assert seqs(alice_api.get("/api/rooms/lobby/messages/?before=5&limit=3")) == (
+        [2, 3, 4],
+        True,
+    )
+    assert seqs(alice_api.get("/api/rooms/lobby/messages/?before=4&limit=3")) == (
+        [1, 2, 3],
+        False,
+    )
     assert seqs(alice_api.get("/api/rooms/lobby/messages/?after=10")) == ([], False)
 
 
@@ -158,13 +188,21 @@ def test_history_shows_deleted_messages_as_tombstones(alice_api, history):
     from django.utils import timezone
 
     Message.objects.filter(seq=5).update(deleted_at=timezone.now())
-    results = alice_api.get("/api/rooms/lobby/messages/?after=4&limit=1").json()["results"]
-    assert results[0]["deleted"] is True and results[0]["body"] == "" and results[0]["seq"] == 5
+    results = alice_api.get("/api/rooms/lobby/messages/?after=4&limit=1").json()[
+        "results"
+    ]
+    assert (
+        results[0]["deleted"] is True
+        and results[0]["body"] == ""
+        and results[0]["seq"] == 5
+    )
 
 
 def test_post_message_stores_and_makes_a_member(alice_api, alice, lobby):
     response = alice_api.post(
-        "/api/rooms/lobby/messages/", {"body": " hi ", "client_id": "b-1"}, format="json"
+        "/api/rooms/lobby/messages/",
+        {"body": " hi ", "client_id": "b-1"},
+        format="json",
     )
     assert response.status_code == 201
     message = response.json()
@@ -178,13 +216,19 @@ def test_post_message_stores_and_makes_a_member(alice_api, alice, lobby):
 
 
 def test_post_message_replay_returns_200_with_the_original(alice_api, lobby):
-    first = alice_api.post("/api/rooms/lobby/messages/", {"body": "a", "client_id": "k"}, format="json")
-    again = alice_api.post("/api/rooms/lobby/messages/", {"body": "a", "client_id": "k"}, format="json")
+    first = alice_api.post(
+        "/api/rooms/lobby/messages/", {"body": "a", "client_id": "k"}, format="json"
+    )
+    again = alice_api.post(
+        "/api/rooms/lobby/messages/", {"body": "a", "client_id": "k"}, format="json"
+    )
     assert again.status_code == 200 and again.json() == first.json()
     assert Message.objects.count() == 1
 
 
-@pytest.mark.parametrize("payload", [{}, {"body": ""}, {"body": "x" * 4001}, {"body": 12}])
+@pytest.mark.parametrize(
+    "payload", [{}, {"body": ""}, {"body": "x" * 4001}, {"body": 12}]
+)
 def test_post_message_refuses_bad_bodies_with_a_field_error(alice_api, lobby, payload):
     response = alice_api.post("/api/rooms/lobby/messages/", payload, format="json")
     assert response.status_code == 400
@@ -196,7 +240,9 @@ def test_post_message_to_a_locked_room_is_403_and_unknown_is_404(alice_api, lobb
     Room.objects.filter(pk=lobby.pk).update(is_locked=True)
     locked = alice_api.post("/api/rooms/lobby/messages/", {"body": "x"}, format="json")
     assert locked.status_code == 403 and locked.json()["code"] == "forbidden"
-    missing = alice_api.post("/api/rooms/nowhere/messages/", {"body": "x"}, format="json")
+    missing = alice_api.post(
+        "/api/rooms/nowhere/messages/", {"body": "x"}, format="json"
+    )
     assert missing.status_code == 404
     assert not Message.objects.exists()
 
@@ -209,7 +255,10 @@ def test_leaving_a_room_ends_the_membership(alice_api, alice, lobby):
 
 def test_the_api_needs_authentication(api, lobby):
     assert api.get("/api/rooms/").status_code == 401
-    assert api.post("/api/rooms/lobby/messages/", {"body": "x"}, format="json").status_code == 401
+    assert (
+        api.post("/api/rooms/lobby/messages/", {"body": "x"}, format="json").status_code
+        == 401
+    )
 
 
 def test_session_posts_need_a_csrf_token(alice, lobby):
@@ -262,7 +311,9 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(
     set_rate("rest", 1)
 
     def status_from(forwarded_for):
-        return alice_api.get("/api/rooms/", HTTP_X_FORWARDED_FOR=forwarded_for).status_code
+        return alice_api.get(
+            "/api/rooms/", HTTP_X_FORWARDED_FOR=forwarded_for
+        ).status_code
 
     assert status_from("192.0.2.1") == 200
     # Not trusted: a forged header does not buy a new window.
@@ -392,7 +443,11 @@ def test_malformed_json_bodies_are_400(alice_api, lobby, raw):
         ("/api/rooms/", {"name": {"a": 1}, "slug": "x"}, "name"),
         ("/api/rooms/", {"name": "ok", "slug": ["x"]}, "slug"),
         ("/api/rooms/lobby/messages/", {"body": {"a": [1]}}, "body"),
-        ("/api/rooms/lobby/messages/", {"body": "x", "client_id": {"x": 1}}, "client_id"),
+        (
+            "/api/rooms/lobby/messages/",
+            {"body": "x", "client_id": {"x": 1}},
+            "client_id",
+        ),
         ("/api/auth/register/", {"username": ["x"], "password": PASSWORD}, "username"),
     ],
 )

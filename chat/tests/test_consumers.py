@@ -97,7 +97,9 @@ async def test_a_ticket_works_once(alice, room):
     await first.disconnect()
 
 
-@override_settings(VOICEFLOW={**__import__("django.conf").conf.settings.VOICEFLOW, "TICKET_TTL": 1})
+@override_settings(
+    VOICEFLOW={**__import__("django.conf").conf.settings.VOICEFLOW, "TICKET_TTL": 1}
+)
 async def test_an_expired_ticket_is_refused(alice, room):
     ticket = await sync_to_async(ticket_issue)(alice.pk)
     await asyncio.sleep(1.2)
@@ -118,7 +120,9 @@ async def test_the_session_cookie_authenticates_a_browser(alice, room, client):
     await socket.disconnect()
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1.evil.example"])
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "null", "http://127.0.0.1.evil.example"]
+)
 async def test_a_foreign_origin_is_closed_with_4403(alice, room, origin):
     socket = await open_socket(alice, origin=origin)
     await assert_closed_with(socket, 4403)
@@ -131,7 +135,9 @@ async def test_allowed_and_missing_origins_are_served(alice, room, origin):
     await socket.disconnect()
 
 
-async def test_a_message_reaches_every_socket_of_the_room_and_is_acked(alice, bob, room):
+async def test_a_message_reaches_every_socket_of_the_room_and_is_acked(
+    alice, bob, room
+):
     alice_tab1 = await joined(alice)
     alice_tab2 = await joined(alice)
     bob_tab = await joined(bob)
@@ -167,11 +173,15 @@ async def test_join_makes_a_member_and_reports_the_last_seq(alice, room):
         "missed": [],
         "truncated": False,
     }
-    assert await sync_to_async(Membership.objects.filter(user=alice, room=room).exists)()
+    assert await sync_to_async(
+        Membership.objects.filter(user=alice, room=room).exists
+    )()
     await socket.disconnect()
 
 
-async def test_join_with_since_returns_exactly_the_missed_messages_in_order(alice, bob, room):
+async def test_join_with_since_returns_exactly_the_missed_messages_in_order(
+    alice, bob, room
+):
     sender = await joined(alice)
     for i in range(5):
         await send_message(sender, f"m{i}", f"c{i}")
@@ -213,7 +223,9 @@ async def test_leave_stops_delivery_to_that_socket(alice, bob, room):
     await sender.disconnect()
 
 
-async def test_a_repeated_client_id_is_acked_again_but_not_broadcast_again(alice, bob, room):
+async def test_a_repeated_client_id_is_acked_again_but_not_broadcast_again(
+    alice, bob, room
+):
     sender = await joined(alice)
     listener = await joined(bob)
     await send_message(sender, "once", "dup-1")
@@ -257,21 +269,50 @@ BAD_FRAMES = [
     ("no type", {"room": "lobby"}, "invalid", None),
     ("message without room", {"type": "message", "body": "x"}, "invalid", "message"),
     ("join without room", {"type": "join"}, "invalid", "join"),
-    ("join of an unknown room", {"type": "join", "room": "nowhere"}, "not_found", "join"),
-    ("join of a malformed slug", {"type": "join", "room": "No Such!"}, "not_found", "join"),
-    ("join with a bad since", {"type": "join", "room": "lobby", "since": "x"}, "invalid", "join"),
-    ("message to an unknown room", {"type": "message", "room": "nowhere", "body": "x"}, "not_found", "message"),
-    ("message to an unjoined room", {"type": "message", "room": "lobby", "body": "x", "client_id": "c-9"}, "forbidden", "message"),
+    (
+        "join of an unknown room",
+        {"type": "join", "room": "nowhere"},
+        "not_found",
+        "join",
+    ),
+    (
+        "join of a malformed slug",
+        {"type": "join", "room": "No Such!"},
+        "not_found",
+        "join",
+    ),
+    (
+        "join with a bad since",
+        {"type": "join", "room": "lobby", "since": "x"},
+        "invalid",
+        "join",
+    ),
+    (
+        "message to an unknown room",
+        {"type": "message", "room": "nowhere", "body": "x"},
+        "not_found",
+        "message",
+    ),
+    (
+        "message to an unjoined room",
+        {"type": "message", "room": "lobby", "body": "x", "client_id": "c-9"},
+        "forbidden",
+        "message",
+    ),
     ("ping with a bad ts", {"type": "ping", "ts": "soon"}, "invalid", "ping"),
 ]
 
 
-@pytest.mark.parametrize("name,frame,code,request_type", BAD_FRAMES, ids=[b[0] for b in BAD_FRAMES])
+@pytest.mark.parametrize(
+    "name,frame,code,request_type", BAD_FRAMES, ids=[b[0] for b in BAD_FRAMES]
+)
 async def test_a_bad_frame_gets_an_error_and_the_socket_keeps_serving(
     alice, room, name, frame, code, request_type
 ):
     socket = await signed_in(alice)
-    await socket.send_to(text_data=frame if isinstance(frame, str) else json.dumps(frame))
+    await socket.send_to(
+        text_data=frame if isinstance(frame, str) else json.dumps(frame)
+    )
     error = await socket.receive_json_from()
     assert error["type"] == "error"
     assert error["code"] == code
@@ -604,8 +645,10 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=12,
 )
 fuzz_frames = st.fixed_dictionaries(
@@ -680,9 +723,9 @@ async def test_random_frames_get_contract_replies_and_store_nothing_malformed(
     await socket.send_json_to({"type": "ping", "ts": -1})
     while True:
         output = await socket.receive_output(timeout=5)
-        assert (
-            output["type"] == "websocket.send"
-        ), f"socket closed: {output} after {texts}"
+        assert output["type"] == "websocket.send", (
+            f"socket closed: {output} after {texts}"
+        )
         reply = json.loads(output["text"])
         assert reply["type"] in CONTRACT_FRAME_TYPES, reply
         hypothesis.event(f"{reply['type']} {reply.get('code', '')}".strip())

@@ -217,8 +217,9 @@ async def test_presence_reaches_each_socket_sharing_a_room_once_and_no_one_else(
 
 async def test_typing_is_throttled_stops_by_itself_and_never_echoes(alice, bob):
     listener = await tab(bob, "lobby")
-    typist, other_tab = await tab(alice, "lobby"), await tab(
-        alice, "lobby", first=False
+    typist, other_tab = (
+        await tab(alice, "lobby"),
+        await tab(alice, "lobby", first=False),
     )
     for socket in (listener, typist, other_tab):
         await frames(socket)
@@ -306,11 +307,15 @@ async def test_a_silent_socket_is_closed_with_4408_and_leaves_presence(
     assert users == []
 
 
-async def test_nothing_reaches_a_socket_after_the_server_closed_it(alice, bob, presence_conf):
+async def test_nothing_reaches_a_socket_after_the_server_closed_it(
+    alice, bob, presence_conf
+):
     # uvicorn raises on a send after close, which killed the consumer mid-event.
     presence_conf(DEAD_AFTER=0.6, OFFLINE_GRACE=0)
     silent = await tab(alice, "lobby")
-    while (output := await silent.receive_output(timeout=2))["type"] != "websocket.close":
+    while (output := await silent.receive_output(timeout=2))[
+        "type"
+    ] != "websocket.close":
         pass
     assert output["code"] == 4408
     other = await tab(bob, "lobby")  # the room hears member_joined: not this socket

@@ -27,7 +27,15 @@ def test_each_room_numbers_its_messages_from_one(alice, lobby):
 
 def test_a_stored_message_has_the_contract_shape(alice, lobby):
     message = post(alice, lobby, "  hello  ", "c-1").message
-    assert set(message) == {"id", "room", "seq", "user", "body", "created_at", "client_id"}
+    assert set(message) == {
+        "id",
+        "room",
+        "seq",
+        "user",
+        "body",
+        "created_at",
+        "client_id",
+    }
     assert message["room"] == "lobby"
     assert message["user"] == "alice"
     assert message["body"] == "hello"
@@ -52,7 +60,17 @@ def test_client_ids_are_per_user(alice, bob, lobby):
 
 @pytest.mark.parametrize(
     "body",
-    ["", "   \n\t ", "x" * 4001, "nul\x00byte", "bell\x07", "esc\x1b[31m", "c1\x85c1", None, 5],
+    [
+        "",
+        "   \n\t ",
+        "x" * 4001,
+        "nul\x00byte",
+        "bell\x07",
+        "esc\x1b[31m",
+        "c1\x85c1",
+        None,
+        5,
+    ],
 )
 def test_bad_bodies_are_invalid_and_nothing_is_stored(alice, lobby, body):
     with pytest.raises(Invalid) as refused:
@@ -63,7 +81,10 @@ def test_bad_bodies_are_invalid_and_nothing_is_stored(alice, lobby, body):
 
 def test_a_body_of_4000_code_points_newlines_and_tabs_is_accepted(alice, lobby):
     assert post(alice, lobby, "é" * 4000).created
-    assert post(alice, lobby, "line one\n\tline two").message["body"] == "line one\n\tline two"
+    assert (
+        post(alice, lobby, "line one\n\tline two").message["body"]
+        == "line one\n\tline two"
+    )
 
 
 @pytest.mark.parametrize("client_id", ["", "x" * 65, 7, ["a"]])
@@ -156,7 +177,11 @@ def test_the_test_database_is_the_configured_engine():
     # Guards the two CI passes: the Redis/PostgreSQL pass must really use PostgreSQL.
     import os
 
-    expected = "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite"
+    expected = (
+        "postgresql"
+        if os.environ.get("DATABASE_URL", "").startswith("postgres")
+        else "sqlite"
+    )
     assert connection.vendor == expected
 
 
@@ -202,14 +227,20 @@ def test_mute_refusal_says_the_time_left_rounded_up():
 def test_an_author_deletes_their_message_but_not_others(alice, bob, lobby):
     mine, theirs = post(alice, lobby).message, post(bob, lobby).message
     result = services.message_delete_own(user=alice, room=lobby, message_id=mine["id"])
-    assert result.deleted and result.event == {"room": "lobby", "id": mine["id"], "seq": 1}
+    assert result.deleted and result.event == {
+        "room": "lobby",
+        "id": mine["id"],
+        "seq": 1,
+    }
     again = services.message_delete_own(user=alice, room=lobby, message_id=mine["id"])
     assert not again.deleted and again.event == result.event
     with pytest.raises(Forbidden):
         services.message_delete_own(user=alice, room=lobby, message_id=theirs["id"])
     with pytest.raises(NotFound):
         services.message_delete_own(user=alice, room=lobby, message_id=10**9)
-    assert list(Message.objects.filter(deleted_at__isnull=False).values_list("id", flat=True)) == [mine["id"]]
+    assert list(
+        Message.objects.filter(deleted_at__isnull=False).values_list("id", flat=True)
+    ) == [mine["id"]]
     assert ModerationAction.objects.get().actor == alice
 
 

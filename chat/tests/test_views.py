@@ -14,26 +14,36 @@ XSS = "<img src=x onerror=alert(1)>"
 def test_pages_need_a_login(client, lobby):
     for path in ("/", "/rooms/lobby/"):
         response = client.get(path)
-        assert response.status_code == 302 and response["Location"].startswith("/login/")
+        assert response.status_code == 302 and response["Location"].startswith(
+            "/login/"
+        )
 
 
 def test_sign_up_logs_in_and_lands_in_the_lobby(client, lobby):
     response = client.post(
         "/signup/",
-        {"username": "newbie", "password1": "Correct-Horse-9", "password2": "Correct-Horse-9"},
+        {
+            "username": "newbie",
+            "password1": "Correct-Horse-9",
+            "password2": "Correct-Horse-9",
+        },
     )
     assert response.status_code == 302 and response["Location"] == "/rooms/lobby/"
     assert client.get("/rooms/lobby/").status_code == 200
 
 
 def test_sign_up_shows_field_errors(client):
-    response = client.post("/signup/", {"username": "x y", "password1": "a", "password2": "b"})
+    response = client.post(
+        "/signup/", {"username": "x y", "password1": "a", "password2": "b"}
+    )
     assert response.status_code == 200
     assert b"aria-invalid" in response.content or b"errorlist" in response.content
 
 
 def test_log_in_and_log_out(client, alice):
-    response = client.post("/login/", {"username": "alice", "password": "Correct-Horse-9"})
+    response = client.post(
+        "/login/", {"username": "alice", "password": "Correct-Horse-9"}
+    )
     assert response.status_code == 302
     assert client.get("/").status_code == 200
     assert client.post("/logout/").status_code == 302

@@ -74,8 +74,14 @@ class Client:
                 async with websockets.connect(url, open_timeout=3) as socket:
                     await self._serve(socket)
                     delay = 0.05
-            except (OSError, urllib.error.URLError, websockets.WebSocketException,
-                    asyncio.TimeoutError, KeyError, ValueError):
+            except (
+                OSError,
+                urllib.error.URLError,
+                websockets.WebSocketException,
+                asyncio.TimeoutError,
+                KeyError,
+                ValueError,
+            ):
                 pass
             finally:
                 self._socket = None
@@ -89,7 +95,9 @@ class Client:
         try:
             while True:
                 recv = asyncio.ensure_future(socket.recv())
-                done, _ = await asyncio.wait({recv, stop}, return_when="FIRST_COMPLETED")
+                done, _ = await asyncio.wait(
+                    {recv, stop}, return_when="FIRST_COMPLETED"
+                )
                 if stop in done:
                     recv.cancel()
                     return
@@ -139,7 +147,12 @@ class Client:
         body = self.outbox.get(client_id)
         if body is None:
             return
-        frame = {"type": "message", "room": self.room, "body": body, "client_id": client_id}
+        frame = {
+            "type": "message",
+            "room": self.room,
+            "body": body,
+            "client_id": client_id,
+        }
         try:
             await socket.send(json.dumps(frame))
         except websockets.ConnectionClosed:

@@ -2,6 +2,7 @@ import pytest
 
 from .servers import ServerProcess
 
+
 @pytest.fixture
 def server(transactional_db, settings):
     """A real server process (the Procfile's web line) on this run's database."""

@@ -63,7 +63,9 @@ class ServerProcess:
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
         self.process = None
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"voiceflow-e2e-{self.port}.log"
+        self.log_path = (
+            Path(os.environ.get("TMPDIR", "/tmp")) / f"voiceflow-e2e-{self.port}.log"
+        )
 
     def start(self, timeout=20):
         self.log = open(self.log_path, "wb")
@@ -84,7 +86,9 @@ class ServerProcess:
                 return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.1)
-        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.output()}")
+        raise RuntimeError(
+            f"server did not answer within {timeout} s:\n{self.output()}"
+        )
 
     def output(self):
         if not self.log.closed:

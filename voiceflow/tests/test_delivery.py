@@ -43,7 +43,9 @@ def process_env(settings, redis_url, **env):
 
 def send_message(socket, body, client_id, room="lobby"):
     return socket.send(
-        json.dumps({"type": "message", "room": room, "body": body, "client_id": client_id})
+        json.dumps(
+            {"type": "message", "room": room, "body": body, "client_id": client_id}
+        )
     )
 
 
@@ -147,7 +149,9 @@ async def test_sigterm_drains_acks_in_flight_and_keeps_presence_through_a_reconn
         # alice reconnects to the other process within the grace period; carol never.
         alice_socket = await websockets.connect(staying.socket_url(alice))
         assert (await frame(alice_socket))["type"] == "hello"
-        await alice_socket.send(json.dumps({"type": "join", "room": "lobby", "since": 0}))
+        await alice_socket.send(
+            json.dumps({"type": "join", "room": "lobby", "since": 0})
+        )
         joined = await frame(alice_socket)
         assert [m["id"] for m in joined["missed"]] == [ack["id"]]
 
@@ -155,13 +159,17 @@ async def test_sigterm_drains_acks_in_flight_and_keeps_presence_through_a_reconn
         assert exit_code in (0, -signal.SIGTERM)
         assert time.monotonic() - stopped_at < drain_timeout + 1
 
-        events = await member_events(watcher, grace + 1.5 - (time.monotonic() - stopped_at))
+        events = await member_events(
+            watcher, grace + 1.5 - (time.monotonic() - stopped_at)
+        )
         assert events == [
             {"type": "presence", "user": "carol", "status": "offline"},
             {"type": "member_left", "room": "lobby", "user": "carol"},
         ]
         # The sweeper declared carol offline in its own process: her queue has begun.
-        assert await sync_to_async(OfflineMark.objects.filter(user__username="carol").exists)()
+        assert await sync_to_async(
+            OfflineMark.objects.filter(user__username="carol").exists
+        )()
         assert not await sync_to_async(
             OfflineMark.objects.filter(user__username="alice").exists
         )()
@@ -200,7 +208,9 @@ async def test_kill_9_of_one_process_under_steady_traffic_loses_nothing_acked(
         names = ["ann", "ben", "cat", "dan"]
         tokens = [survivor.register(name) for name in names]
         clients = [
-            Client(name, token, [doomed.base, survivor.base] if i < 2 else [survivor.base])
+            Client(
+                name, token, [doomed.base, survivor.base] if i < 2 else [survivor.base]
+            )
             for i, (name, token) in enumerate(zip(names, tokens))
         ]
         runs = [asyncio.ensure_future(c.run()) for c in clients]
@@ -242,7 +252,9 @@ async def test_a_redis_restart_under_steady_traffic_loses_and_duplicates_nothing
         names = ["ann", "ben", "cat", "dan"]
         tokens = [first.register(name) for name in names]
         clients = [
-            Client(name, token, [(first, second)[i % 2].base, (second, first)[i % 2].base])
+            Client(
+                name, token, [(first, second)[i % 2].base, (second, first)[i % 2].base]
+            )
             for i, (name, token) in enumerate(zip(names, tokens))
         ]
         runs = [asyncio.ensure_future(c.run()) for c in clients]
@@ -388,7 +400,9 @@ async def test_a_socket_that_stops_reading_neither_stalls_the_room_nor_loses_sil
         assert (await frame(back))["type"] == "hello"
         recovered = set(seqs)
         while True:
-            await back.send(json.dumps({"type": "join", "room": "lobby", "since": since}))
+            await back.send(
+                json.dumps({"type": "join", "room": "lobby", "since": since})
+            )
             joined = await frame(back)
             recovered |= {m["seq"] for m in joined["missed"]}
             since = max([since] + [m["seq"] for m in joined["missed"]])

@@ -37,14 +37,20 @@ async def test_a_message_reaches_both_users_and_all_their_sockets(server, lobby)
     bob_tab = await open_joined(server, bob)
 
     await bob_tab.send(
-        json.dumps({"type": "message", "room": "lobby", "body": "hi all", "client_id": "e1"})
+        json.dumps(
+            {"type": "message", "room": "lobby", "body": "hi all", "client_id": "e1"}
+        )
     )
     ack = await frame(bob_tab)
     assert ack["type"] == "ack" and ack["client_id"] == "e1" and ack["seq"] == 1
     for socket in [*alice_tabs, bob_tab]:
         event = await frame(socket)
         assert event["type"] == "message"
-        assert (event["id"], event["user"], event["body"]) == (ack["id"], "bob", "hi all")
+        assert (event["id"], event["user"], event["body"]) == (
+            ack["id"],
+            "bob",
+            "hi all",
+        )
     # sync_to_async's thread, whose connection the session closes (a pool thread's
     # connection would stay open and block dropping the test database).
     assert await sync_to_async(Message.objects.filter(pk=ack["id"]).exists)()
@@ -59,7 +65,9 @@ async def test_contract_close_codes_reach_a_real_client(server, lobby):
             await frame(anonymous)
     assert closed.value.rcvd.code == 4401
 
-    async with websockets.connect(server.socket_url(token), origin="http://evil.example") as foreign:
+    async with websockets.connect(
+        server.socket_url(token), origin="http://evil.example"
+    ) as foreign:
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await frame(foreign)
     assert closed.value.rcvd.code == 4403
@@ -218,7 +226,9 @@ async def presence_events(socket, seconds, until=None, about="alice"):
     """Presence and member events `about` a user reaching `socket` within `seconds`
     (or until `until` of them arrived)."""
     got, deadline = [], asyncio.get_running_loop().time() + seconds
-    while (left := deadline - asyncio.get_running_loop().time()) > 0 and len(got) != until:
+    while (left := deadline - asyncio.get_running_loop().time()) > 0 and len(
+        got
+    ) != until:
         try:
             data = json.loads(await asyncio.wait_for(socket.recv(), left))
         except asyncio.TimeoutError:

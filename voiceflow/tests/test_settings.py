@@ -23,12 +23,20 @@ print(json.dumps({
 
 
 def load_settings(**env):
-    clean = {k: v for k, v in os.environ.items() if k not in {
-        "REDIS_URL", "DATABASE_URL", "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS"}}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {"REDIS_URL", "DATABASE_URL", "DEBUG", "SECRET_KEY", "ALLOWED_HOSTS"}
+    }
     clean["DJANGO_SETTINGS_MODULE"] = "voiceflow.settings"
     result = subprocess.run(
-        [sys.executable, "-c", PROBE], env={**clean, **env}, cwd=ROOT,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", PROBE],
+        env={**clean, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return result
 
@@ -63,7 +71,9 @@ def test_a_sqlite_database_url_is_honoured(tmp_path):
     assert json.loads(result.stdout)["db_name"] == f"{tmp_path}/x.db"
 
 
-@pytest.mark.parametrize("env", [{"DEBUG": "0"}, {"REDIS_URL": "redis://127.0.0.1:6379/5"}])
+@pytest.mark.parametrize(
+    "env", [{"DEBUG": "0"}, {"REDIS_URL": "redis://127.0.0.1:6379/5"}]
+)
 def test_production_refuses_to_start_with_the_development_secret_key(env):
     result = load_settings(**env)
     assert result.returncode != 0
@@ -71,11 +81,15 @@ def test_production_refuses_to_start_with_the_development_secret_key(env):
 
 
 def record(msg, *args):
-    return logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, msg, args, None)
+    return logging.LogRecord(
+        "uvicorn.error", logging.INFO, __file__, 1, msg, args, None
+    )
 
 
 def test_query_strings_are_redacted_from_log_records():
-    entry = record('%s - "WebSocket %s" [accepted]', "127.0.0.1:5", "/ws/chat/?ticket=abc")
+    entry = record(
+        '%s - "WebSocket %s" [accepted]', "127.0.0.1:5", "/ws/chat/?ticket=abc"
+    )
     RedactQueryStringFilter().filter(entry)
     assert "abc" not in entry.getMessage()
     assert "/ws/chat/?[redacted]" in entry.getMessage()
