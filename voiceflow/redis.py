@@ -13,7 +13,7 @@ _sync_clients = {}
 def _options():
     return {
         "max_connections": settings.REDIS_MAX_CONNECTIONS,
-        "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
+        "socket_timeout": settings.REDIS_STORE_TIMEOUT,
         "socket_connect_timeout": settings.REDIS_CONNECT_TIMEOUT,
         "decode_responses": True,
     }

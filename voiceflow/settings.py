@@ -149,6 +149,9 @@ REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 1000)
 # Above channels-redis' 5 s blocking reads, so an idle connection never times out.
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 30)
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 2)
+# The store modules (rate limits, presence) never block on Redis: a hung server must
+# fail their frame in seconds, not after the channel layer's long read timeout.
+REDIS_STORE_TIMEOUT = env_float("REDIS_STORE_TIMEOUT", 2)
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "vf")
 
 # Proxies whose X-Forwarded-For names the client (IPs or CIDRs); none by default.
