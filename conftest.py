@@ -50,8 +50,10 @@ def _fresh_rate_limits(settings):
 async def _close_redis_clients():
     """Store-module Redis clients belong to the test's loop: close them with it."""
     yield
+    from chat.broadcast import hubs_stop
     from voiceflow.redis import redis_clients_close
 
+    await hubs_stop()
     await redis_clients_close()
 
 

@@ -1,19 +1,29 @@
-"""The only module that talks to the channel layer; group names are built here."""
+"""The only module that talks to the channel layer; group names are built here.
 
+Fan-out is per process, not per socket: each process has one layer channel (its
+`Hub`), subscribed to the groups of the rooms its sockets joined, plus one group for
+user events (kicks, mutes). An event arrives once per process, is routed to the local
+sockets by room or user, and its text, encoded once by the sender, is written to each.
+"""
+
+import asyncio
+import logging
 import time
+from collections import deque
 
 import orjson
 from channels.layers import get_channel_layer
+from django.conf import settings
 
 from voiceflow import metrics
+
+logger = logging.getLogger(__name__)
+
+USER_EVENTS_GROUP = "users"
 
 
 def room_group(slug):
     return f"room.{slug}"
-
-
-def user_group(user_id):
-    return f"user.{user_id}"
 
 
 def encode(frame):
@@ -21,33 +31,158 @@ def encode(frame):
     return orjson.dumps(frame).decode()
 
 
-async def socket_channel(alias):
-    """A socket's own channel on layer `alias`: (the layer, the channel's name)."""
-    layer = get_channel_layer(alias)
-    if layer is None:
-        return None, None
-    return layer, await layer.new_channel()
+class Hub:
+    """This process's sockets by room and by user, fed by one layer channel.
+
+    A socket is anything with `user_id`, `deliver(text)` (a frame's text, without
+    waiting), `user_event(event)` and `silence_check(now)`.
+    """
+
+    def __init__(self, layer, channel):
+        self.layer = layer
+        self.channel = channel
+        self.sockets = set()
+        self.users = {}  # user id → its sockets here
+        self.rooms = {}  # room slug → the sockets here that joined it
+        self.subscribed = set()  # room slugs whose group our channel is in
+        self.room_locks = {}  # room slug → lock around (un)subscribing its group
+        self.presence_seen = deque(maxlen=256)  # presence ids handled (one per room)
+        self.tasks = []
+
+    def start(self):
+        self.tasks = [
+            asyncio.ensure_future(self._receive_events()),
+            asyncio.ensure_future(self._watch_silence()),
+        ]
+
+    async def stop(self):
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def socket_add(self, socket):
+        self.sockets.add(socket)
+        self.users.setdefault(socket.user_id, set()).add(socket)
+
+    def socket_remove(self, socket):
+        self.sockets.discard(socket)
+        _discard(self.users, socket.user_id, socket)
+
+    async def room_add(self, slug, socket):
+        """Route `slug`'s events to `socket`; returns once the room's group is ours."""
+        self.rooms.setdefault(slug, set()).add(socket)
+        try:
+            await self._subscription_sync(slug)
+        except BaseException:
+            _discard(self.rooms, slug, socket)
+            raise
+
+    async def room_remove(self, slug, socket):
+        _discard(self.rooms, slug, socket)
+        await self._subscription_sync(slug)
+
+    async def _subscription_sync(self, slug):
+        """Be in the room's group while (and only while) a local socket joined it."""
+        async with self.room_locks.setdefault(slug, asyncio.Lock()):
+            wanted = slug in self.rooms
+            if wanted and slug not in self.subscribed:
+                await self.layer.group_add(room_group(slug), self.channel)
+                self.subscribed.add(slug)
+            elif not wanted and slug in self.subscribed:
+                self.subscribed.discard(slug)
+                await self.layer.group_discard(room_group(slug), self.channel)
+
+    async def _receive_events(self):
+        while True:
+            event = await self.layer.receive(self.channel)
+            try:
+                self.route(event)
+            except Exception:
+                logger.exception("routing a %s event failed", event.get("type"))
+
+    def route(self, event):
+        """Hand one layer event to the local sockets it is for."""
+        kind = event["type"]
+        if kind.startswith("user."):
+            for socket in list(self.users.get(event["user_id"], ())):
+                socket.user_event(event)
+            return
+        if kind == "presence":
+            # Sent to each of the user's rooms; the first copy reaches all of them.
+            if event["id"] in self.presence_seen:
+                return
+            self.presence_seen.append(event["id"])
+            targets = set()
+            for slug in event["rooms"]:
+                targets |= self.rooms.get(slug, set())
+        else:
+            targets = self.rooms.get(event["room"], ())
+        if kind == "typing":  # never echoed to the typist's own sockets
+            targets = [s for s in targets if s.user_id != event["user_id"]]
+        text = event["text"]
+        for socket in list(targets):
+            socket.deliver(text)
+        if targets:
+            frame_type = event.get("frame_type") or kind.replace(".", "_")
+            metrics.FRAMES_SENT.labels(metrics.frame_type(frame_type)).inc(len(targets))
+
+    async def _watch_silence(self):
+        """One timer for all sockets: each closes itself once silent too long."""
+        loop = asyncio.get_running_loop()
+        while True:
+            dead_after = settings.VOICEFLOW["DEAD_AFTER"]
+            await asyncio.sleep(min(1.0, dead_after / 10))
+            now = loop.time()
+            for socket in list(self.sockets):
+                socket.silence_check(now)
 
 
-async def room_subscribe(channel_name, slug):
-    await get_channel_layer().group_add(room_group(slug), channel_name)
+def _discard(index, key, socket):
+    members = index.get(key)
+    if members is not None:
+        members.discard(socket)
+        if not members:
+            del index[key]
 
 
-async def room_unsubscribe(channel_name, slug):
-    await get_channel_layer().group_discard(room_group(slug), channel_name)
+_hubs = {}  # channel layer → its Hub (tests make a layer per event loop)
+_hub_locks = {}
 
 
-async def user_subscribe(channel_name, user_id):
-    await get_channel_layer().group_add(user_group(user_id), channel_name)
+async def hub():
+    """This process's Hub on the default layer, started (and subscribed) on first use."""
+    layer = get_channel_layer()
+    current = _hubs.get(layer)
+    if current is not None:
+        return current
+    lock = _hub_locks.setdefault(layer, asyncio.Lock())
+    async with lock:
+        current = _hubs.get(layer)
+        if current is None:
+            channel = await layer.new_channel()
+            await layer.group_add(USER_EVENTS_GROUP, channel)
+            current = Hub(layer, channel)
+            current.start()
+            _hubs[layer] = current
+    return current
 
 
-async def user_unsubscribe(channel_name, user_id):
-    await get_channel_layer().group_discard(user_group(user_id), channel_name)
+async def hubs_stop():
+    """Stop every Hub's tasks (tests: each test's loop closes with its layer)."""
+    for current in list(_hubs.values()):
+        await current.stop()
+    _hubs.clear()
+    _hub_locks.clear()
 
 
 async def _to_room(slug, frame):
     """Forward one frame, encoded once, to every socket that joined room `slug`."""
-    event = {"type": "chat.message", "text": encode(frame), "frame_type": frame["type"]}
+    event = {
+        "type": "chat.message",
+        "room": slug,
+        "text": encode(frame),
+        "frame_type": frame["type"],
+    }
     started = time.perf_counter()
     await get_channel_layer().group_send(room_group(slug), event)
     metrics.FANOUT_SECONDS.observe(time.perf_counter() - started)
@@ -68,13 +203,18 @@ async def room_lock_changed(slug, locked):
     await _to_room(slug, {"type": "room_locked", "room": slug, "locked": locked})
 
 
+async def _to_user(user_id, event):
+    # Rare, so one group every process is in; each Hub picks the user's sockets.
+    await get_channel_layer().group_send(
+        USER_EVENTS_GROUP, {**event, "user_id": user_id}
+    )
+
+
 async def user_muted(user_id, until):
     """Tell every socket of a user until when they are muted (None: not muted)."""
-    await get_channel_layer().group_send(
-        user_group(user_id), {"type": "user.muted", "until": until}
-    )
+    await _to_user(user_id, {"type": "user.muted", "until": until})
 
 
 async def user_kicked(user_id):
     """Close every socket of a user (code 4403) in every process."""
-    await get_channel_layer().group_send(user_group(user_id), {"type": "user.kicked"})
+    await _to_user(user_id, {"type": "user.kicked"})

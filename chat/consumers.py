@@ -1,7 +1,6 @@
 """The chat socket at /ws/chat/: one per browser tab, any number of rooms."""
 
 import asyncio
-import functools
 import logging
 import time
 import uuid
@@ -97,42 +96,35 @@ _offline_queue_take = database_sync_to_async(services.offline_queue_take)
 _message_delete_own = database_sync_to_async(services.message_delete_own)
 
 
-async def _dispatch_in_order(sources, dispatch):
-    """Dispatch what each source yields, one event at a time, in arrival order.
+def _start_eagerly(coro):
+    """Run `coro` until it first waits: None if it finished, else a Task finishing it.
 
-    channels' await_many_dispatch makes a new task and an asyncio.wait() per event,
-    i.e. per broadcast per socket; here one long-lived reader task per source takes
-    turns through a lock. Returns (raising) when a dispatch raises, StopConsumer too.
+    Python 3.12's eager tasks, by hand: a broadcast's write to a socket whose buffer
+    has room completes without a task or a trip through the event loop.
     """
-    lock = asyncio.Lock()
-    stopped = False
-
-    async def pump(source):
-        nonlocal stopped
-        while True:
-            message = await source()
-            async with lock:
-                if stopped:
-                    return  # the other source's dispatch ended the consumer
-                try:
-                    await dispatch(message)
-                except BaseException:
-                    stopped = True
-                    raise
-
-    tasks = [asyncio.ensure_future(pump(source)) for source in sources]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            if not task.done():
-                task.cancel()
+        waiting = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_resume(coro, waiting))
+
+
+async def _resume(coro, waiting):
+    """Drive `coro`, suspended on `waiting` (a future, or None for a bare yield)."""
+    try:
+        while True:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
                 try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+                    await waiting
+                except Exception:
+                    pass  # the coroutine sees the outcome when it resumes
+            waiting = coro.send(None)
+    except StopIteration:
+        return
+    finally:
+        coro.close()
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -146,6 +138,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     muted_until = _UNKNOWN
     presence_registered = False
     draining = False
+    silenced = False
+    hub = None
+    # Broadcast frames wait here while a frame is in hand (so `joined` comes before the
+    # room's live messages) or while the socket's write buffer is full.
+    holds = 0
+    pending = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -194,16 +192,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_TOO_MANY)
             return
         self.user = user
+        self.user_id = user.pk
         self._presence_start()
         sockets.socket_opened(user.pk)
         sockets.consumer_opened(self)
-        # Subscribed before hello, so a kick or mute cannot slip past.
-        try:
-            await broadcast.user_subscribe(self.channel_name, user.pk)
-        except Exception:
-            logger.warning("user group subscribe failed", exc_info=True)
-            await self.close(code=CLOSE_SERVICE_DOWN)
-            return
+        # The hub is in the user-events group: a kick or mute cannot slip past hello.
+        self.hub.socket_add(self)
         logger.info(
             "socket connected",
             extra={
@@ -249,21 +243,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
 
     async def __call__(self, scope, receive, send):
-        # AsyncConsumer.__call__, with _dispatch_in_order for await_many_dispatch.
+        # AsyncConsumer.__call__ without a layer channel per socket: room and user
+        # events reach this process once, through its hub (deliver, user_event).
         self.scope = scope
         self.base_send = send
-        sources = [receive]
         try:
-            self.channel_layer, channel = await broadcast.socket_channel(
-                self.channel_layer_alias
-            )
-            if self.channel_layer is not None:
-                self.channel_name = channel
-                self.channel_receive = functools.partial(
-                    self.channel_layer.receive, self.channel_name
-                )
-                sources.append(self.channel_receive)
-            await _dispatch_in_order(sources, self.dispatch)
+            self.hub = await broadcast.hub()
+            while True:
+                await self.dispatch(await receive())
         except StopConsumer:
             pass
         finally:
@@ -296,12 +283,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._unsubscribe(slug)
         if self.user is None:
             return
+        self.hub.socket_remove(self)
         sockets.socket_closed(self.user.pk)
         sockets.consumer_closed(self)
-        try:
-            await broadcast.user_unsubscribe(self.channel_name, self.user.pk)
-        except Exception:
-            logger.warning("unsubscribe from the user group failed", exc_info=True)
         logger.info(
             "socket disconnected",
             extra={
@@ -322,7 +306,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         # Held while an event is handled, so a drain closes only between frames.
         async with self.dispatching:
-            await handler(message)
+            self.holds += 1
+            try:
+                await handler(message)
+            finally:
+                self.holds -= 1
+                self._pending_send()
 
     async def send(self, text_data=None, bytes_data=None, close=False):
         if self.close_code is not None:
@@ -404,12 +393,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise NotFound(f"No room {slug!r}.", field="room")
         hit = await self._join_hit(slug)
         # Subscribe before reading what was missed, so nothing falls in between.
-        await broadcast.room_subscribe(self.channel_name, slug)
+        await self.hub.room_add(slug, self)
         try:
             room, last_seq, missed, truncated, new = await _join(self.user, slug, since)
         except Exception:
             if slug not in self.rooms:
-                await broadcast.room_unsubscribe(self.channel_name, slug)
+                await self.hub.room_remove(slug, self)
             raise
         if slug not in self.rooms:
             sockets.room_joined(slug)
@@ -514,17 +503,55 @@ class ChatConsumer(AsyncWebsocketConsumer):
         "delete": frame_delete,
     }
 
-    # Channel layer events
+    # Events from the hub
 
-    async def chat_message(self, event):
-        metrics.FRAMES_SENT.labels(metrics.frame_type(event.get("frame_type"))).inc()
-        await self.send(text_data=event["text"])
+    def deliver(self, text):
+        """Write a broadcast frame's text now, or after the frame in hand / full buffer."""
+        if self.close_code is not None:
+            return  # closed by us: uvicorn raises on a send after close
+        if self.holds:
+            if self.pending is None:
+                self.pending = deque()
+            self.pending.append(text)
+            return
+        self._write(text)
 
-    async def user_muted(self, event):
-        until = event["until"]
-        self.muted_until = until and datetime.fromtimestamp(until, UTC)
+    def _write(self, text):
+        try:
+            writing = _start_eagerly(
+                self.base_send({"type": "websocket.send", "text": text})
+            )
+        except Exception:
+            # The client left (uvicorn raises ClientDisconnected): its disconnect
+            # event is queued and comes next.
+            return
+        if writing is not None:  # the socket's write buffer is full: keep order
+            self.holds += 1
+            writing.add_done_callback(self._written)
 
-    async def user_kicked(self, event):
+    def _written(self, writing):
+        self.holds -= 1
+        if not writing.cancelled() and writing.exception() is not None:
+            logger.debug("broadcast to a closed socket dropped")
+        self._pending_send()
+
+    def _pending_send(self):
+        while not self.holds and self.pending:
+            if self.close_code is not None:
+                self.pending = None
+                return
+            self._write(self.pending.popleft())
+        if not self.pending:
+            self.pending = None
+
+    def user_event(self, event):
+        if event["type"] == "user.muted":
+            until = event["until"]
+            self.muted_until = until and datetime.fromtimestamp(until, UTC)
+        elif event["type"] == "user.kicked":
+            asyncio.ensure_future(self._kicked())
+
+    async def _kicked(self):
         logger.info(
             "socket kicked",
             extra={
@@ -533,37 +560,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "connection_id": self.connection_id,
             },
         )
-        await self.close(code=CLOSE_KICKED)
+        async with self.dispatching:  # between frames, like a drain
+            await self.close(code=CLOSE_KICKED)
 
-    async def presence(self, event):
-        # Sent to each shared room's group: a socket in several forwards it once.
-        if event["id"] in self.presence_seen:
+    def silence_check(self, now):
+        """Close with 4408 once no frame came for the dead timeout (the hub's timer)."""
+        if self.silenced or not self.presence_registered:
             return
-        self.presence_seen.append(event["id"])
-        await self.send(text_data=event["text"])
+        if now - self.last_frame_at >= settings.VOICEFLOW["DEAD_AFTER"]:
+            self.silenced = True
+            asyncio.ensure_future(self._close_silent())
 
-    async def member_joined(self, event):
-        await self.send(text_data=event["text"])
-
-    async def member_left(self, event):
-        await self.send(text_data=event["text"])
-
-    async def typing(self, event):
-        if event["user_id"] != self.user.id:  # never echoed to the typist's own sockets
-            await self.send(text_data=event["text"])
+    async def _close_silent(self):
+        # A dead client may never answer the close: leave presence first.
+        await self._presence_end()
+        await self.close(code=CLOSE_SILENT)
 
     # Presence of this socket
 
     def _presence_start(self):
         self.presence_registered = True
-        self.presence_seen = deque(maxlen=64)
         self.socket_typing = presence_services.SocketTyping(
             self.user.id, self.user.username
         )
         self.last_frame_at = self.touched_at = self.active_at = (
             asyncio.get_running_loop().time()
         )
-        self.heartbeat_watch = asyncio.create_task(self._watch_heartbeat())
         presence_services.embedded_sweeper_start()
 
     async def _presence_touch(self, active):
@@ -589,19 +611,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._presence_end()
             await self.close(code=CLOSE_SILENT)
 
-    async def _watch_heartbeat(self):
-        """Close the socket with 4408 once no frame came for the dead timeout."""
-        loop = asyncio.get_running_loop()
-        while True:
-            silent = loop.time() - self.last_frame_at
-            dead_after = settings.VOICEFLOW["DEAD_AFTER"]
-            if silent >= dead_after:
-                break
-            await asyncio.sleep(dead_after - silent)
-        # A dead client may never answer the close: leave presence first.
-        await self._presence_end()
-        await self.close(code=CLOSE_SILENT)
-
     async def _presence_room_enter(self, slug):
         """Be present in the room; its members. Best effort: missed messages matter more."""
         try:
@@ -620,9 +629,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self.presence_registered:
             return
         self.presence_registered = False
-        watch = self.heartbeat_watch
-        if watch is not asyncio.current_task():
-            watch.cancel()
         try:
             await self.socket_typing.stop_all()
             await presence_services.presence_disconnect(sid=self.connection_id)
@@ -670,7 +676,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.rooms.pop(slug, None) is not None:
             sockets.room_left(slug)
         try:
-            await broadcast.room_unsubscribe(self.channel_name, slug)
+            await self.hub.room_remove(slug, self)
         except Exception:
             logger.warning("unsubscribe from %s failed", slug, exc_info=True)
 

@@ -31,13 +31,15 @@ def _encode(frame):
 async def presence_changed(username, status, rooms):
     """A `presence` event to every socket in `rooms`; sockets in several rooms get one.
 
-    The same event id goes to each room group; the consumer forwards an id once.
+    The same event (one id) goes to each room group; a process forwards an id once,
+    to its sockets in any of `rooms`.
     """
     if not rooms:
         return
     event = {
         "type": "presence",
         "id": uuid.uuid4().hex,
+        "rooms": sorted(rooms),
         "text": _encode({"type": "presence", "user": username, "status": status}),
     }
     layer = get_channel_layer()
@@ -56,7 +58,7 @@ async def member_left(slug, username):
 async def _member_event(kind, slug, username):
     text = _encode({"type": kind, "room": slug, "user": username})
     await get_channel_layer().group_send(
-        room_group(slug), {"type": kind.replace("_", "."), "text": text}
+        room_group(slug), {"type": kind.replace("_", "."), "room": slug, "text": text}
     )
 
 
@@ -64,5 +66,6 @@ async def typing_changed(slug, user_id, username, state):
     """A `typing` event to the room; the sender's own sockets drop it (by user id)."""
     text = _encode({"type": "typing", "room": slug, "user": username, "state": state})
     await get_channel_layer().group_send(
-        room_group(slug), {"type": "typing", "user_id": user_id, "text": text}
+        room_group(slug),
+        {"type": "typing", "room": slug, "user_id": user_id, "text": text},
     )
