@@ -1,10 +1,13 @@
 """Who is on a socket: origin check and session-or-ticket authentication."""
 
+from importlib import import_module
 from urllib.parse import parse_qs, urlsplit
 
+from channels.auth import get_user
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 
 from .tickets import ticket_redeem
@@ -39,6 +42,22 @@ def _ticket_user(ticket):
     return get_user_model().objects.filter(pk=user_id, is_active=True).first()
 
 
+async def _session_user(scope):
+    """The user signed in with the socket's session cookie (browsers), or None.
+
+    Done here, once, instead of channels' AuthMiddlewareStack, which copies the scope
+    three times and wraps every send of every socket, ticket or not.
+    """
+    key = parse_cookie(_header(scope, b"cookie") or "").get(
+        settings.SESSION_COOKIE_NAME
+    )
+    if not key:
+        return None
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key=key)
+    user = await get_user({"session": session})
+    return user if user.is_authenticated else None
+
+
 async def socket_user(scope):
     """The authenticated user of a socket (ticket first, then session), or None.
 
@@ -48,7 +67,7 @@ async def socket_user(scope):
     tickets = query.get("ticket")
     if tickets:
         return await _ticket_user(tickets[0])
-    user = scope.get("user")
-    if user is not None and user.is_authenticated:
-        return user
-    return None
+    user = scope.get("user")  # set by an outer auth middleware, if one is used
+    if user is not None:
+        return user if user.is_authenticated else None
+    return await _session_user(scope)

@@ -7,15 +7,15 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceflow.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from .routing import websocket_urlpatterns  # noqa: E402
 
-# Origins are checked by the consumer after accept (close 4403), not at handshake.
+# Origins are checked by the consumer after accept (close 4403), not at handshake;
+# so is who is on the socket (a ticket, or the session cookie: chat.auth).
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        "websocket": URLRouter(websocket_urlpatterns),
     }
 )

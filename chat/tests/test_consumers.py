@@ -120,6 +120,19 @@ async def test_the_session_cookie_authenticates_a_browser(alice, room, client):
     await socket.disconnect()
 
 
+async def test_a_session_cookie_after_logout_is_refused(alice, room, client):
+    await sync_to_async(client.force_login)(alice)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    await sync_to_async(client.logout)()
+    socket = QuietCommunicator(
+        application,
+        "/ws/chat/",
+        headers=[(b"cookie", cookie.encode()), (b"origin", b"http://127.0.0.1:8000")],
+    )
+    await socket.connect()
+    await assert_closed_with(socket, 4401)
+
+
 @pytest.mark.parametrize(
     "origin", ["http://evil.example", "null", "http://127.0.0.1.evil.example"]
 )
