@@ -39,9 +39,11 @@ def _fresh_layer_and_cache():
 def _fresh_rate_limits(settings):
     """Each test starts with empty rate-limit windows: own Redis keys, a clear twin."""
     from chat.ratelimit import memory_limiter
+    from chat.tickets import memory_tickets
 
     settings.REDIS_KEY_PREFIX = f"{settings.REDIS_KEY_PREFIX}:{uuid.uuid4().hex[:8]}"
     memory_limiter.clear()
+    memory_tickets.clear()
     yield
     memory_limiter.clear()
 

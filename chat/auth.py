@@ -34,12 +34,16 @@ def origin_allowed(scope):
 
 
 @database_sync_to_async
-def _ticket_user(ticket):
+def _active_user(user_id):
+    return get_user_model().objects.filter(pk=user_id, is_active=True).first()
+
+
+async def _ticket_user(ticket):
     """The active user a ticket was issued for (redeeming it), or None."""
-    user_id = ticket_redeem(ticket)
+    user_id = await ticket_redeem(ticket)
     if user_id is None:
         return None
-    return get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    return await _active_user(user_id)
 
 
 async def _session_user(scope):

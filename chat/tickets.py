@@ -1,36 +1,95 @@
-"""Single-use WebSocket tickets, kept in the cache (Redis with REDIS_URL)."""
+"""Single-use WebSocket tickets: Redis with REDIS_URL (every process), else memory.
+
+Issued by a sync REST view, redeemed on the event loop in one round trip (GETDEL):
+no worker-thread hop and no cache object per request.
+"""
 
 import hashlib
 import secrets
+import threading
+import time
 
+import redis
 from django.conf import settings
-from django.core.cache import cache
+
+from voiceflow.redis import redis_client, redis_key, redis_sync_client
+
+from .errors import Unavailable
 
 
 def _key(ticket):
-    # Only a hash is stored, so a cache dump yields no usable tickets.
-    return "wsticket:" + hashlib.sha256(ticket.encode()).hexdigest()
+    # Only a hash is stored, so a store dump yields no usable tickets.
+    return redis_key("wsticket", hashlib.sha256(ticket.encode()).hexdigest())
+
+
+def _well_formed(ticket):
+    return isinstance(ticket, str) and 0 < len(ticket) <= 128
+
+
+class RedisTicketStore:
+    """The shared store: a key per ticket that expires with it."""
+
+    def __init__(self, url=None):
+        self.url = url
+
+    def issue(self, key, user_id, ttl):
+        try:
+            redis_sync_client(self.url).set(key, user_id, ex=ttl)
+        except redis.exceptions.RedisError as error:
+            raise Unavailable("Tickets cannot be issued; retry later.") from error
+
+    async def redeem(self, key):
+        # GETDEL is atomic: of two racers for one ticket, one gets the user id.
+        user_id = await redis_client(self.url).getdel(key)
+        return None if user_id is None else int(user_id)
+
+
+class MemoryTicketStore:
+    """The embedded twin, for one process (issued in a thread, redeemed on the loop)."""
+
+    def __init__(self):
+        self.tickets = {}
+        self.lock = threading.Lock()
+
+    def issue(self, key, user_id, ttl, now=None):
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            # Drop expired tickets as new ones come, so the dict stays small.
+            for stale in [k for k, (_, until) in self.tickets.items() if until <= now]:
+                del self.tickets[stale]
+            self.tickets[key] = (user_id, now + ttl)
+
+    async def redeem(self, key, now=None):
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            user_id, until = self.tickets.pop(key, (None, 0))
+        return user_id if until > now else None
+
+    def clear(self):
+        with self.lock:
+            self.tickets.clear()
+
+
+memory_tickets = MemoryTicketStore()
+
+
+def ticket_store():
+    """Redis with REDIS_URL (shared by every process), else the in-memory twin."""
+    return RedisTicketStore() if settings.REDIS_URL else memory_tickets
 
 
 def ticket_issue(user_id):
     """A new ticket for `user_id`, valid once within the ticket TTL."""
     ticket = secrets.token_urlsafe(32)
-    cache.set(_key(ticket), user_id, timeout=settings.VOICEFLOW["TICKET_TTL"])
+    ticket_store().issue(_key(ticket), user_id, settings.VOICEFLOW["TICKET_TTL"])
     return ticket
 
 
-def ticket_redeem(ticket):
+async def ticket_redeem(ticket):
     """The user id the ticket was issued for, once; None if unknown, used or expired.
 
-    Sync (the cache has no native async client): callers run it in a worker thread
-    together with the user lookup, one hop instead of three. Raises the cache's error
-    if the cache is unreachable.
+    Raises the store's error if Redis is unreachable (the socket closes with 1013).
     """
-    if not ticket or len(ticket) > 128:
+    if not _well_formed(ticket):
         return None
-    key = _key(ticket)
-    user_id = cache.get(key)
-    # delete() reports whether this caller removed it: of two racers only one wins.
-    if user_id is None or not cache.delete(key):
-        return None
-    return user_id
+    return await ticket_store().redeem(_key(ticket))

@@ -575,6 +575,7 @@ async def test_with_redis_down_frames_are_unavailable_and_the_socket_stays_open(
     await send_message(socket, "kept", "up-1")
     first_ack = await socket.receive_json_from()
     assert (await socket.receive_json_from())["type"] == "message"
+    ticket = await sync_to_async(ticket_issue)(alice.pk)  # tickets live in Redis too
     redis_server.kill()
     await send_message(socket, "kept", "up-1")  # a resend is still acked
     assert await socket.receive_json_from() == first_ack
@@ -596,7 +597,7 @@ async def test_with_redis_down_frames_are_unavailable_and_the_socket_stays_open(
     await assert_still_serving(socket)
     assert await sync_to_async(Message.objects.count)() == 1
     await socket.disconnect()
-    refused = await open_socket(alice)
+    refused = await open_socket(ticket=ticket)
     await assert_closed_with(refused, 1013)
 
 
