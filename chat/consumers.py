@@ -121,8 +121,8 @@ async def _resume(coro, waiting):
                 except Exception:
                     pass  # the coroutine sees the outcome when it resumes
             waiting = coro.send(None)
-    except StopIteration:
-        return
+    except StopIteration as finished:
+        return finished.value
     finally:
         coro.close()
 

@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 from django.test import override_settings
 
 from chat import services
+from chat.consumers import _start_eagerly
 from chat.models import Membership, Message, Room
 from chat.tests.sockets import QuietCommunicator
 from chat.tickets import ticket_issue
@@ -755,3 +756,45 @@ async def test_random_frames_get_contract_replies_and_store_nothing_malformed(
     for message in await sync_to_async(list)(Message.objects.all()):
         assert services.clean_body(message.body) == message.body
         assert services.clean_client_id(message.client_id) == message.client_id
+
+
+# Writing broadcasts without a task per delivery
+
+
+async def test_a_write_that_need_not_wait_finishes_without_a_task():
+    done = []
+
+    async def write():
+        done.append(True)
+
+    assert _start_eagerly(write()) is None
+    assert done == [True]
+
+
+async def test_a_write_that_waits_finishes_in_a_task_in_order():
+    ready = asyncio.get_running_loop().create_future()
+    steps = []
+
+    async def write():
+        steps.append("started")
+        steps.append(await ready)
+        await asyncio.sleep(0)
+        return "written"
+
+    task = _start_eagerly(write())
+    assert steps == ["started"]
+    ready.set_result("resumed")
+    assert await task == "written"
+    assert steps == ["started", "resumed"]
+
+
+async def test_a_failed_wait_reaches_the_write():
+    ready = asyncio.get_running_loop().create_future()
+
+    async def write():
+        await ready
+
+    task = _start_eagerly(write())
+    ready.set_exception(ConnectionResetError())
+    with pytest.raises(ConnectionResetError):
+        await task

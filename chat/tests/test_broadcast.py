@@ -1,0 +1,102 @@
+"""The process hub: one layer subscription per room, events routed to local sockets."""
+
+import asyncio
+
+import pytest
+from channels.layers import get_channel_layer
+
+from chat import broadcast
+from chat.broadcast import room_group
+
+
+class FakeSocket:
+    def __init__(self, user_id):
+        self.user_id = user_id
+        self.frames = []
+        self.user_events = []
+
+    def deliver(self, text):
+        self.frames.append(text)
+
+    def user_event(self, event):
+        self.user_events.append(event)
+
+    def silence_check(self, now):
+        pass
+
+
+@pytest.fixture
+async def hub():
+    return await broadcast.hub()
+
+
+def groups_of(hub):
+    """The room groups the hub's channel is in (the in-memory layer's own records)."""
+    return {
+        group
+        for group, channels in hub.layer.groups.items()
+        if hub.channel in channels and group.startswith("room.")
+    }
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_process_subscribes_to_a_room_once_and_leaves_with_its_last_socket(hub):
+    alice, bob = FakeSocket(1), FakeSocket(2)
+    await hub.room_add("lobby", alice)
+    await hub.room_add("lobby", bob)
+    assert groups_of(hub) == {room_group("lobby")}
+    await hub.room_remove("lobby", alice)
+    assert groups_of(hub) == {room_group("lobby")}
+    await hub.room_remove("lobby", bob)
+    assert groups_of(hub) == set()
+
+
+async def test_a_room_event_reaches_each_local_socket_in_the_room_once(hub):
+    alice, bob, elsewhere = FakeSocket(1), FakeSocket(2), FakeSocket(3)
+    for socket, slug in ((alice, "lobby"), (bob, "lobby"), (elsewhere, "other")):
+        await hub.room_add(slug, socket)
+    await broadcast.room_lock_changed("lobby", True)
+    await settle()
+    frame = '{"type":"room_locked","room":"lobby","locked":true}'
+    assert (alice.frames, bob.frames, elsewhere.frames) == ([frame], [frame], [])
+
+
+async def test_typing_skips_the_typists_own_sockets(hub):
+    typist, other = FakeSocket(1), FakeSocket(2)
+    await hub.room_add("lobby", typist)
+    await hub.room_add("lobby", other)
+    hub.route({"type": "typing", "room": "lobby", "user_id": 1, "text": "t"})
+    assert (typist.frames, other.frames) == ([], ["t"])
+
+
+async def test_a_presence_event_sent_to_several_rooms_reaches_a_socket_once(hub):
+    in_both, in_one = FakeSocket(1), FakeSocket(2)
+    for slug in ("a", "b"):
+        await hub.room_add(slug, in_both)
+    await hub.room_add("b", in_one)
+    event = {"type": "presence", "id": "p1", "rooms": ["a", "b"], "text": "p"}
+    hub.route(event)
+    hub.route(event)  # the copy sent to the second room's group
+    assert (in_both.frames, in_one.frames) == (["p"], ["p"])
+
+
+async def test_user_events_reach_every_local_socket_of_that_user_only(hub):
+    tab1, tab2, someone = FakeSocket(1), FakeSocket(1), FakeSocket(2)
+    for socket in (tab1, tab2, someone):
+        hub.socket_add(socket)
+    await broadcast.user_kicked(1)
+    await settle()
+    assert [len(s.user_events) for s in (tab1, tab2, someone)] == [1, 1, 0]
+    hub.socket_remove(tab2)
+    await broadcast.user_muted(1, None)
+    await settle()
+    assert [len(s.user_events) for s in (tab1, tab2)] == [2, 1]
+
+
+async def test_one_hub_per_layer(hub):
+    assert await broadcast.hub() is hub
+    assert hub.layer is get_channel_layer()
