@@ -142,6 +142,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not shared-cache memory: it locks like production and a server process
     # started by the end-to-end tests can open it.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+# Message inserts run on this many threads, each room always on the same one (FIFO
+# per room, rooms in parallel). SQLite has one writer, so more threads only queue.
+DB_THREADS = env_int(
+    "VOICEFLOW_DB_THREADS",
+    1 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else 4,
+)
+if DB_THREADS < 1:
+    raise ImproperlyConfigured("VOICEFLOW_DB_THREADS must be at least 1.")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: the channel layer, the cache and the store modules share one server.
