@@ -16,13 +16,14 @@ def _close_async_db_connections(django_db_setup):
     """Close the persistent connection of the thread behind database_sync_to_async.
 
     Otherwise PostgreSQL refuses to drop the test database at the end of the run.
-    The /health check's own thread holds one too.
+    The /health check's own thread and the per-room writer threads hold one too.
     """
-    from voiceflow import health
+    from voiceflow import db, health
 
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
     health.close_database_connection()
+    db.close_connections()
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
 
 from voiceflow import metrics
-from voiceflow.db import hot_path_database_sync_to_async
+from voiceflow.db import room_database_sync_to_async
 
 from . import broadcast, ratelimit, selectors
 from .errors import Forbidden, Invalid, NotFound, Unavailable
@@ -251,7 +251,8 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
             raise refusal
         return PostResult(stored, created=False)
     try:
-        result = await hot_path_database_sync_to_async(message_post)(
+        # The room's own writer thread: rooms insert in parallel, one room in order.
+        result = await room_database_sync_to_async(room.id)(message_post)(
             user=user,
             room=room,
             body=body,

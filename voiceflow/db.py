@@ -1,17 +1,19 @@
-"""database_sync_to_async for the per-message hot path, with throttled connection upkeep.
+"""database_sync_to_async for the per-message hot path: per-room threads, lazy upkeep.
 
 channels' database_sync_to_async runs close_old_connections() before and after every
 call; with health checks on, the next query then pays a `SELECT 1` round trip first,
-i.e. one extra round trip per stored message on the single thread-sensitive worker.
-This variant does that upkeep (health check, CONN_MAX_AGE) at most once per
+i.e. one extra round trip per stored message. This variant does that upkeep (health check, CONN_MAX_AGE) at most once per
 CHECK_INTERVAL per thread, and at once after a call that hit a database error, so a
 broken connection is still dropped before the next message.
 """
 
+import functools
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import SyncToAsync
+from django.conf import settings
 from django.db import close_old_connections, connections
 
 CHECK_INTERVAL = 1.0  # seconds
@@ -37,4 +39,35 @@ class HotPathDatabaseSyncToAsync(SyncToAsync):
                 _checked.at = float("-inf")
 
 
-hot_path_database_sync_to_async = HotPathDatabaseSyncToAsync
+# Per-room writers: one thread-sensitive worker serialized every room's inserts. Each
+# room's posts go to one of DB_THREADS single-thread executors (room_id % N), so rooms
+# run in parallel while one room's posts stay FIFO; each thread keeps its connection.
+_room_executors = []
+_room_executors_lock = threading.Lock()
+
+
+def _room_executor(room_id):
+    if not _room_executors:
+        with _room_executors_lock:
+            if not _room_executors:  # another thread may have made them meanwhile
+                count = settings.DB_THREADS
+                _room_executors.extend(
+                    ThreadPoolExecutor(1, thread_name_prefix=f"db-room-{n}")
+                    for n in range(count)
+                )
+    return _room_executors[room_id % len(_room_executors)]
+
+
+def room_database_sync_to_async(room_id):
+    """hot_path_database_sync_to_async on the room's own thread: FIFO per room."""
+    return functools.partial(
+        HotPathDatabaseSyncToAsync,
+        thread_sensitive=False,
+        executor=_room_executor(room_id),
+    )
+
+
+def close_connections():
+    """Close the room threads' connections (tests drop their database afterwards)."""
+    for executor in list(_room_executors):
+        executor.submit(connections.close_all).result()

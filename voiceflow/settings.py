@@ -142,6 +142,33 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not shared-cache memory: it locks like production and a server process
     # started by the end-to-end tests can open it.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+# Message inserts run on this many threads, each room always on the same one (FIFO
+# per room, rooms in parallel). SQLite has one writer, so more threads only queue.
+DB_THREADS = env_int(
+    "VOICEFLOW_DB_THREADS",
+    1 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else 4,
+)
+if DB_THREADS < 1:
+    raise ImproperlyConfigured("VOICEFLOW_DB_THREADS must be at least 1.")
+# PostgreSQL: a connection pool per process (psycopg-pool). Sync requests run on a
+# fresh thread each under ASGI, and a per-thread connection outlived its request until
+# the thread was collected: 64 concurrent requests exhausted max_connections. Pooled,
+# a request returns its connection at its end and waits for one when all are in use.
+# The writer threads hold one each; the rest serve requests and database_sync_to_async.
+DB_POOL_MAX = env_int("VOICEFLOW_DB_POOL_MAX", DB_THREADS + 12)
+DB_POOL_TIMEOUT = env_float("VOICEFLOW_DB_POOL_TIMEOUT", 10)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL_MAX:
+    if DB_POOL_MAX <= DB_THREADS:
+        raise ImproperlyConfigured(
+            "VOICEFLOW_DB_POOL_MAX must exceed VOICEFLOW_DB_THREADS (0 = no pool)."
+        )
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # a closed connection goes to the pool
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        # Kept open: the writer threads, the shared worker thread, /health.
+        "min_size": min(DB_THREADS + 2, DB_POOL_MAX),
+        "max_size": DB_POOL_MAX,
+        "timeout": DB_POOL_TIMEOUT,  # waiting longer for a connection is an error
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: the channel layer, the cache and the store modules share one server.

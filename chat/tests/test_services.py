@@ -1,7 +1,9 @@
+import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 from django.db import connection, connections
 
@@ -247,3 +249,24 @@ def test_an_author_deletes_their_message_but_not_others(alice, bob, lobby):
 def test_deployment_totals_count_users_and_rooms(alice, bob, lobby):
     services.room_create(user=alice, name="Second")
     assert selectors.deployment_totals() == {"totalUsers": 2, "totalRooms": 2}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_concurrent_sends_to_two_rooms_number_each_room_gap_free(
+    alice, bob, set_rate
+):
+    set_rate("message", 1000)
+    rooms = [
+        await sync_to_async(services.room_create)(user=alice, name=name)
+        for name in ("One", "Two")
+    ]
+    sends = [
+        services.message_send(user=user, room=room, body=f"{user} {n}")
+        for n in range(15)
+        for room in rooms
+        for user in (alice, bob)
+    ]
+    results = await asyncio.gather(*sends)  # on two writer threads unless ids collide
+    for room in rooms:
+        mine = [r.message for r in results if r.message["room"] == room.slug]
+        assert sorted(m["seq"] for m in mine) == list(range(1, 31))

@@ -159,3 +159,75 @@ def test_a_malformed_trusted_proxy_refuses_to_start():
     result = load_settings(TRUSTED_PROXIES="10.0.0.0/8, proxy.example")
     assert result.returncode != 0
     assert "TRUSTED_PROXIES: 'proxy.example' is no IP or CIDR" in result.stderr
+
+
+DB_PROBE = """
+import json
+from django.conf import settings
+db = settings.DATABASES["default"]
+print(json.dumps({
+    "threads": settings.DB_THREADS,
+    "conn_max_age": db["CONN_MAX_AGE"],
+    "pool": db.get("OPTIONS", {}).get("pool"),
+}))
+"""
+
+
+def load_db_settings(**env):
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("VOICEFLOW_DB") and k not in {"DATABASE_URL", "DEBUG"}
+    }
+    clean["DJANGO_SETTINGS_MODULE"] = "voiceflow.settings"
+    result = subprocess.run(
+        [sys.executable, "-c", DB_PROBE],
+        env={**clean, "SECRET_KEY": "s", **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result
+
+
+POSTGRES = "postgres://someone@db.example:5433/chat"
+
+
+def test_postgresql_gets_four_writer_threads_and_a_pool_sized_for_them():
+    result = load_db_settings(DATABASE_URL=POSTGRES)
+    assert result.returncode == 0, result.stderr
+    conf = json.loads(result.stdout)
+    assert conf["threads"] == 4
+    assert conf["conn_max_age"] == 0  # Django's pool refuses persistent connections
+    assert conf["pool"] == {"min_size": 6, "max_size": 16, "timeout": 10.0}
+
+
+def test_the_pool_can_be_sized_or_turned_off():
+    conf = json.loads(
+        load_db_settings(
+            DATABASE_URL=POSTGRES,
+            VOICEFLOW_DB_THREADS="2",
+            VOICEFLOW_DB_POOL_MAX="5",
+        ).stdout
+    )
+    assert (conf["threads"], conf["pool"]["max_size"]) == (2, 5)
+    off = json.loads(
+        load_db_settings(DATABASE_URL=POSTGRES, VOICEFLOW_DB_POOL_MAX="0").stdout
+    )
+    assert (off["pool"], off["conn_max_age"]) == (None, 60)
+
+
+def test_a_pool_no_bigger_than_the_writer_threads_is_refused():
+    result = load_db_settings(
+        DATABASE_URL=POSTGRES, VOICEFLOW_DB_THREADS="4", VOICEFLOW_DB_POOL_MAX="4"
+    )
+    assert result.returncode != 0
+    assert "VOICEFLOW_DB_POOL_MAX" in result.stderr
+
+
+def test_sqlite_has_one_writer_thread_and_no_pool(tmp_path):
+    conf = json.loads(
+        load_db_settings(DATABASE_URL=f"sqlite:///{tmp_path}/x.db").stdout
+    )
+    assert (conf["threads"], conf["pool"]) == (1, None)

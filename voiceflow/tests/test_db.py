@@ -1,0 +1,152 @@
+import asyncio
+import threading
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, connection, connections, transaction
+
+from chat import services
+from chat.models import Room
+from voiceflow import db
+
+# The writer threads have connections of their own: only committed rows are visible.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="row locks, pg_terminate_backend"
+)
+
+
+def on_room_thread(room_id, func, **kwargs):
+    return db.room_database_sync_to_async(room_id)(func)(**kwargs)
+
+
+def backend_pid():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def rooms_on_two_threads(user):
+    """Two rooms whose posts go to different writer threads."""
+    first = services.room_create(user=user, name="First")
+    while True:
+        other = services.room_create(user=user, name=f"Other {time.monotonic_ns()}")
+        if db._room_executor(other.id) is not db._room_executor(first.id):
+            return first, other
+
+
+def test_a_room_always_gets_the_same_thread_and_rooms_spread_over_all():
+    executors = {db._room_executor(room_id) for room_id in range(100)}
+    assert len(executors) == settings.DB_THREADS
+    assert db._room_executor(7) is db._room_executor(7 + settings.DB_THREADS)
+
+
+async def test_one_rooms_concurrent_posts_get_seqs_in_submission_order(alice, lobby):
+    calls = [
+        on_room_thread(lobby.id, services.message_post, user=alice, room=lobby, body=n)
+        for n in map(str, range(40))
+    ]
+    results = await asyncio.gather(*calls)
+    assert [int(r.message["body"]) for r in results] == list(range(40))
+    assert [r.message["seq"] for r in results] == list(range(1, 41))
+
+
+@postgresql_only
+async def test_a_room_waiting_on_a_row_lock_does_not_hold_up_another_room(alice):
+    if settings.DB_THREADS < 2:
+        pytest.skip("one writer thread")
+    locked, free = await sync_to_async(rooms_on_two_threads)(alice)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_room_row():
+        with transaction.atomic():
+            list(Room.objects.select_for_update().filter(pk=locked.pk))
+            holding.set()
+            release.wait(30)
+        connections.close_all()
+
+    holder = threading.Thread(target=hold_the_room_row)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(holding.wait, 10)
+        blocked = asyncio.ensure_future(
+            on_room_thread(
+                locked.id, services.message_post, user=alice, room=locked, body="a"
+            )
+        )
+        # The locked room's insert is really waiting on the lock, not just queued.
+        assert await asyncio.to_thread(lock_waiter_pid), "it never reached the lock"
+        other = await asyncio.wait_for(
+            on_room_thread(
+                free.id, services.message_post, user=alice, room=free, body="b"
+            ),
+            timeout=10,
+        )
+        assert other.message["seq"] == 1
+        assert not blocked.done()
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
+    assert (await asyncio.wait_for(blocked, 10)).message["seq"] == 1
+
+
+def lock_waiter_pid(timeout=10):
+    """The backend of a writer thread waiting on a lock (None after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                )
+                row = cursor.fetchone()
+            if row:
+                return row[0]
+            time.sleep(0.02)
+        return None
+    finally:
+        connections.close_all()  # a pool thread: PostgreSQL must drop the test db
+
+
+async def test_a_database_error_does_not_poison_the_threads_next_call(lobby):
+    def bad_query():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
+
+    def room_count():
+        return Room.objects.filter(pk=lobby.pk).count()
+
+    with pytest.raises(DatabaseError):
+        await on_room_thread(lobby.id, bad_query)
+    assert await on_room_thread(lobby.id, room_count) == 1
+
+
+@postgresql_only
+async def test_a_thread_whose_connection_was_killed_reconnects_after_one_error(lobby):
+    def terminate(pid):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    pid = await on_room_thread(lobby.id, backend_pid)
+    await sync_to_async(terminate)(pid)
+    try:
+        await on_room_thread(lobby.id, backend_pid)
+    except DatabaseError:
+        pass  # this call found the connection dead (unless upkeep was due first)
+    assert await on_room_thread(lobby.id, backend_pid) not in (None, pid)
+
+
+async def test_close_connections_closes_every_writer_threads_connection(lobby):
+    for room_id in range(settings.DB_THREADS):
+        await on_room_thread(room_id, Room.objects.count)
+    db.close_connections()
+
+    def is_open():
+        return connection.connection is not None
+
+    for room_id in range(settings.DB_THREADS):
+        assert not await db.room_database_sync_to_async(room_id)(is_open)()
