@@ -4,11 +4,12 @@ from importlib import import_module
 from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import get_user
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
+
+from voiceflow.db import socket_database_sync_to_async
 
 from .tickets import ticket_redeem
 
@@ -33,7 +34,7 @@ def origin_allowed(scope):
     return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
 
 
-@database_sync_to_async
+@socket_database_sync_to_async
 def _active_user(user_id):
     return get_user_model().objects.filter(pk=user_id, is_active=True).first()
 

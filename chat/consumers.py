@@ -8,7 +8,6 @@ from collections import deque
 from datetime import UTC, datetime
 
 import orjson
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -18,6 +17,7 @@ from django.db import DatabaseError
 from presence import selectors as presence_selectors
 from presence import services as presence_services
 from voiceflow import metrics
+from voiceflow.db import socket_database_sync_to_async
 
 from . import broadcast, ratelimit, selectors, services, sockets
 from .auth import origin_allowed, socket_user
@@ -68,7 +68,7 @@ def _frame_ref(frame):
     return None
 
 
-@database_sync_to_async
+@socket_database_sync_to_async
 def _join(user, slug, since):
     """Membership plus what the socket missed, in one trip to the database.
 
@@ -86,14 +86,14 @@ def _join(user, slug, since):
     return room, last_seq, missed, truncated, became_member
 
 
-@database_sync_to_async
+@socket_database_sync_to_async
 def _room_exists(slug):
     return Room.objects.filter(slug=slug).exists()
 
 
-_mute_until = database_sync_to_async(selectors.mute_until)
-_offline_queue_take = database_sync_to_async(services.offline_queue_take)
-_message_delete_own = database_sync_to_async(services.message_delete_own)
+_mute_until = socket_database_sync_to_async(selectors.mute_until)
+_offline_queue_take = socket_database_sync_to_async(services.offline_queue_take)
+_message_delete_own = socket_database_sync_to_async(services.message_delete_own)
 
 
 def _start_eagerly(coro):
@@ -662,7 +662,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if decision.allowed:
                 return decision
             refusal = decision.refusal("joins")
-        if await database_sync_to_async(selectors.is_member)(self.user, slug):
+        if await socket_database_sync_to_async(selectors.is_member)(self.user, slug):
             return None
         raise refusal
 

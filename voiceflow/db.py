@@ -8,11 +8,13 @@ broken connection is still dropped before the next message.
 """
 
 import functools
+import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import SyncToAsync
+from channels.db import DatabaseSyncToAsync
 from django.conf import settings
 from django.db import close_old_connections, connections
 
@@ -67,7 +69,33 @@ def room_database_sync_to_async(room_id):
     )
 
 
+# Socket reads (the connect and join path) get threads of their own too: on asgiref's
+# one thread-sensitive worker they queued behind each other, so 64 concurrent connects
+# took up to a second each while the process was half idle.
+_socket_executors = []
+_socket_turn = itertools.count()
+
+
+def socket_database_sync_to_async(func):
+    """channels' database_sync_to_async on one of DB_THREADS socket-read threads."""
+    if not _socket_executors:
+        with _room_executors_lock:
+            if not _socket_executors:
+                _socket_executors.extend(
+                    ThreadPoolExecutor(1, thread_name_prefix=f"db-socket-{n}")
+                    for n in range(settings.DB_THREADS)
+                )
+
+    @functools.wraps(func)
+    async def call(*args, **kwargs):
+        executor = _socket_executors[next(_socket_turn) % len(_socket_executors)]
+        run = DatabaseSyncToAsync(func, thread_sensitive=False, executor=executor)
+        return await run(*args, **kwargs)
+
+    return call
+
+
 def close_connections():
-    """Close the room threads' connections (tests drop their database afterwards)."""
-    for executor in list(_room_executors):
+    """Close the DB threads' connections (tests drop their database afterwards)."""
+    for executor in [*_room_executors, *_socket_executors]:
         executor.submit(connections.close_all).result()
