@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 
 import uvicorn
 
@@ -52,6 +53,10 @@ def main(argv=None):
     from django.conf import settings
 
     conf = settings.VOICEFLOW
+    # The database threads wait for the GIL after every PostgreSQL reply; with the
+    # default 5 ms switch interval and a busy event loop, each insert waited that long
+    # several times over (acks/s at 300 msgs/s offered: 222 at 5 ms, 282-293 at 0.5 ms).
+    sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL)
     config = uvicorn.Config(
         "voiceflow.asgi:application",
         host=args.host,

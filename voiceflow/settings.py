@@ -169,6 +169,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL
         "max_size": DB_POOL_MAX,
         "timeout": DB_POOL_TIMEOUT,  # waiting longer for a connection is an error
     }
+# Seconds a thread may hold the GIL while another waits (the server's database threads
+# wait after every PostgreSQL reply; Python's default is 0.005).
+GIL_SWITCH_INTERVAL = env_float("VOICEFLOW_GIL_SWITCH_INTERVAL", 0.001)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: the channel layer, the cache and the store modules share one server.
