@@ -11,8 +11,12 @@ _sync_clients = {}
 
 
 def _options():
+    # A blocking pool: with every connection busy (10,000 sockets pinging at once), a
+    # command waits up to the store timeout for one instead of failing at once with
+    # redis-py's MaxConnectionsError.
     return {
         "max_connections": settings.REDIS_MAX_CONNECTIONS,
+        "timeout": settings.REDIS_STORE_TIMEOUT,
         "socket_timeout": settings.REDIS_STORE_TIMEOUT,
         "socket_connect_timeout": settings.REDIS_CONNECT_TIMEOUT,
         "decode_responses": True,
@@ -28,7 +32,8 @@ def redis_client(url=None):
         del _async_clients[key]
     client = _async_clients.get((loop, url))
     if client is None:
-        client = redis.asyncio.Redis.from_url(url, **_options())
+        pool = redis.asyncio.BlockingConnectionPool.from_url(url, **_options())
+        client = redis.asyncio.Redis.from_pool(pool)
         _async_clients[(loop, url)] = client
     return client
 
@@ -45,7 +50,8 @@ def redis_sync_client(url=None):
     url = url or settings.REDIS_URL
     client = _sync_clients.get(url)
     if client is None:
-        client = _sync_clients[url] = redis.Redis.from_url(url, **_options())
+        pool = redis.BlockingConnectionPool.from_url(url, **_options())
+        client = _sync_clients[url] = redis.Redis.from_pool(pool)
     return client
 
 
