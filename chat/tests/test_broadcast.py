@@ -6,7 +6,6 @@ import pytest
 from channels.layers import get_channel_layer
 
 from chat import broadcast
-from chat.broadcast import room_group
 
 
 class FakeSocket:
@@ -30,29 +29,26 @@ async def hub():
     return await broadcast.hub()
 
 
-def groups_of(hub):
-    """The room groups the hub's channel is in (the in-memory layer's own records)."""
-    return {
-        group
-        for group, channels in hub.layer.groups.items()
-        if hub.channel in channels and group.startswith("room.")
-    }
-
-
-async def settle():
-    for _ in range(5):
-        await asyncio.sleep(0)
+async def eventually(check, timeout=3.0):
+    """Wait until check() holds: events come back through the layer (Redis or memory)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "the event did not arrive in time"
+        await asyncio.sleep(0.01)
 
 
 async def test_a_process_subscribes_to_a_room_once_and_leaves_with_its_last_socket(hub):
     alice, bob = FakeSocket(1), FakeSocket(2)
     await hub.room_add("lobby", alice)
     await hub.room_add("lobby", bob)
-    assert groups_of(hub) == {room_group("lobby")}
+    assert hub.subscribed == {"lobby"}
     await hub.room_remove("lobby", alice)
-    assert groups_of(hub) == {room_group("lobby")}
+    await broadcast.room_lock_changed("lobby", True)
+    await eventually(lambda: bob.frames)
+    assert alice.frames == []
     await hub.room_remove("lobby", bob)
-    assert groups_of(hub) == set()
+    assert hub.subscribed == set()
 
 
 async def test_a_room_event_reaches_each_local_socket_in_the_room_once(hub):
@@ -60,7 +56,10 @@ async def test_a_room_event_reaches_each_local_socket_in_the_room_once(hub):
     for socket, slug in ((alice, "lobby"), (bob, "lobby"), (elsewhere, "other")):
         await hub.room_add(slug, socket)
     await broadcast.room_lock_changed("lobby", True)
-    await settle()
+    await eventually(lambda: alice.frames and bob.frames)
+    await broadcast.room_lock_changed("other", False)  # a later event, as a fence
+    await eventually(lambda: elsewhere.frames)
+    elsewhere.frames.clear()
     frame = '{"type":"room_locked","room":"lobby","locked":true}'
     assert (alice.frames, bob.frames, elsewhere.frames) == ([frame], [frame], [])
 
@@ -89,12 +88,12 @@ async def test_user_events_reach_every_local_socket_of_that_user_only(hub):
     for socket in (tab1, tab2, someone):
         hub.socket_add(socket)
     await broadcast.user_kicked(1)
-    await settle()
-    assert [len(s.user_events) for s in (tab1, tab2, someone)] == [1, 1, 0]
+    await eventually(lambda: tab1.user_events and tab2.user_events)
     hub.socket_remove(tab2)
     await broadcast.user_muted(1, None)
-    await settle()
-    assert [len(s.user_events) for s in (tab1, tab2)] == [2, 1]
+    await broadcast.user_kicked(2)  # a later event, as a fence
+    await eventually(lambda: someone.user_events)
+    assert [len(s.user_events) for s in (tab1, tab2, someone)] == [2, 1, 1]
 
 
 async def test_one_hub_per_layer(hub):
