@@ -1,10 +1,11 @@
-"""database_sync_to_async for the per-message hot path: per-room threads, lazy upkeep.
+"""Database threads of the socket path: per-room writers and socket readers.
 
 channels' database_sync_to_async runs close_old_connections() before and after every
 call; with health checks on, the next query then pays a `SELECT 1` round trip first,
-i.e. one extra round trip per stored message. This variant does that upkeep (health check, CONN_MAX_AGE) at most once per
-CHECK_INTERVAL per thread, and at once after a call that hit a database error, so a
-broken connection is still dropped before the next message.
+i.e. one extra round trip per stored message. The writers do that upkeep (health
+check, CONN_MAX_AGE) at most once per CHECK_INTERVAL per thread, and at once after a
+call that hit a database error, so a broken connection is still dropped before the
+next message.
 """
 
 import functools
@@ -41,27 +42,33 @@ class HotPathDatabaseSyncToAsync(SyncToAsync):
                 _checked.at = float("-inf")
 
 
-# Per-room writers: one thread-sensitive worker serialized every room's inserts. Each
-# room's posts go to one of DB_THREADS single-thread executors (room_id % N), so rooms
-# run in parallel while one room's posts stay FIFO; each thread keeps its connection.
+# One thread-sensitive worker used to serialize every room's inserts and every
+# socket's reads; these threads run them in parallel, each keeping its connection.
 _room_executors = []
-_room_executors_lock = threading.Lock()
+_socket_executors = []
+_executors_lock = threading.Lock()
+_socket_turn = itertools.count()
+
+
+def _executors(pool, prefix):
+    """`pool`, filled on first use with DB_THREADS single-thread executors."""
+    if not pool:
+        with _executors_lock:
+            if not pool:  # another thread may have filled it meanwhile
+                pool.extend(
+                    ThreadPoolExecutor(1, thread_name_prefix=f"{prefix}-{n}")
+                    for n in range(settings.DB_THREADS)
+                )
+    return pool
 
 
 def _room_executor(room_id):
-    if not _room_executors:
-        with _room_executors_lock:
-            if not _room_executors:  # another thread may have made them meanwhile
-                count = settings.DB_THREADS
-                _room_executors.extend(
-                    ThreadPoolExecutor(1, thread_name_prefix=f"db-room-{n}")
-                    for n in range(count)
-                )
-    return _room_executors[room_id % len(_room_executors)]
+    executors = _executors(_room_executors, "db-room")
+    return executors[room_id % len(executors)]
 
 
 def room_database_sync_to_async(room_id):
-    """hot_path_database_sync_to_async on the room's own thread: FIFO per room."""
+    """HotPathDatabaseSyncToAsync on the room's own thread: FIFO per room."""
     return functools.partial(
         HotPathDatabaseSyncToAsync,
         thread_sensitive=False,
@@ -69,26 +76,17 @@ def room_database_sync_to_async(room_id):
     )
 
 
-# Socket reads (the connect and join path) get threads of their own too: on asgiref's
-# one thread-sensitive worker they queued behind each other, so 64 concurrent connects
-# took up to a second each while the process was half idle.
-_socket_executors = []
-_socket_turn = itertools.count()
-
-
 def socket_database_sync_to_async(func):
-    """channels' database_sync_to_async on one of DB_THREADS socket-read threads."""
-    if not _socket_executors:
-        with _room_executors_lock:
-            if not _socket_executors:
-                _socket_executors.extend(
-                    ThreadPoolExecutor(1, thread_name_prefix=f"db-socket-{n}")
-                    for n in range(settings.DB_THREADS)
-                )
+    """channels' database_sync_to_async on the socket-read threads, in turn.
+
+    On asgiref's one worker, 64 concurrent connects queued for up to a second each
+    while the process was half idle.
+    """
 
     @functools.wraps(func)
     async def call(*args, **kwargs):
-        executor = _socket_executors[next(_socket_turn) % len(_socket_executors)]
+        executors = _executors(_socket_executors, "db-socket")
+        executor = executors[next(_socket_turn) % len(executors)]
         run = DatabaseSyncToAsync(func, thread_sensitive=False, executor=executor)
         return await run(*args, **kwargs)
 
