@@ -156,3 +156,18 @@ def presence_conf(settings):
         return settings.VOICEFLOW
 
     return shrink
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report carries the logs of the server processes it started."""
+    from voiceflow.tests import servers
+
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for server in servers.started:
+            tail = server.output()[-6000:]
+            report.sections.append((f"server log :{server.port}", tail))
+    if report.when == "teardown":
+        servers.started.clear()

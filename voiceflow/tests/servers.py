@@ -18,10 +18,21 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Ports handed out in this run: bind(0) may hand the same free port out twice before
+# either server binds it, and two tests' servers must never share one.
+_ports_given = set()
+# Server processes started in the running test (their logs go with its failure report).
+started = []
+
+
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def procfile_command(name):
@@ -77,10 +88,16 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        started.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited at start:\n{self.output()}")
+            # Ours only once it says it listens: another process on the port (a
+            # lingering server) must not pass for it.
+            if f"running on {self.base} " not in self.output():
+                time.sleep(0.05)
+                continue
             try:
                 urllib.request.urlopen(self.base + "/login/", timeout=1).read()
                 return self
