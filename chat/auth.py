@@ -1,4 +1,4 @@
-"""Who is on a socket: origin check and session-or-ticket authentication."""
+"""Who is on a socket (origin check, session or ticket) or sends an API token."""
 
 from importlib import import_module
 from urllib.parse import parse_qs, urlsplit
@@ -8,22 +8,33 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
+from rest_framework.authtoken.models import Token
 
 from voiceflow.db import socket_database_sync_to_async
 
 from .tickets import ticket_redeem
 
 
-def _header(scope, name):
+def header(scope, name):
+    """An ASGI scope's header (`name` in lowercase bytes) as text, or None."""
     for key, value in scope.get("headers", ()):
         if key == name:
             return value.decode("latin-1")
     return None
 
 
+def host_allowed(scope):
+    """True if the request's Host is one Django would serve (ALLOWED_HOSTS)."""
+    domain, _port = split_domain_port(header(scope, b"host") or "")
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:  # as HttpRequest.get_host
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    return bool(domain) and validate_host(domain, allowed)
+
+
 def origin_allowed(scope):
     """True if the socket has no Origin (bots) or one whose host is an allowed host."""
-    origin = _header(scope, b"origin")
+    origin = header(scope, b"origin")
     if origin is None:
         return True
     try:
@@ -53,9 +64,7 @@ async def _session_user(scope):
     Done here, once, instead of channels' AuthMiddlewareStack, which copies the scope
     three times and wraps every send of every socket, ticket or not.
     """
-    key = parse_cookie(_header(scope, b"cookie") or "").get(
-        settings.SESSION_COOKIE_NAME
-    )
+    key = parse_cookie(header(scope, b"cookie") or "").get(settings.SESSION_COOKIE_NAME)
     if not key:
         return None
     session = import_module(settings.SESSION_ENGINE).SessionStore(session_key=key)
@@ -76,3 +85,26 @@ async def socket_user(scope):
     if user is not None:
         return user if user.is_authenticated else None
     return await _session_user(scope)
+
+
+def _token_key(authorization):
+    """The key of an `Authorization: Token <key>` header (as DRF parses it), or None."""
+    parts = (authorization or "").encode("latin-1").split()
+    if len(parts) != 2 or parts[0].lower() != b"token":
+        return None
+    try:
+        return parts[1].decode()
+    except UnicodeError:
+        return None
+
+
+@socket_database_sync_to_async
+def _token_active_user(key):
+    token = Token.objects.select_related("user").filter(key=key).first()
+    return token.user if token is not None and token.user.is_active else None
+
+
+async def token_user(authorization):
+    """The active user of an Authorization header's API token, or None (none, bad)."""
+    key = _token_key(authorization)
+    return None if key is None else await _token_active_user(key)

@@ -1,7 +1,7 @@
 """Single-use WebSocket tickets: Redis with REDIS_URL (every process), else memory.
 
-Issued by a sync REST view, redeemed on the event loop in one round trip (GETDEL):
-no worker-thread hop and no cache object per request.
+Issued and redeemed on the event loop in one round trip each (SET, GETDEL); the
+sync REST view (session-authenticated requests) issues them with a blocking client.
 """
 
 import hashlib
@@ -38,6 +38,12 @@ class RedisTicketStore:
         except redis.exceptions.RedisError as error:
             raise Unavailable("Tickets cannot be issued; retry later.") from error
 
+    async def aissue(self, key, user_id, ttl):
+        try:
+            await redis_client(self.url).set(key, user_id, ex=ttl)
+        except redis.exceptions.RedisError as error:
+            raise Unavailable("Tickets cannot be issued; retry later.") from error
+
     async def redeem(self, key):
         # GETDEL is atomic: of two racers for one ticket, one gets the user id.
         user_id = await redis_client(self.url).getdel(key)
@@ -58,6 +64,9 @@ class MemoryTicketStore:
             for stale in [k for k, (_, until) in self.tickets.items() if until <= now]:
                 del self.tickets[stale]
             self.tickets[key] = (user_id, now + ttl)
+
+    async def aissue(self, key, user_id, ttl, now=None):
+        self.issue(key, user_id, ttl, now)
 
     async def redeem(self, key, now=None):
         now = time.monotonic() if now is None else now
@@ -82,6 +91,13 @@ def ticket_issue(user_id):
     """A new ticket for `user_id`, valid once within the ticket TTL."""
     ticket = secrets.token_urlsafe(32)
     ticket_store().issue(_key(ticket), user_id, settings.VOICEFLOW["TICKET_TTL"])
+    return ticket
+
+
+async def ticket_aissue(user_id):
+    """ticket_issue on the event loop."""
+    ticket = secrets.token_urlsafe(32)
+    await ticket_store().aissue(_key(ticket), user_id, settings.VOICEFLOW["TICKET_TTL"])
     return ticket
 
 

@@ -1,8 +1,16 @@
+import json
+
 import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import HttpCommunicator
+from django.test import AsyncClient
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from chat import api as chat_api
 from chat.models import Membership, Message, Room
+from chat.tickets import ticket_redeem
+from voiceflow.asgi import application
 
 # Posting goes through database_sync_to_async, which closes a connection that is
 # inside a test transaction: these tests commit for real.
@@ -85,6 +93,134 @@ def test_ws_ticket_is_issued_with_its_lifetime(alice_api):
     assert response.status_code == 200
     body = response.json()
     assert body["expires_in"] == 30 and len(body["ticket"]) >= 32
+
+
+def test_a_ws_ticket_opens_a_socket_for_its_token_user_once(alice_api, alice):
+    ticket = alice_api.post("/api/ws-ticket/").json()["ticket"]
+    assert async_to_sync(ticket_redeem)(ticket) == alice.pk
+    assert async_to_sync(ticket_redeem)(ticket) is None
+
+
+@pytest.mark.parametrize(
+    "header", ["Token guessed", "Token", "Token a b", "Bearer x", "token \xe9"]
+)
+def test_ws_ticket_refuses_a_bad_token_header_as_drf_does(api, alice, header):
+    api.credentials(HTTP_AUTHORIZATION=header)
+    response = api.post("/api/ws-ticket/")
+    assert response.status_code == 401
+    assert response.json()["detail"]
+
+
+def test_ws_ticket_refuses_the_token_of_a_deactivated_user(alice_api, alice):
+    alice.is_active = False
+    alice.save()
+    assert alice_api.post("/api/ws-ticket/").status_code == 401
+
+
+def test_ws_ticket_is_post_only(alice_api):
+    assert alice_api.get("/api/ws-ticket/").status_code == 405
+
+
+def test_a_session_gets_a_ws_ticket_only_with_its_csrf_token(alice):
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(alice)
+    assert client.post("/api/ws-ticket/").status_code == 403
+    client.get("/")  # the page sets the CSRF cookie
+    token = client.cookies["csrftoken"].value
+    response = client.post("/api/ws-ticket/", HTTP_X_CSRFTOKEN=token)
+    assert response.status_code == 200
+    assert async_to_sync(ticket_redeem)(response.json()["ticket"]) == alice.pk
+
+
+# The server's own path for token holders (chat.api.WsTicketFastPath), through ASGI.
+
+
+async def ticket_request(token=None, host=b"testserver", cookie=None):
+    """(status, headers, JSON body) of POST /api/ws-ticket/ through the ASGI app."""
+    headers = [(b"host", host), (b"content-type", b"application/json")]
+    if token:
+        headers.append((b"authorization", f"Token {token}".encode()))
+    if cookie:
+        headers.append((b"cookie", cookie.encode()))
+    communicator = HttpCommunicator(
+        application, "POST", "/api/ws-ticket/", b"{}", headers
+    )
+    response = await communicator.get_response(timeout=10)
+    return (
+        response["status"],
+        {k.decode().lower(): v.decode() for k, v in response["headers"]},
+        json.loads(response["body"]),
+    )
+
+
+@pytest.fixture
+def alice_token(alice):
+    return Token.objects.create(user=alice).key
+
+
+async def test_a_token_gets_a_ws_ticket_for_its_user_from_the_server(
+    alice, alice_token
+):
+    status, headers, body = await ticket_request(alice_token)
+    assert status == 200
+    assert headers["content-type"] == "application/json"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert body["expires_in"] == 30
+    assert await ticket_redeem(body["ticket"]) == alice.pk
+
+
+async def test_a_token_request_never_reaches_django(alice_token, monkeypatch):
+    def drf_view(*args, **kwargs):
+        raise AssertionError("the ticket went through Django")
+
+    monkeypatch.setattr(chat_api.WsTicketView, "post", drf_view)
+    status, _, body = await ticket_request(alice_token)
+    assert status == 200 and body["ticket"]
+
+
+async def test_a_bad_token_gets_drfs_401_from_the_server(alice):
+    status, _, body = await ticket_request("guessed")
+    assert status == 401 and body["detail"]
+
+
+async def test_a_deactivated_users_token_gets_no_ticket_from_the_server(
+    alice, alice_token
+):
+    alice.is_active = False
+    await alice.asave()
+    status, _, _ = await ticket_request(alice_token)
+    assert status == 401
+
+
+async def test_a_session_without_csrf_gets_no_ticket_from_the_server(alice):
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    status, _, _ = await ticket_request(cookie=cookie)
+    assert status == 403
+
+
+async def test_a_host_not_allowed_is_refused_even_with_a_token(alice_token):
+    communicator = HttpCommunicator(
+        application,
+        "POST",
+        "/api/ws-ticket/",
+        b"{}",
+        [
+            (b"host", b"evil.example"),
+            (b"authorization", f"Token {alice_token}".encode()),
+        ],
+    )
+    assert (await communicator.get_response(timeout=10))["status"] == 400
+
+
+async def test_ws_tickets_count_against_the_rest_limit(alice_token, set_rate):
+    set_rate("rest", 2)
+    statuses = [(await ticket_request(alice_token))[0] for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    _, headers, body = await ticket_request(alice_token)
+    assert body["code"] == "rate_limited"
+    assert 1 <= int(headers["retry-after"]) <= 900
 
 
 def test_rooms_list_shape(alice_api, alice, lobby):

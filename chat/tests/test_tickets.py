@@ -24,6 +24,12 @@ async def test_a_ticket_is_redeemed_once_for_its_user(store):
     assert await tickets.ticket_redeem(ticket) is None
 
 
+async def test_a_ticket_issued_on_the_loop_is_redeemed_once_for_its_user(store):
+    ticket = await tickets.ticket_aissue(42)
+    assert await tickets.ticket_redeem(ticket) == 42
+    assert await tickets.ticket_redeem(ticket) is None
+
+
 async def test_of_two_racing_redeems_exactly_one_wins(store):
     ticket = await asyncio.to_thread(tickets.ticket_issue, 7)
     results = await asyncio.gather(*[tickets.ticket_redeem(ticket) for _ in range(5)])
@@ -38,8 +44,10 @@ async def test_unknown_or_malformed_tickets_are_refused(store, ticket):
 async def test_a_ticket_expires_after_its_ttl(store, settings):
     settings.VOICEFLOW = {**settings.VOICEFLOW, "TICKET_TTL": 1}
     ticket = await asyncio.to_thread(tickets.ticket_issue, 3)
+    issued_on_the_loop = await tickets.ticket_aissue(3)
     await asyncio.sleep(1.1)
     assert await tickets.ticket_redeem(ticket) is None
+    assert await tickets.ticket_redeem(issued_on_the_loop) is None
 
 
 def test_the_store_keeps_only_a_hash_of_the_ticket(store):
