@@ -156,27 +156,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.rooms = {}
         self.released = False
         self.connection_id = uuid.uuid4().hex
-        # Every attempt counts, whatever becomes of it.
-        try:
-            attempt = await ratelimit.rate_hit(
-                "connect", ratelimit.scope_client_ip(self.scope)
-            )
-        except Unavailable:
+        # Every attempt counts, whatever becomes of it. The ticket is checked (and
+        # used up) meanwhile: one wait instead of two, and a refused attempt's ticket
+        # is spent like any other.
+        attempt, user = await asyncio.gather(
+            ratelimit.rate_hit("connect", ratelimit.scope_client_ip(self.scope)),
+            socket_user(self.scope),
+            return_exceptions=True,
+        )
+        if isinstance(attempt, Unavailable):
             logger.warning("connection limit unchecked: Redis unavailable")
             await self.close(code=CLOSE_SERVICE_DOWN)
             return
+        if isinstance(attempt, BaseException):
+            raise attempt
         if not attempt.allowed:
             await self.close(code=CLOSE_TOO_MANY)
             return
         if not origin_allowed(self.scope):
             await self.close(code=CLOSE_ORIGIN_REFUSED)
             return
-        try:
-            user = await socket_user(self.scope)
-        except Exception:
-            logger.warning("ticket check failed: service unavailable", exc_info=True)
+        if isinstance(user, Exception):
+            logger.warning("ticket check failed: service unavailable", exc_info=user)
             await self.close(code=CLOSE_SERVICE_DOWN)
             return
+        if isinstance(user, BaseException):
+            raise user
         if user is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return

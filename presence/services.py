@@ -43,14 +43,15 @@ def _spawn(coro):
     return task
 
 
-async def _announce(store, user_id, now):
-    """Recompute the user's status; broadcast it if it changed.
+async def _announce(store, user_id, now, user=None):
+    """Recompute the user's status (from `user` if just read); broadcast a change.
 
     Returns (the user as read, whether a `presence` event went out).
     """
     conf = settings.VOICEFLOW
     for _ in range(5):  # another process may announce in between: compare and swap
-        user = await store.user_get(user_id)
+        if user is None:
+            user = await store.user_get(user_id)
         status = presence_status(user, now, conf)
         if status == user.announced:
             return user, False
@@ -59,6 +60,7 @@ async def _announce(store, user_id, now):
             if status == OFFLINE:
                 await _went_offline(user, now)
             return user, True
+        user = None  # lost the swap: read again
     return user, False
 
 
@@ -76,9 +78,10 @@ async def presence_connect(*, sid, user_id, username, now=None):
     now = _clock(now)
     store = presence_store()
     cap = settings.VOICEFLOW["MAX_SOCKETS_PER_USER"]
-    if await store.socket_add(sid, user_id, username, PROCESS_ID, now, cap) is None:
+    user = await store.socket_add(sid, user_id, username, PROCESS_ID, now, cap)
+    if user is None:
         return False
-    await _announce(store, user_id, now)
+    await _announce(store, user_id, now, user)
     return True
 
 

@@ -77,7 +77,7 @@ _SOCKET_ADD = """
 local sid, uid, name, proc, now = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local cap = tonumber(ARGV[8])
 local n = redis.call('SCARD', k('u', uid, 'sockets'))
-if n >= cap then return -1 end
+if n >= cap then return false end
 redis.call('HSET', k('s', sid), 'uid', uid, 'name', name, 'proc', proc,
            'seen', now, 'away', '0')
 redis.call('ZADD', k('sockets'), now, sid)
@@ -92,7 +92,7 @@ if n == 0 and (redis.call('HGET', k('u', uid), 'status') or 'offline') == 'offli
   keep(k('active'))
 end
 keep(k('s', sid), k('u', uid, 'sockets'), k('u', uid), k('sockets'), k('gone'))
-return n + 1
+return view(uid)
 """
 
 _SOCKET_REMOVE = """
@@ -301,8 +301,8 @@ class RedisPresenceStore:
         return await script(args=[self.prefix, self.ttl, *args])
 
     async def socket_add(self, sid, user_id, username, process, now, cap):
-        count = await self._run(_SOCKET_ADD, sid, user_id, username, process, now, cap)
-        return None if count < 0 else count
+        raw = await self._run(_SOCKET_ADD, sid, user_id, username, process, now, cap)
+        return None if raw is None else _user_view(raw)
 
     async def socket_remove(self, sid, now):
         raw = await self._run(_SOCKET_REMOVE, sid, now)
@@ -443,7 +443,7 @@ class MemoryPresenceStore:
         self.gone.pop((user_id, None), None)
         if count == 0 and user.status == OFFLINE:
             user.active_at = self.active[user_id] = now
-        return count + 1
+        return self._view(user_id)
 
     async def socket_remove(self, sid, now):
         sock = self.sockets.pop(sid, None)

@@ -48,13 +48,21 @@ async def connect(store, sid, uid=1, name="alice", now=T0, cap=20):
 
 
 async def test_sockets_are_counted_per_user_and_capped(store):
-    assert await connect(store, "a1", cap=2) == 1
-    assert await connect(store, "a2", cap=2) == 2
+    assert len((await connect(store, "a1", cap=2)).sockets) == 1
+    assert len((await connect(store, "a2", cap=2)).sockets) == 2
     assert await connect(store, "a3", cap=2) is None
-    assert await connect(store, "b1", uid=2, name="bob", cap=2) == 1
+    assert len((await connect(store, "b1", uid=2, name="bob", cap=2)).sockets) == 1
     user = await store.user_get(1)
     assert user.username == "alice" and len(user.sockets) == 2
     assert user.active_at == T0  # arriving from offline counts as activity
+
+
+async def test_adding_a_socket_returns_the_user_as_user_get_reads_them(store):
+    await connect(store, "a1")
+    await store.room_enter("a1", "lobby", T0)
+    added = await connect(store, "a2", now=T0 + 5)
+    assert added == await store.user_get(1)
+    assert added.rooms == {"lobby"} and added.announced == "offline"
 
 
 async def test_a_user_is_present_in_a_room_from_their_first_socket_to_their_last(store):
