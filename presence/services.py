@@ -149,11 +149,14 @@ async def presence_room_enter(*, sid, user_id, username, slug, now=None):
     """The socket joined `slug`; `member_joined` if it is the user's first one there."""
     now = _clock(now)
     store = presence_store()
-    added = await store.room_enter(sid, slug, now)
+    entry = await store.room_enter(sid, slug, now)
+    if entry is None:  # the socket is gone (swept)
+        return False
+    added, user = entry
     if added:
         await broadcast.member_joined(slug, username)
-    await _announce(store, user_id, now)  # a join is activity
-    return bool(added)
+    await _announce(store, user_id, now, user)  # a join is activity
+    return added
 
 
 async def presence_room_exit(*, sid, username, slug):

@@ -154,7 +154,7 @@ return uid
 _ROOM_ENTER = """
 local sid, slug, now = ARGV[3], ARGV[4], ARGV[5]
 local uid = redis.call('HGET', k('s', sid), 'uid')
-if not uid then return -1 end
+if not uid then return false end
 redis.call('SADD', k('s', sid, 'rooms'), slug)
 redis.call('ZREM', k('gone'), uid .. '|' .. slug)
 local added = redis.call('SADD', k('r', slug), uid)
@@ -162,7 +162,7 @@ redis.call('SADD', k('u', uid, 'rooms'), slug)
 redis.call('HSET', k('u', uid), 'active', now)
 redis.call('ZADD', k('active'), now, uid)
 keep(k('s', sid, 'rooms'), k('r', slug), k('u', uid, 'rooms'), k('u', uid), k('active'))
-return added
+return {added, view(uid)}
 """
 
 _ROOM_EXIT = """
@@ -319,8 +319,8 @@ class RedisPresenceStore:
         return int(uid) if uid else None
 
     async def room_enter(self, sid, slug, now):
-        added = await self._run(_ROOM_ENTER, sid, slug, now)
-        return None if added < 0 else bool(added)
+        raw = await self._run(_ROOM_ENTER, sid, slug, now)
+        return None if raw is None else (bool(raw[0]), _user_view(raw[1]))
 
     async def room_exit(self, sid, slug):
         return bool(await self._run(_ROOM_EXIT, sid, slug))
@@ -493,7 +493,7 @@ class MemoryPresenceStore:
         user = self._user(uid)
         user.rooms.add(slug)
         user.active_at = self.active[uid] = now
-        return added
+        return added, self._view(uid)
 
     async def room_exit(self, sid, slug):
         sock = self.sockets.get(sid)

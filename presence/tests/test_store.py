@@ -57,6 +57,18 @@ async def test_sockets_are_counted_per_user_and_capped(store):
     assert user.active_at == T0  # arriving from offline counts as activity
 
 
+async def test_entering_a_room_returns_the_user_as_user_get_reads_them(store):
+    await connect(store, "a1")
+    added, user = await store.room_enter("a1", "lobby", T0 + 3)
+    assert added is True
+    assert user == await store.user_get(1)
+    assert user.rooms == {"lobby"} and user.active_at == T0 + 3
+
+
+async def test_a_socket_that_is_gone_enters_no_room(store):
+    assert await store.room_enter("never-connected", "lobby", T0) is None
+
+
 async def test_adding_a_socket_returns_the_user_as_user_get_reads_them(store):
     await connect(store, "a1")
     await store.room_enter("a1", "lobby", T0)
@@ -68,8 +80,8 @@ async def test_adding_a_socket_returns_the_user_as_user_get_reads_them(store):
 async def test_a_user_is_present_in_a_room_from_their_first_socket_to_their_last(store):
     await connect(store, "a1")
     await connect(store, "a2")
-    assert await store.room_enter("a1", "lobby", T0) is True
-    assert await store.room_enter("a2", "lobby", T0) is False
+    assert (await store.room_enter("a1", "lobby", T0))[0] is True
+    assert (await store.room_enter("a2", "lobby", T0))[0] is False
     assert await store.room_exit("a1", "lobby") is False
     assert await store.room_users("lobby") == [(await store.user_get(1), 1)]
     assert await store.room_exit("a2", "lobby") is True
@@ -134,9 +146,8 @@ async def test_coming_back_within_the_grace_cancels_the_departures(store):
     await store.room_enter("a1", "lobby", T0)
     await store.socket_remove("a1", T0)
     await connect(store, "a2", now=T0 + 1)
-    assert (
-        await store.room_enter("a2", "lobby", T0 + 1) is False
-    )  # no new member_joined
+    added, _ = await store.room_enter("a2", "lobby", T0 + 1)
+    assert added is False  # no new member_joined
     assert await store.departures_due(T0 + 100) == []
     assert await store.departure_settle(1, "lobby", T0 + 100) is False
     assert (await store.user_get(1)).left_at is None
