@@ -2,10 +2,11 @@
 
 channels' database_sync_to_async runs close_old_connections() before and after every
 call; with health checks on, the next query then pays a `SELECT 1` round trip first,
-i.e. one extra round trip per stored message. The writers do that upkeep (health
-check, CONN_MAX_AGE) at most once per CHECK_INTERVAL per thread, and at once after a
-call that hit a database error, so a broken connection is still dropped before the
-next message.
+i.e. one extra round trip per stored message (and with the pool, a check-out, its
+health check and a check-in per call). These threads keep their connections and do
+that upkeep (health check, CONN_MAX_AGE) at most once per CHECK_INTERVAL per thread,
+and at once after a call that hit a database error, so a broken connection is still
+dropped before the next call.
 """
 
 import functools
@@ -15,7 +16,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import SyncToAsync
-from channels.db import DatabaseSyncToAsync
 from django.conf import settings
 from django.db import close_old_connections, connections
 
@@ -77,17 +77,20 @@ def room_database_sync_to_async(room_id):
 
 
 def socket_database_sync_to_async(func):
-    """channels' database_sync_to_async on the socket-read threads, in turn.
+    """HotPathDatabaseSyncToAsync on the socket-read threads, in turn.
 
     On asgiref's one worker, 64 concurrent connects queued for up to a second each
-    while the process was half idle.
+    while the process was half idle. Each thread keeps its connection: returned to
+    the pool after every call, the next call paid the pool's health check first.
     """
 
     @functools.wraps(func)
     async def call(*args, **kwargs):
         executors = _executors(_socket_executors, "db-socket")
         executor = executors[next(_socket_turn) % len(executors)]
-        run = DatabaseSyncToAsync(func, thread_sensitive=False, executor=executor)
+        run = HotPathDatabaseSyncToAsync(
+            func, thread_sensitive=False, executor=executor
+        )
         return await run(*args, **kwargs)
 
     return call

@@ -154,18 +154,20 @@ if DB_THREADS < 1:
 # fresh thread each under ASGI, and a per-thread connection outlived its request until
 # the thread was collected: 64 concurrent requests exhausted max_connections. Pooled,
 # a request returns its connection at its end and waits for one when all are in use.
-# The writer threads hold one each; the rest serve requests and database_sync_to_async.
-DB_POOL_MAX = env_int("VOICEFLOW_DB_POOL_MAX", DB_THREADS + 12)
+# The writer and socket-read threads (DB_THREADS each) hold one each; the rest serve
+# requests and database_sync_to_async.
+DB_POOL_MAX = env_int("VOICEFLOW_DB_POOL_MAX", 2 * DB_THREADS + 8)
 DB_POOL_TIMEOUT = env_float("VOICEFLOW_DB_POOL_TIMEOUT", 10)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL_MAX:
-    if DB_POOL_MAX <= DB_THREADS:
+    if DB_POOL_MAX <= 2 * DB_THREADS:
         raise ImproperlyConfigured(
-            "VOICEFLOW_DB_POOL_MAX must exceed VOICEFLOW_DB_THREADS (0 = no pool)."
+            "VOICEFLOW_DB_POOL_MAX must exceed twice VOICEFLOW_DB_THREADS"
+            " (0 = no pool)."
         )
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # a closed connection goes to the pool
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        # Kept open: the writer threads, the shared worker thread, /health.
-        "min_size": min(DB_THREADS + 2, DB_POOL_MAX),
+        # Kept open: the database threads, the shared worker thread, /health.
+        "min_size": min(2 * DB_THREADS + 2, DB_POOL_MAX),
         "max_size": DB_POOL_MAX,
         "timeout": DB_POOL_TIMEOUT,  # waiting longer for a connection is an error
     }

@@ -200,7 +200,7 @@ def test_postgresql_gets_four_writer_threads_and_a_pool_sized_for_them():
     conf = json.loads(result.stdout)
     assert conf["threads"] == 4
     assert conf["conn_max_age"] == 0  # Django's pool refuses persistent connections
-    assert conf["pool"] == {"min_size": 6, "max_size": 16, "timeout": 10.0}
+    assert conf["pool"] == {"min_size": 10, "max_size": 16, "timeout": 10.0}
 
 
 def test_the_pool_can_be_sized_or_turned_off():
@@ -218,9 +218,11 @@ def test_the_pool_can_be_sized_or_turned_off():
     assert (off["pool"], off["conn_max_age"]) == (None, 60)
 
 
-def test_a_pool_no_bigger_than_the_writer_threads_is_refused():
+@pytest.mark.parametrize("pool_max", ["4", "8"])
+def test_a_pool_no_bigger_than_the_database_threads_is_refused(pool_max):
+    # 4 writer threads and 4 socket-read threads each keep a connection.
     result = load_db_settings(
-        DATABASE_URL=POSTGRES, VOICEFLOW_DB_THREADS="4", VOICEFLOW_DB_POOL_MAX="4"
+        DATABASE_URL=POSTGRES, VOICEFLOW_DB_THREADS="4", VOICEFLOW_DB_POOL_MAX=pool_max
     )
     assert result.returncode != 0
     assert "VOICEFLOW_DB_POOL_MAX" in result.stderr
