@@ -1,4 +1,4 @@
-"""VoiceFlow's own load tool: fan-out and idle-socket scenarios against any VoiceFlow URL.
+"""VoiceFlow's own load tool: fan-out, idle-socket and ticket scenarios against any URL.
 
 Authenticates like a real client: REST register (or token) -> POST /api/ws-ticket/ ->
 ws://.../ws/chat/?ticket=... . Run the server with VOICEFLOW_RATE_LIMIT_MULTIPLIER=1000
@@ -8,6 +8,8 @@ ws://.../ws/chat/?ticket=... . Run the server with VOICEFLOW_RATE_LIMIT_MULTIPLI
       --rate 100 --duration 10
   python bench/load.py idle --url http://127.0.0.1:8000 --sockets 10000 --users 1000 \
       --hold 20 --server-pid <PID>
+  python bench/load.py tickets --url http://127.0.0.1:8000 --requests 2000 \
+      --concurrency 16 --server-pid <PID>
 
 Prints one block of figures; `--json` prints one JSON object instead.
 """
@@ -15,6 +17,7 @@ Prints one block of figures; `--json` prints one JSON object instead.
 import argparse
 import asyncio
 import concurrent.futures
+import http.client
 import json
 import os
 import resource
@@ -327,10 +330,64 @@ async def idle(args):
     return out
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ticket_requests(base, token, count):
+    """`count` POST /api/ws-ticket/ on one keep-alive connection; their latencies."""
+    host, port = base.split("//", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        conn.request("POST", "/api/ws-ticket/", b"{}", headers)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"ws-ticket HTTP {response.status} {body[:200]!r}")
+        latencies.append((time.perf_counter() - started) * 1000)
+    conn.close()
+    return latencies
+
+
+async def tickets(args):
+    """Ticket requests alone (every reconnect makes one): rate, latency, server CPU."""
+    base = args.url.rstrip("/")
+    prefix = args.prefix or uuid.uuid4().hex[:6]
+    names = [f"tk{prefix}{n}" for n in range(args.concurrency)]
+    tokens = await tokens_for(base, names)
+    each = max(1, args.requests // args.concurrency)
+    cpu_before = cpu_seconds(args.server_pid) if args.server_pid else 0.0
+    started = time.perf_counter()
+    runs = await asyncio.gather(
+        *(asyncio.to_thread(ticket_requests, base, tokens[n], each) for n in names)
+    )
+    elapsed = time.perf_counter() - started
+    latencies = [ms for run in runs for ms in run]
+    out = {
+        "scenario": "tickets",
+        "url": base,
+        "requests": len(latencies),
+        "concurrency": args.concurrency,
+        "per_second": len(latencies) / elapsed,
+        "p50_ms": pct(latencies, 50),
+        "p99_ms": pct(latencies, 99),
+    }
+    if args.server_pid:
+        cpu = cpu_seconds(args.server_pid) - cpu_before
+        out["server_cpu_ms_per_request"] = cpu * 1000 / len(latencies)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="scenario", required=True)
-    for name in ("fanout", "idle"):
+    for name in ("fanout", "idle", "tickets"):
         p = sub.add_parser(name)
         p.add_argument("--url", default="http://127.0.0.1:8000")
         p.add_argument("--server-pid", type=int)
@@ -353,6 +410,9 @@ def main():
     i.add_argument("--concurrency", type=int, default=64)
     i.add_argument("--hold", type=float, default=20)
     i.add_argument("--ping-interval", type=float, default=25)
+    t = sub.choices["tickets"]
+    t.add_argument("--requests", type=int, default=2000)
+    t.add_argument("--concurrency", type=int, default=16, help="clients (threads)")
     args = parser.parse_args()
     Socket.deflate = args.deflate
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -363,7 +423,8 @@ def main():
         uvloop.install()
     except ImportError:
         pass
-    out = asyncio.run(fanout(args) if args.scenario == "fanout" else idle(args))
+    scenario = {"fanout": fanout, "idle": idle, "tickets": tickets}[args.scenario]
+    out = asyncio.run(scenario(args))
     if args.json:
         print(json.dumps(out))
     else:
