@@ -297,7 +297,10 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact_query": {"()": "voiceflow.logging.RedactQueryStringFilter"}},
+    "filters": {
+        "redact_query": {"()": "voiceflow.logging.RedactQueryStringFilter"},
+        "socket_chatter": {"()": "voiceflow.logging.SocketChatterFilter"},
+    },
     "formatters": {
         "json": {"()": "voiceflow.logging.JsonFormatter"},
         "text": {"()": "voiceflow.logging.TextFormatter"},
@@ -318,7 +321,7 @@ LOGGING = {
         },
         "uvicorn.error": {
             "handlers": ["console"],
-            "filters": ["redact_query"],
+            "filters": ["redact_query", "socket_chatter"],
             "propagate": False,
         },
         "django.channels.server": {"filters": ["redact_query"]},
