@@ -1,5 +1,6 @@
 """REST API: thin views that parse, authorize, call a service and reply."""
 
+import functools
 import math
 
 import orjson
@@ -114,11 +115,15 @@ class WsTicketFastPath:
     def __init__(self, app):
         self.app = app
 
+    @functools.cached_property
+    def path(self):
+        return reverse("api-ws-ticket")
+
     async def __call__(self, scope, receive, send):
         if (
             scope["type"] == "http"
             and scope["method"] == "POST"
-            and scope["path"] == reverse("api-ws-ticket")
+            and scope["path"] == self.path
             and host_allowed(scope)
         ):
             user = await self._user(scope)

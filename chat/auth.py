@@ -8,7 +8,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
-from rest_framework.authtoken.models import Token
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.exceptions import AuthenticationFailed
 
 from voiceflow.db import socket_database_sync_to_async
 
@@ -23,13 +24,14 @@ def header(scope, name):
     return None
 
 
+def _netloc_allowed(netloc):
+    domain, _port = split_domain_port(netloc)
+    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+
+
 def host_allowed(scope):
-    """True if the request's Host is one Django would serve (ALLOWED_HOSTS)."""
-    domain, _port = split_domain_port(header(scope, b"host") or "")
-    allowed = settings.ALLOWED_HOSTS
-    if settings.DEBUG and not allowed:  # as HttpRequest.get_host
-        allowed = [".localhost", "127.0.0.1", "[::1]"]
-    return bool(domain) and validate_host(domain, allowed)
+    """True if the request's Host header names one of ALLOWED_HOSTS."""
+    return _netloc_allowed(header(scope, b"host") or "")
 
 
 def origin_allowed(scope):
@@ -41,8 +43,7 @@ def origin_allowed(scope):
         netloc = urlsplit(origin).netloc
     except ValueError:
         return False
-    domain, _port = split_domain_port(netloc)
-    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+    return _netloc_allowed(netloc)
 
 
 @socket_database_sync_to_async
@@ -100,8 +101,11 @@ def _token_key(authorization):
 
 @socket_database_sync_to_async
 def _token_active_user(key):
-    token = Token.objects.select_related("user").filter(key=key).first()
-    return token.user if token is not None and token.user.is_active else None
+    try:
+        user, _token = TokenAuthentication().authenticate_credentials(key)
+    except AuthenticationFailed:  # unknown key, or the user is inactive
+        return None
+    return user
 
 
 async def token_user(authorization):

@@ -87,17 +87,23 @@ def ticket_store():
     return RedisTicketStore() if settings.REDIS_URL else memory_tickets
 
 
+def _new():
+    """A new ticket, its store key and its lifetime."""
+    ticket = secrets.token_urlsafe(32)
+    return ticket, _key(ticket), settings.VOICEFLOW["TICKET_TTL"]
+
+
 def ticket_issue(user_id):
     """A new ticket for `user_id`, valid once within the ticket TTL."""
-    ticket = secrets.token_urlsafe(32)
-    ticket_store().issue(_key(ticket), user_id, settings.VOICEFLOW["TICKET_TTL"])
+    ticket, key, ttl = _new()
+    ticket_store().issue(key, user_id, ttl)
     return ticket
 
 
 async def ticket_aissue(user_id):
     """ticket_issue on the event loop."""
-    ticket = secrets.token_urlsafe(32)
-    await ticket_store().aissue(_key(ticket), user_id, settings.VOICEFLOW["TICKET_TTL"])
+    ticket, key, ttl = _new()
+    await ticket_store().aissue(key, user_id, ttl)
     return ticket
 
 
