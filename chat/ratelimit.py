@@ -25,7 +25,7 @@ from django.conf import settings
 from rest_framework.throttling import BaseThrottle
 
 from voiceflow import metrics
-from voiceflow.redis import redis_client, redis_key, redis_sync_client
+from voiceflow.redis import redis_key, redis_pipelined, redis_sync_client
 
 from .errors import RateLimited, Unavailable
 
@@ -93,7 +93,7 @@ class RedisRateLimiter:
 
     async def hit(self, key, limit, window, now):
         member, keys, args = self._args(key, limit, window, now)
-        client = redis_client(self.url)
+        client = redis_pipelined(self.url)
         try:
             try:
                 reply = await client.evalsha(
@@ -118,7 +118,7 @@ class RedisRateLimiter:
         return _decision(key, member, reply)
 
     async def refund(self, decision):
-        await redis_client(self.url).zrem(decision.key, decision.member)
+        await redis_pipelined(self.url).zrem(decision.key, decision.member)
 
 
 class MemoryRateLimiter:

@@ -12,7 +12,7 @@ import time
 import redis
 from django.conf import settings
 
-from voiceflow.redis import redis_client, redis_key, redis_sync_client
+from voiceflow.redis import redis_key, redis_pipelined, redis_sync_client
 
 from .errors import Unavailable
 
@@ -40,13 +40,13 @@ class RedisTicketStore:
 
     async def aissue(self, key, user_id, ttl):
         try:
-            await redis_client(self.url).set(key, user_id, ex=ttl)
+            await redis_pipelined(self.url).set(key, user_id, ex=ttl)
         except redis.exceptions.RedisError as error:
             raise Unavailable("Tickets cannot be issued; retry later.") from error
 
     async def redeem(self, key):
         # GETDEL is atomic: of two racers for one ticket, one gets the user id.
-        user_id = await redis_client(self.url).getdel(key)
+        user_id = await redis_pipelined(self.url).getdel(key)
         return None if user_id is None else int(user_id)
 
 

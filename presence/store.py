@@ -605,12 +605,12 @@ def presence_store():
     """The store: Redis with REDIS_URL, else this process's memory (embedded)."""
     if not settings.REDIS_URL:
         return _memory
-    from voiceflow.redis import redis_client, redis_key
+    from voiceflow.redis import redis_key, redis_pipelined
 
     prefix = redis_key("presence")
     loop = asyncio.get_running_loop()
     store = _redis_stores.get(loop)
     if store is None or store.prefix != prefix:
         ttl = settings.VOICEFLOW["PRESENCE_KEY_TTL"]
-        store = _redis_stores[loop] = RedisPresenceStore(redis_client(), prefix, ttl)
+        store = _redis_stores[loop] = RedisPresenceStore(redis_pipelined(), prefix, ttl)
     return store

@@ -199,7 +199,7 @@ if REDIS_URL:
         "default": {
             # Pub/sub publishes once per group and fans out inside each process;
             # it has no per-channel capacity that drops messages under load.
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": "voiceflow.layers.PubSubChannelLayer",
             "CONFIG": {
                 "hosts": [
                     {
