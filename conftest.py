@@ -50,14 +50,16 @@ def _fresh_rate_limits(settings):
 
 
 @pytest.fixture(autouse=True)
-async def _close_redis_clients():
-    """Store-module Redis clients belong to the test's loop: close them with it."""
+async def _close_loop_clients():
+    """Store-module Redis clients and room writers belong to the test's loop."""
     yield
     from chat.broadcast import hubs_stop
+    from voiceflow.db import room_writers_close
     from voiceflow.redis import redis_clients_close
 
     await hubs_stop()
     await redis_clients_close()
+    await room_writers_close()
 
 
 @pytest.fixture

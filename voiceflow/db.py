@@ -1,4 +1,4 @@
-"""Database threads of the socket path: per-room writers and socket readers.
+"""Database access of the socket path: room writers on the loop, socket-read threads.
 
 channels' database_sync_to_async runs close_old_connections() before and after every
 call; with health checks on, the next query then pays a `SELECT 1` round trip first,
@@ -7,17 +7,22 @@ health check and a check-in per call). These threads keep their connections and 
 that upkeep (health check, CONN_MAX_AGE) at most once per CHECK_INTERVAL per thread,
 and at once after a call that hit a database error, so a broken connection is still
 dropped before the next call.
+
+The socket path's message inserts (one autocommitted statement each) skip threads
+altogether: RoomWriter runs them on async connections of the event loop.
 """
 
+import asyncio
 import functools
 import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 from asgiref.sync import SyncToAsync
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import DatabaseError, IntegrityError, close_old_connections, connections
 
 CHECK_INTERVAL = 1.0  # seconds
 
@@ -100,3 +105,67 @@ def close_connections():
     """Close the DB threads' connections (tests drop their database afterwards)."""
     for executor in [*_room_executors, *_socket_executors]:
         executor.submit(connections.close_all).result()
+
+
+# The socket path's inserts on the event loop: one statement each (autocommitted), on
+# DB_THREADS async connections per loop, a room always on the same one and in turn.
+
+
+class RoomWriter:
+    """An async PostgreSQL connection (autocommit) shared by the rooms mapped to it."""
+
+    def __init__(self):
+        self.lock = asyncio.Lock()  # FIFO: one room's statements run in call order
+        self.conn = None
+
+    async def fetchone(self, sql, params):
+        """Run one statement; its first row. psycopg errors come out as Django's."""
+        async with self.lock:
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = await psycopg.AsyncConnection.connect(
+                        **_writer_params(), autocommit=True
+                    )
+                cursor = await self.conn.execute(sql, params)
+                return await cursor.fetchone()
+            except psycopg.IntegrityError as error:
+                raise IntegrityError(*error.args) from error
+            except psycopg.Error as error:
+                if self.conn is not None and self.conn.broken:
+                    await self.close()  # the next statement reconnects
+                raise DatabaseError(*error.args) from error
+
+    async def close(self):
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await conn.close()
+
+
+def _writer_params():
+    # Django's own connection parameters (host, credentials, OPTIONS, adapters); the
+    # cursor class it names is a sync one.
+    params = connections["default"].get_connection_params()
+    params.pop("cursor_factory", None)
+    return params
+
+
+_room_writers = {}  # event loop -> its RoomWriters
+
+
+def room_writer(room_id):
+    """The running loop's RoomWriter for `room_id` (room id % DB_THREADS)."""
+    loop = asyncio.get_running_loop()
+    writers = _room_writers.get(loop)
+    if writers is None:
+        for closed in [other for other in _room_writers if other.is_closed()]:
+            del _room_writers[closed]
+        writers = _room_writers[loop] = [
+            RoomWriter() for _ in range(settings.DB_THREADS)
+        ]
+    return writers[room_id % len(writers)]
+
+
+async def room_writers_close():
+    """Close the running loop's RoomWriter connections (tests, before the loop ends)."""
+    for writer in _room_writers.pop(asyncio.get_running_loop(), []):
+        await writer.close()

@@ -5,7 +5,13 @@ import time
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    connection,
+    connections,
+    transaction,
+)
 
 from chat import services
 from chat.models import Room
@@ -150,3 +156,94 @@ async def test_close_connections_closes_every_writer_threads_connection(lobby):
 
     for room_id in range(settings.DB_THREADS):
         assert not await db.room_database_sync_to_async(room_id)(is_open)()
+
+
+# Room writers: the socket path's inserts on async connections of the event loop.
+
+
+def send_on_loop(user, room, body):
+    """A socket's message_send (no membership upsert: it is the loop path)."""
+    return services.message_send(
+        user=user, room=room, body=body, ensure_membership=False
+    )
+
+
+@postgresql_only
+async def test_one_rooms_concurrent_socket_posts_get_seqs_in_call_order(
+    alice, lobby, set_rate
+):
+    set_rate("message", 100)
+    results = await asyncio.gather(
+        *[send_on_loop(alice, lobby, str(n)) for n in range(40)]
+    )
+    assert [int(r.message["body"]) for r in results] == list(range(40))
+    assert [r.message["seq"] for r in results] == list(range(1, 41))
+    assert await db.room_writer(lobby.id).fetchone(
+        "SELECT count(*) FROM chat_message WHERE room_id = %s", [lobby.id]
+    ) == (40,)
+
+
+@postgresql_only
+async def test_a_room_writer_waiting_on_a_row_lock_does_not_hold_up_another(alice):
+    if settings.DB_THREADS < 2:
+        pytest.skip("one writer")
+    first = await sync_to_async(services.room_create)(user=alice, name="First")
+    other = first
+    while db.room_writer(other.id) is db.room_writer(first.id):
+        other = await sync_to_async(services.room_create)(
+            user=alice, name=f"Other {time.monotonic_ns()}"
+        )
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_room_row():
+        with transaction.atomic():
+            list(Room.objects.select_for_update().filter(pk=first.pk))
+            holding.set()
+            release.wait(30)
+        connections.close_all()
+
+    holder = threading.Thread(target=hold_the_room_row)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(holding.wait, 10)
+        blocked = asyncio.ensure_future(send_on_loop(alice, first, "a"))
+        assert await asyncio.to_thread(lock_waiter_pid), "it never reached the lock"
+        done = await asyncio.wait_for(send_on_loop(alice, other, "b"), timeout=10)
+        assert done.message["seq"] == 1
+        assert not blocked.done()
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
+    assert (await asyncio.wait_for(blocked, 10)).message["seq"] == 1
+
+
+@postgresql_only
+async def test_a_room_writer_turns_psycopg_errors_into_djangos(alice, lobby):
+    writer = db.room_writer(lobby.id)
+    with pytest.raises(DatabaseError):
+        await writer.fetchone("SELECT * FROM no_such_table", [])
+    sent = await send_on_loop(alice, lobby, "first")
+    with pytest.raises(IntegrityError):  # a second row with seq 1
+        await writer.fetchone(
+            "INSERT INTO chat_message (room_id, seq, user_id, body, created_at)"
+            " VALUES (%s, %s, %s, 'x', now())",
+            [lobby.id, sent.message["seq"], alice.id],
+        )
+    assert (await send_on_loop(alice, lobby, "second")).message["seq"] == 2
+
+
+@postgresql_only
+async def test_a_room_writer_whose_connection_was_killed_reconnects(alice, lobby):
+    writer = db.room_writer(lobby.id)
+    (pid,) = await writer.fetchone("SELECT pg_backend_pid()", [])
+
+    def terminate():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        connections.close_all()
+
+    await asyncio.to_thread(terminate)
+    with pytest.raises(DatabaseError):
+        await send_on_loop(alice, lobby, "lost")  # not stored, so never acked
+    assert (await send_on_loop(alice, lobby, "again")).message["seq"] == 1
+    assert (await writer.fetchone("SELECT pg_backend_pid()", []))[0] != pid
