@@ -54,12 +54,12 @@ async def _close_loop_clients():
     """Store-module Redis clients and room writers belong to the test's loop."""
     yield
     from chat.broadcast import hubs_stop
-    from voiceflow.db import room_writers_close
+    from voiceflow.db import loop_connections_close
     from voiceflow.redis import redis_clients_close
 
     await hubs_stop()
     await redis_clients_close()
-    await room_writers_close()
+    await loop_connections_close()
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ from django.http.request import split_domain_port, validate_host
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
-from voiceflow.db import socket_database_sync_to_async
+from voiceflow.db import on_loop, socket_database_sync_to_async
 
+from . import selectors
 from .tickets import ticket_redeem
 
 
@@ -56,6 +57,8 @@ async def _ticket_user(ticket):
     user_id = await ticket_redeem(ticket)
     if user_id is None:
         return None
+    if on_loop():
+        return await selectors.user_active_aget(user_id)
     return await _active_user(user_id)
 
 

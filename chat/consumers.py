@@ -17,7 +17,7 @@ from django.db import DatabaseError
 from presence import selectors as presence_selectors
 from presence import services as presence_services
 from voiceflow import metrics
-from voiceflow.db import socket_database_sync_to_async
+from voiceflow.db import on_loop, socket_database_sync_to_async
 
 from . import broadcast, ratelimit, selectors, services, sockets
 from .auth import origin_allowed, socket_user
@@ -68,12 +68,20 @@ def _frame_ref(frame):
     return None
 
 
-@socket_database_sync_to_async
-def _join(user, slug, since):
+async def _join(user, slug, since):
     """Membership plus what the socket missed, in one trip to the database.
 
-    Returns (room, last_seq, missed, truncated, became_member).
+    Returns (room, last_seq, missed, truncated, became_member). A first join (no
+    `since`) on PostgreSQL is one statement on the loop; the rest go to a thread.
     """
+    if since is None and on_loop():
+        room, became_member = await services.room_join_on_loop(user=user, slug=slug)
+        return room, room.last_seq, [], False, became_member
+    return await _join_with_missed(user, slug, since)
+
+
+@socket_database_sync_to_async
+def _join_with_missed(user, slug, since):
     room = selectors.room_get(slug)
     became_member = services.room_join(user=user, room=room)
     missed, truncated = [], False
@@ -233,6 +241,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _offline_queue_send(self):
         """`offline_messages` right after hello, if the user's offline queue holds any."""
         try:
+            if on_loop() and not await selectors.offline_mark_aexists(self.user.pk):
+                return  # the common case, checked without a thread or a transaction
             queue = await _offline_queue_take(user=self.user)
         except Exception:
             # The mark stays (the transaction rolled back): the next connect gets it.

@@ -4,12 +4,14 @@ import re
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection
 from django.db.models import Count
 from django.utils import timezone
 
+from voiceflow.db import socket_connection
+
 from .errors import Invalid, NotFound
-from .models import SLUG_PATTERN, Membership, Message, Mute, Room
+from .models import SLUG_PATTERN, Membership, Message, Mute, OfflineMark, Room
 from .payloads import timestamp
 
 _slug_re = re.compile(SLUG_PATTERN)
@@ -28,6 +30,31 @@ def room_get(slug):
         return Room.objects.get(slug=slug)
     except Room.DoesNotExist:
         raise NotFound(f"No room {slug!r}.", field="room") from None
+
+
+def columns(model):
+    """(the SELECT list of `model`'s concrete fields, their attnames) for raw reads."""
+    fields = model._meta.concrete_fields
+    return ", ".join(f'"{f.column}"' for f in fields), [f.attname for f in fields]
+
+
+async def user_active_aget(user_id):
+    """The active user with this id, or None: one statement on the loop (PostgreSQL)."""
+    user_model = get_user_model()
+    select, names = columns(user_model)
+    row = await socket_connection().fetchone(
+        f"SELECT {select} FROM {user_model._meta.db_table} WHERE id = %s AND is_active",
+        [user_id],
+    )
+    return None if row is None else user_model.from_db(DEFAULT_DB_ALIAS, names, row)
+
+
+async def offline_mark_aexists(user_id):
+    """True if the user has an offline mark: one statement on the loop (PostgreSQL)."""
+    row = await socket_connection().fetchone(
+        f"SELECT 1 FROM {OfflineMark._meta.db_table} WHERE user_id = %s", [user_id]
+    )
+    return row is not None
 
 
 def is_member(user, slug):

@@ -10,13 +10,18 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
 
 from voiceflow import metrics
-from voiceflow.db import room_database_sync_to_async, room_writer
+from voiceflow.db import (
+    on_loop,
+    room_database_sync_to_async,
+    room_writer,
+    socket_connection,
+)
 
 from . import broadcast, ratelimit, selectors
 from .errors import Forbidden, Invalid, NotFound, Unavailable
@@ -107,6 +112,27 @@ def room_join(*, user, room):
     return Membership.objects.get_or_create(user=user, room=room)[1]
 
 
+async def room_join_on_loop(*, user, slug):
+    """(room, whether `user` just became a member): one statement on the loop.
+
+    PostgreSQL only: the room's row and an upserted membership (ON CONFLICT DO
+    NOTHING, so a member's join writes nothing). NotFound for an unknown slug.
+    """
+    select, names = selectors.columns(Room)
+    memberships = Membership._meta.db_table
+    row = await socket_connection().fetchone(
+        f"WITH room AS (SELECT {select} FROM {Room._meta.db_table} WHERE slug = %s), "
+        f"joined AS (INSERT INTO {memberships} (user_id, room_id, joined_at) "
+        "SELECT %s, id, %s FROM room ON CONFLICT (room_id, user_id) DO NOTHING "
+        "RETURNING 1) "
+        "SELECT room.*, EXISTS (SELECT 1 FROM joined) FROM room",
+        [slug, user.id, timezone.now()],
+    )
+    if row is None:
+        raise NotFound(f"No room {slug!r}.", field="room")
+    return Room.from_db(DEFAULT_DB_ALIAS, names, row[:-1]), row[-1]
+
+
 def membership_end(*, user, room):
     """End `user`'s membership of `room`; True if there was one."""
     deleted, _ = Membership.objects.filter(user=user, room=room).delete()
@@ -166,7 +192,7 @@ def _inserted(row, room_id, user, body, client_id, now):
 
 
 def _message_insert_fast(room_id, user, body, client_id, now):
-    """_message_insert_statement on this thread's connection: the new Message or None."""
+    """The fast insert on this thread's connection: the new Message, or None."""
     stamp = connection.ops.adapt_datetimefield_value(now)
     sql, params = _message_insert_statement(room_id, user.id, body, client_id, stamp)
     with connection.cursor() as cursor:
@@ -297,7 +323,7 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
         return PostResult(stored, created=False)
     try:
         result = None
-        if connection.vendor == "postgresql" and not ensure_membership:
+        if not ensure_membership and on_loop():
             result = await _message_post_on_loop(user, room, body, client_id)
         if result is None:
             # The room's own writer thread: rooms insert in parallel, one room in order.

@@ -8,8 +8,9 @@ that upkeep (health check, CONN_MAX_AGE) at most once per CHECK_INTERVAL per thr
 and at once after a call that hit a database error, so a broken connection is still
 dropped before the next call.
 
-The socket path's message inserts (one autocommitted statement each) skip threads
-altogether: RoomWriter runs them on async connections of the event loop.
+On PostgreSQL the socket path's message inserts and simple reads (one autocommitted
+statement each) skip threads altogether: LoopConnection runs them on async connections
+of the event loop.
 """
 
 import asyncio
@@ -107,15 +108,16 @@ def close_connections():
         executor.submit(connections.close_all).result()
 
 
-# The socket path's inserts on the event loop: one statement each (autocommitted), on
-# DB_THREADS async connections per loop, a room always on the same one and in turn.
+# The socket path's statements on the event loop: message inserts (autocommitted, one
+# statement each) on DB_THREADS writer connections per loop, a room always on the same
+# one and in turn; the sockets' reads and joins on as many socket connections.
 
 
-class RoomWriter:
-    """An async PostgreSQL connection (autocommit) shared by the rooms mapped to it."""
+class LoopConnection:
+    """An async PostgreSQL connection (autocommit) of the event loop, used in turn."""
 
     def __init__(self):
-        self.lock = asyncio.Lock()  # FIFO: one room's statements run in call order
+        self.lock = asyncio.Lock()  # FIFO: statements run in call order
         self.conn = None
 
     async def fetchone(self, sql, params):
@@ -124,7 +126,7 @@ class RoomWriter:
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = await psycopg.AsyncConnection.connect(
-                        **_writer_params(), autocommit=True
+                        **_loop_connection_params(), autocommit=True
                     )
                 cursor = await self.conn.execute(sql, params)
                 return await cursor.fetchone()
@@ -141,7 +143,7 @@ class RoomWriter:
             await conn.close()
 
 
-def _writer_params():
+def _loop_connection_params():
     # Django's own connection parameters (host, credentials, OPTIONS, adapters); the
     # cursor class it names is a sync one.
     params = connections["default"].get_connection_params()
@@ -149,23 +151,41 @@ def _writer_params():
     return params
 
 
-_room_writers = {}  # event loop -> its RoomWriters
+def on_loop():
+    """True where the socket path's statements run on the loop (PostgreSQL)."""
+    return connections["default"].vendor == "postgresql"
+
+
+_loop_connections = {}  # event loop -> (writers, readers)
+_reader_turn = itertools.count()
+
+
+def _for_loop():
+    loop = asyncio.get_running_loop()
+    pair = _loop_connections.get(loop)
+    if pair is None:
+        for closed in [other for other in _loop_connections if other.is_closed()]:
+            del _loop_connections[closed]
+        pair = _loop_connections[loop] = tuple(
+            [LoopConnection() for _ in range(settings.DB_THREADS)] for _ in range(2)
+        )
+    return pair
 
 
 def room_writer(room_id):
-    """The running loop's RoomWriter for `room_id` (room id % DB_THREADS)."""
-    loop = asyncio.get_running_loop()
-    writers = _room_writers.get(loop)
-    if writers is None:
-        for closed in [other for other in _room_writers if other.is_closed()]:
-            del _room_writers[closed]
-        writers = _room_writers[loop] = [
-            RoomWriter() for _ in range(settings.DB_THREADS)
-        ]
+    """The running loop's writer connection for `room_id` (room id % DB_THREADS)."""
+    writers = _for_loop()[0]
     return writers[room_id % len(writers)]
 
 
-async def room_writers_close():
-    """Close the running loop's RoomWriter connections (tests, before the loop ends)."""
-    for writer in _room_writers.pop(asyncio.get_running_loop(), []):
-        await writer.close()
+def socket_connection():
+    """One of the running loop's socket connections (reads, joins), in turn."""
+    readers = _for_loop()[1]
+    return readers[next(_reader_turn) % len(readers)]
+
+
+async def loop_connections_close():
+    """Close the running loop's connections (tests, before the loop ends)."""
+    for group in _loop_connections.pop(asyncio.get_running_loop(), ()):
+        for conn in group:
+            await conn.close()

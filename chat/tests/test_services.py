@@ -270,3 +270,24 @@ async def test_concurrent_sends_to_two_rooms_number_each_room_gap_free(
     for room in rooms:
         mine = [r.message for r in results if r.message["room"] == room.slug]
         assert sorted(m["seq"] for m in mine) == list(range(1, 31))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="loop connections: PostgreSQL"
+)
+async def test_a_join_on_the_loop_makes_a_member_once_and_returns_the_room(
+    alice, lobby
+):
+    room, became_member = await services.room_join_on_loop(user=alice, slug="lobby")
+    assert (room.pk, room.slug, room.last_seq, became_member) == (
+        lobby.pk,
+        "lobby",
+        0,
+        True,
+    )
+    again = await services.room_join_on_loop(user=alice, slug="lobby")
+    assert again[1] is False
+    assert await Membership.objects.filter(user=alice).acount() == 1
+    with pytest.raises(NotFound):
+        await services.room_join_on_loop(user=alice, slug="no-such-room")

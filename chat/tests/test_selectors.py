@@ -1,0 +1,38 @@
+"""Reads on the event loop's PostgreSQL connections (the socket path)."""
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.utils import timezone
+
+from chat import selectors
+from chat.models import OfflineMark
+
+# The loop's connections are their own: they see committed rows only.
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql", reason="loop connections: PostgreSQL"
+    ),
+]
+
+
+async def test_an_active_user_is_read_whole_and_an_inactive_one_not_at_all(alice):
+    user = await selectors.user_active_aget(alice.pk)
+    assert (user.pk, user.username, user.password) == (
+        alice.pk,
+        "alice",
+        alice.password,
+    )
+    assert user.is_authenticated and not user._state.adding
+    alice.is_active = False
+    await sync_to_async(alice.save)()
+    assert await selectors.user_active_aget(alice.pk) is None
+    assert await selectors.user_active_aget(alice.pk + 1000) is None
+
+
+async def test_an_offline_mark_is_seen_without_taking_it(alice):
+    assert not await selectors.offline_mark_aexists(alice.pk)
+    await sync_to_async(OfflineMark.objects.create)(user=alice, since=timezone.now())
+    assert await selectors.offline_mark_aexists(alice.pk)
+    assert await selectors.offline_mark_aexists(alice.pk)  # still there
