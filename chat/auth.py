@@ -114,4 +114,8 @@ def _token_active_user(key):
 async def token_user(authorization):
     """The active user of an Authorization header's API token, or None (none, bad)."""
     key = _token_key(authorization)
-    return None if key is None else await _token_active_user(key)
+    if key is None:
+        return None
+    if on_loop():
+        return await selectors.token_user_aget(key)
+    return await _token_active_user(key)

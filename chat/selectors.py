@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection
 from django.db.models import Count
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
 from voiceflow.db import socket_connection
 
@@ -45,6 +46,24 @@ async def user_active_aget(user_id):
     row = await socket_connection().fetchone(
         f"SELECT {select} FROM {user_model._meta.db_table} WHERE id = %s AND is_active",
         [user_id],
+    )
+    return None if row is None else user_model.from_db(DEFAULT_DB_ALIAS, names, row)
+
+
+async def token_user_aget(key):
+    """The active user of an API token, or None: one statement on the loop.
+
+    PostgreSQL only; the same answer as DRF's TokenAuthentication (unknown key or
+    inactive user: None).
+    """
+    user_model = get_user_model()
+    select, names = columns(user_model)
+    users, tokens = user_model._meta.db_table, Token._meta.db_table
+    prefixed = ", ".join(f"u.{column}" for column in select.split(", "))
+    row = await socket_connection().fetchone(
+        f"SELECT {prefixed} FROM {tokens} t JOIN {users} u ON u.id = t.user_id "
+        "WHERE t.key = %s AND u.is_active",
+        [key],
     )
     return None if row is None else user_model.from_db(DEFAULT_DB_ALIAS, names, row)
 

@@ -4,6 +4,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
 from chat import selectors
 from chat.models import OfflineMark
@@ -36,3 +37,13 @@ async def test_an_offline_mark_is_seen_without_taking_it(alice):
     await sync_to_async(OfflineMark.objects.create)(user=alice, since=timezone.now())
     assert await selectors.offline_mark_aexists(alice.pk)
     assert await selectors.offline_mark_aexists(alice.pk)  # still there
+
+
+async def test_a_token_gives_its_active_user_as_drf_would(alice):
+    token = await sync_to_async(Token.objects.create)(user=alice)
+    user = await selectors.token_user_aget(token.key)
+    assert (user.pk, user.username) == (alice.pk, "alice")
+    assert await selectors.token_user_aget("not-a-key") is None
+    alice.is_active = False
+    await sync_to_async(alice.save)()
+    assert await selectors.token_user_aget(token.key) is None
