@@ -18,6 +18,7 @@ print(json.dumps({
     "cache": settings.CACHES["default"]["BACKEND"],
     "engine": settings.DATABASES["default"]["ENGINE"],
     "db_name": str(settings.DATABASES["default"]["NAME"]),
+    "gc_threshold": settings.GC_THRESHOLD,
 }))
 """
 
@@ -233,3 +234,12 @@ def test_sqlite_has_one_writer_thread_and_no_pool(tmp_path):
         load_db_settings(DATABASE_URL=f"sqlite:///{tmp_path}/x.db").stdout
     )
     assert (conf["threads"], conf["pool"]) == (1, None)
+
+
+def test_gc_thresholds_default_high_and_come_from_the_environment():
+    assert json.loads(load_settings().stdout)["gc_threshold"] == [20000, 50, 100]
+    custom = load_settings(VOICEFLOW_GC_THRESHOLD="700,10,10")
+    assert json.loads(custom.stdout)["gc_threshold"] == [700, 10, 10]
+    wrong = load_settings(VOICEFLOW_GC_THRESHOLD="700,10")
+    assert wrong.returncode != 0
+    assert "VOICEFLOW_GC_THRESHOLD" in wrong.stderr
