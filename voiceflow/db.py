@@ -146,14 +146,16 @@ class LoopConnection:
 def _loop_connection_params():
     # Django's own connection parameters (host, credentials, OPTIONS, adapters); the
     # cursor class it names is a sync one.
-    params = connections["default"].get_connection_params()
+    params = connections.create_connection("default").get_connection_params()
     params.pop("cursor_factory", None)
     return params
 
 
 def on_loop():
     """True where the socket path's statements run on the loop (PostgreSQL)."""
-    return connections["default"].vendor == "postgresql"
+    # Not connections["default"].vendor: on the loop, that builds a DatabaseWrapper
+    # for each task's context, kept as long as the task (~3 KB per socket).
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 
 _loop_connections = {}  # event loop -> (writers, readers)
