@@ -1,7 +1,6 @@
-from django.urls import path
-
 from chat.consumers import ChatConsumer
 
-websocket_urlpatterns = [
-    path("ws/chat/", ChatConsumer.as_asgi()),
-]
+# WebSocket paths (exact) and their consumers; voiceflow.asgi routes by them.
+websocket_routes = {
+    "/ws/chat/": ChatConsumer,
+}

@@ -68,6 +68,7 @@ def main(argv=None):
     gc.set_threshold(*settings.GC_THRESHOLD)
     config = uvicorn.Config(
         "voiceflow.asgi:application",
+        interface="asgi3",
         host=args.host,
         port=args.port,
         ws="websockets-sansio",

@@ -84,6 +84,12 @@ async def test_a_socket_without_credentials_is_closed_with_4401(room):
     await assert_closed_with(socket, 4401)
 
 
+async def test_a_socket_on_an_unknown_path_is_refused_at_the_handshake():
+    socket = QuietCommunicator(application, "/ws/nowhere/")
+    connected, _code = await socket.connect()
+    assert not connected
+
+
 async def test_an_unknown_ticket_is_closed_with_4401(room):
     socket = await open_socket(query="?ticket=forged")
     await assert_closed_with(socket, 4401)
