@@ -49,6 +49,19 @@ class DrainingServer(uvicorn.Server):
             0.1, timeout - (loop.time() - started)
         )
         await super().shutdown()
+        await _loop_clients_close()
+
+
+async def _loop_clients_close():
+    """Close the loop's own PostgreSQL and Redis connections, so neither logs an EOF."""
+    from voiceflow.db import loop_connections_close
+    from voiceflow.redis import redis_clients_close
+
+    try:
+        await loop_connections_close()
+        await redis_clients_close()
+    except Exception:
+        logger.warning("closing database and Redis connections failed", exc_info=True)
 
 
 def main(argv=None):
