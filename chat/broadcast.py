@@ -16,6 +16,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from voiceflow import metrics
+from voiceflow.websocket import text_frame
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ def encode(frame):
 class Hub:
     """This process's sockets by room and by user, fed by one layer channel.
 
-    A socket is anything with `user_id`, `deliver(text)` (a frame's text, without
-    waiting), `user_event(event)` and `silence_check(now)`.
+    A socket is anything with `user_id`, `deliver(text, frame)` (a frame's text and
+    its WebSocket frame, without waiting), `user_event(event)` and `silence_check(now)`.
     """
 
     def __init__(self, layer, channel):
@@ -120,8 +121,9 @@ class Hub:
         if kind == "typing":  # never echoed to the typist's own sockets
             targets = [s for s in targets if s.user_id != event["user_id"]]
         text = event["text"]
+        frame = text_frame(text.encode())  # once per process, not per socket
         for socket in list(targets):
-            socket.deliver(text)
+            socket.deliver(text, frame)
         if targets:
             frame_type = event.get("frame_type") or kind.replace(".", "_")
             metrics.FRAMES_SENT.labels(metrics.frame_type(frame_type)).inc(len(targets))

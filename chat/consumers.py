@@ -18,6 +18,7 @@ from presence import selectors as presence_selectors
 from presence import services as presence_services
 from voiceflow import metrics
 from voiceflow.db import on_loop, socket_database_sync_to_async
+from voiceflow.websocket import FRAME_EXTENSION
 
 from . import broadcast, ratelimit, selectors, services, sockets
 from .auth import origin_allowed, socket_user
@@ -152,6 +153,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # room's live messages) or while the socket's write buffer is full.
     holds = 0
     pending = None
+    frame_queue = None  # the server's `voiceflow.frame` extension, if it has it
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -262,6 +264,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # events reach this process once, through its hub (deliver, user_event).
         self.scope = scope
         self.base_send = send
+        self.frame_queue = scope.get("extensions", {}).get(FRAME_EXTENSION)
         try:
             self.hub = await broadcast.hub()
             while True:
@@ -520,18 +523,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # Events from the hub
 
-    def deliver(self, text):
-        """Write a broadcast frame's text now, or after the frame in hand / full buffer."""
+    def deliver(self, text, frame):
+        """Write a broadcast (its text, and its prebuilt WebSocket frame) now, or after
+        the frame in hand / a full buffer."""
         if self.close_code is not None:
             return  # closed by us: uvicorn raises on a send after close
         if self.holds:
             if self.pending is None:
                 self.pending = deque()
-            self.pending.append(text)
+            self.pending.append((text, frame))
             return
-        self._write(text)
+        self._write(text, frame)
 
-    def _write(self, text):
+    def _write(self, text, frame):
+        # The server's batched writes when it offers them, else an ASGI send.
+        if self.frame_queue is not None and self.frame_queue(frame):
+            return
         try:
             writing = _start_eagerly(
                 self.base_send({"type": "websocket.send", "text": text})
@@ -555,7 +562,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if self.close_code is not None:
                 self.pending = None
                 return
-            self._write(self.pending.popleft())
+            self._write(*self.pending.popleft())
         if not self.pending:
             self.pending = None
 

@@ -6,6 +6,7 @@ import pytest
 from channels.layers import get_channel_layer
 
 from chat import broadcast
+from voiceflow.websocket import text_frame
 
 
 class FakeSocket:
@@ -14,7 +15,8 @@ class FakeSocket:
         self.frames = []
         self.user_events = []
 
-    def deliver(self, text):
+    def deliver(self, text, frame):
+        assert frame == text_frame(text.encode())
         self.frames.append(text)
 
     def user_event(self, event):

@@ -1,0 +1,134 @@
+"""The web process's WebSocket protocol: broadcast frames batched per loop turn."""
+
+import asyncio
+
+import pytest
+import uvicorn
+import websockets
+from websockets.frames import Frame, Opcode
+
+from voiceflow.websocket import FRAME_EXTENSION, BatchingWebSocketProtocol, text_frame
+
+from .servers import free_port
+
+
+class App:
+    """An ASGI app that accepts every socket and hands it to the test."""
+
+    def __init__(self):
+        self.sockets = asyncio.Queue()
+
+    async def __call__(self, scope, receive, send):
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        closed = asyncio.get_running_loop().create_future()
+        await self.sockets.put((scope["extensions"][FRAME_EXTENSION], send, closed))
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        closed.set_result(None)
+
+
+@pytest.fixture
+async def served():
+    app, port = App(), free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws=BatchingWebSocketProtocol,
+        lifespan="off",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield app, f"ws://127.0.0.1:{port}/"
+    server.should_exit = True
+    await task
+
+
+async def opened(served):
+    app, url = served
+    client = await websockets.connect(url, max_size=2**20, compression=None)
+    queue, send, closed = await app.sockets.get()
+    return client, queue, send, closed
+
+
+async def received(client, count):
+    return [await asyncio.wait_for(client.recv(), 5) for _ in range(count)]
+
+
+async def test_frames_queued_in_one_turn_arrive_whole_and_before_a_later_send(served):
+    client, queue, send, _ = await opened(served)
+    # Sizes for each length encoding: 7 bits, 16 bits, 64 bits.
+    texts = [f"{n}:" + "é" * size for n, size in enumerate([0, 10, 125, 200, 70000])]
+
+    assert all(queue(text_frame(text.encode())) for text in texts)
+    await send({"type": "websocket.send", "text": "after"})
+
+    assert await received(client, 6) == [*texts, "after"]
+    await client.close()
+
+
+async def test_frames_queued_in_one_turn_leave_in_one_write(served, monkeypatch):
+    client, queue, _, _ = await opened(served)
+    protocol = queue.__self__
+    writes = []
+    monkeypatch.setattr(protocol.transport, "write", writes.append, raising=False)
+
+    for n in range(3):
+        queue(text_frame(f"m{n}".encode()))
+    await asyncio.sleep(0)  # the turn ends
+    await asyncio.sleep(0)
+
+    assert writes == [b"".join(text_frame(f"m{n}".encode()) for n in range(3))]
+    monkeypatch.undo()
+    await client.close()
+
+
+async def test_a_client_frame_in_the_same_turn_does_not_drop_queued_frames(served):
+    # uvicorn keeps the fragments of a message being received in `frames`; the queue
+    # must not share its state with the receiving side.
+    client, queue, _, _ = await opened(served)
+    protocol = queue.__self__
+
+    queue(text_frame(b"broadcast"))
+    protocol.data_received(Frame(Opcode.TEXT, b"from the client").serialize(mask=True))
+
+    assert await received(client, 1) == ["broadcast"]
+    await client.close()
+
+
+async def test_a_full_write_buffer_refuses_so_the_caller_waits_through_asgi(served):
+    client, queue, _, _ = await opened(served)
+    protocol = queue.__self__
+
+    protocol.pause_writing()
+    assert queue(text_frame(b"not now")) is False
+    protocol.resume_writing()
+    assert queue(text_frame(b"now")) is True
+
+    assert await received(client, 1) == ["now"]
+    await client.close()
+
+
+async def test_a_close_sends_what_was_queued_first_and_refuses_what_comes_after(served):
+    client, queue, send, _ = await opened(served)
+
+    queue(text_frame(b"last words"))
+    await send({"type": "websocket.close", "code": 4000})
+
+    assert queue(text_frame(b"too late")) is False
+    assert await received(client, 1) == ["last words"]
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await client.recv()
+    assert closed.value.rcvd.code == 4000
+
+
+async def test_frames_for_a_client_that_left_are_dropped_quietly(served):
+    client, queue, _, closed = await opened(served)
+    await client.close()
+    await asyncio.wait_for(closed, 5)
+
+    assert queue(text_frame(b"nobody listens")) is False

@@ -1,0 +1,107 @@
+"""The web process's WebSocket protocol: uvicorn's, plus broadcast frames in bulk.
+
+A room's broadcast reaches every local member in the same loop turn. Through ASGI each
+copy is one `websocket.send`: a coroutine, a frame built for that socket, and one
+`send()` system call, which on loopback also runs the receiver's side of TCP. Here the
+frame is built once per process (`text_frame`), queued on each socket with the
+`voiceflow.frame` ASGI extension, and what a socket got in one loop turn leaves in one
+write. Everything else (handshake, acks, pings, closes) is uvicorn's.
+"""
+
+import struct
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import (
+    WebSocketsSansIOProtocol,
+)
+from websockets.protocol import State
+
+FRAME_EXTENSION = "voiceflow.frame"
+
+
+def text_frame(data):
+    """A final, unmasked text frame carrying `data` (UTF-8 bytes), as servers send."""
+    size = len(data)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + data
+
+
+_batched = []  # protocols holding frames to write at the end of this loop turn
+_flush_loop = None  # the loop whose turn-end flush is scheduled
+
+
+def _flush_all():
+    global _flush_loop
+    _flush_loop = None
+    protocols = _batched[:]
+    _batched.clear()
+    for protocol in protocols:
+        protocol.broadcast_flush()
+
+
+class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O protocol; its scope offers `voiceflow.frame`, a callable
+    taking a prebuilt frame that returns False when the socket cannot take it now
+    (not open, or its write buffer is full): send it with `websocket.send` then."""
+
+    broadcast_batch = None  # broadcast frames queued this loop turn
+
+    def handle_connect(self, event):
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # None: the handshake was refused
+            scope["extensions"][FRAME_EXTENSION] = self.broadcast_queue
+
+    def broadcast_queue(self, frame):
+        """Queue `frame` to leave with the socket's other frames of this loop turn."""
+        if (
+            self.close_sent
+            or self.disconnected
+            or not self.handshake_complete
+            or self.initial_response is not None
+            or not self.writable.is_set()
+            or self.conn.state is not State.OPEN
+        ):
+            return False
+        if self.broadcast_batch is None:
+            self.broadcast_batch = [frame]
+            global _flush_loop
+            loop = self.loop
+            if _flush_loop is not loop:  # also when a closed loop left one pending
+                _batched.clear()
+                _flush_loop = loop
+                loop.call_soon(_flush_all)
+            _batched.append(self)
+        else:
+            self.broadcast_batch.append(frame)
+        return True
+
+    def broadcast_flush(self):
+        """Write the queued frames in one go (dropped if the socket closed since)."""
+        frames = self.broadcast_batch
+        if frames is None:
+            return
+        self.broadcast_batch = None
+        if (
+            self.close_sent
+            or self.disconnected
+            or self.transport.is_closing()
+            or self.conn.state is not State.OPEN
+        ):
+            return  # as `websocket.send` on a closed socket: the client is gone
+        self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    async def send(self, message):
+        # What was queued before this send goes out before it: one order per socket.
+        if self.broadcast_batch is not None:
+            self.broadcast_flush()
+        await super().send(message)
+
+    def shutdown(self):
+        if self.broadcast_batch is not None:
+            self.broadcast_flush()
+        super().shutdown()
