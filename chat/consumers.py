@@ -213,6 +213,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         sockets.consumer_opened(self)
         # The hub is in the user-events group: a kick or mute cannot slip past hello.
         self.hub.socket_add(self)
+        # Read only while connecting (ticket, cookie, origin, client IP): not kept for
+        # the socket's lifetime (1-4 KB each, more with a browser's cookies).
+        self.scope["headers"] = ()
         logger.info(
             "socket connected",
             extra={

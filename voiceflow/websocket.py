@@ -100,6 +100,10 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.broadcast_batch is not None:
             self.broadcast_flush()
         await super().send(message)
+        if message["type"] == "websocket.accept":
+            # uvicorn keeps the handshake's request and response, headers and all, as
+            # long as the socket lives; nothing reads them after the accept.
+            self.request = self.response = None
 
     def shutdown(self):
         if self.broadcast_batch is not None:

@@ -132,3 +132,13 @@ async def test_frames_for_a_client_that_left_are_dropped_quietly(served):
     await asyncio.wait_for(closed, 5)
 
     assert queue(text_frame(b"nobody listens")) is False
+
+
+async def test_the_handshake_is_not_kept_once_the_socket_is_open(served):
+    client, queue, send, _ = await opened(served)
+    protocol = queue.__self__
+
+    assert protocol.request is None and protocol.response is None
+    await send({"type": "websocket.send", "text": "still open"})
+    assert await received(client, 1) == ["still open"]
+    await client.close()
