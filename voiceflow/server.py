@@ -86,6 +86,7 @@ def main(argv=None):
         port=args.port,
         ws="voiceflow.websocket:BatchingWebSocketProtocol",
         ws_max_size=args.ws_max_size,
+        ws_per_message_deflate=conf["WS_DEFLATE"],
         ws_ping_interval=conf["WS_PING_INTERVAL"],
         ws_ping_timeout=conf["WS_PING_TIMEOUT"],
         lifespan="off",

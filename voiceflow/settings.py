@@ -396,4 +396,7 @@ VOICEFLOW = {
     # ping within the timeout (e.g. one that stopped reading) is closed with 1011.
     "WS_PING_INTERVAL": env_float("VOICEFLOW_WS_PING_INTERVAL", 20),
     "WS_PING_TIMEOUT": env_float("VOICEFLOW_WS_PING_TIMEOUT", 20),
+    # permessage-deflate costs ~40 KB of zlib state per socket that negotiates it
+    # (browsers do) and CPU per frame, to shrink frames of a few hundred bytes.
+    "WS_DEFLATE": env_bool("VOICEFLOW_WS_DEFLATE", False),
 }

@@ -236,3 +236,13 @@ async def presence_events(socket, seconds, until=None, about="alice"):
         if data.get("type") in PRESENCE_EVENTS - {"typing"} and data["user"] == about:
             got.append(data)
     return got
+
+
+async def test_sockets_do_not_negotiate_compression_by_default(server, lobby):
+    # A browser offers permessage-deflate; accepted, it costs ~40 KB per socket.
+    alice = server.register("alice")
+    socket = await websockets.connect(server.socket_url(alice), compression="deflate")
+    assert (await frame(socket))["type"] == "hello"
+
+    assert socket.response.headers.get("Sec-WebSocket-Extensions") is None
+    await socket.close()
