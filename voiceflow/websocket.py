@@ -8,6 +8,7 @@ frame is built once per process (`text_frame`), queued on each socket with the
 write. Everything else (handshake, acks, pings, closes) is uvicorn's.
 """
 
+import logging
 import struct
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import (
@@ -16,6 +17,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (
 from websockets.protocol import State
 
 FRAME_EXTENSION = "voiceflow.frame"
+
+logger = logging.getLogger(__name__)
 
 
 def text_frame(data):
@@ -40,7 +43,10 @@ def _flush_all():
     protocols = _batched[:]
     _batched.clear()
     for protocol in protocols:
-        protocol.broadcast_flush()
+        try:
+            protocol.broadcast_flush()
+        except Exception:  # one broken transport must not hold up the other sockets
+            logger.exception("writing broadcast frames to a socket failed")
 
 
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):

@@ -142,3 +142,22 @@ async def test_the_handshake_is_not_kept_once_the_socket_is_open(served):
     await send({"type": "websocket.send", "text": "still open"})
     assert await received(client, 1) == ["still open"]
     await client.close()
+
+
+async def test_a_socket_whose_write_fails_does_not_hold_up_the_others(
+    served, monkeypatch
+):
+    broken, broken_queue, _, _ = await opened(served)
+    client, queue, _, _ = await opened(served)
+
+    def fail(data):
+        raise RuntimeError("transport gone")
+
+    monkeypatch.setattr(broken_queue.__self__.transport, "write", fail, raising=False)
+    broken_queue(text_frame(b"lost"))
+    queue(text_frame(b"delivered"))
+
+    assert await received(client, 1) == ["delivered"]
+    monkeypatch.undo()
+    await client.close()
+    await broken.close()
