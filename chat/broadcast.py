@@ -120,13 +120,14 @@ class Hub:
             targets = self.rooms.get(event["room"], ())
         if kind == "typing":  # never echoed to the typist's own sockets
             targets = [s for s in targets if s.user_id != event["user_id"]]
+        if not targets:
+            return
         text = event["text"]
         frame = text_frame(text.encode())  # once per process, not per socket
         for socket in list(targets):
             socket.deliver(text, frame)
-        if targets:
-            frame_type = event.get("frame_type") or kind.replace(".", "_")
-            metrics.FRAMES_SENT.labels(metrics.frame_type(frame_type)).inc(len(targets))
+        frame_type = event.get("frame_type") or kind.replace(".", "_")
+        metrics.FRAMES_SENT.labels(metrics.frame_type(frame_type)).inc(len(targets))
 
     async def _watch_silence(self):
         """One timer for all sockets: each closes itself once silent too long."""

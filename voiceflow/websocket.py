@@ -64,14 +64,7 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def broadcast_queue(self, frame):
         """Queue `frame` to leave with the socket's other frames of this loop turn."""
-        if (
-            self.close_sent
-            or self.disconnected
-            or not self.handshake_complete
-            or self.initial_response is not None
-            or not self.writable.is_set()
-            or self.conn.state is not State.OPEN
-        ):
+        if not self.writable.is_set() or not self._open():
             return False
         if self.broadcast_batch is None:
             self.broadcast_batch = [frame]
@@ -92,19 +85,17 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         if frames is None:
             return
         self.broadcast_batch = None
-        if (
-            self.close_sent
-            or self.disconnected
-            or self.transport.is_closing()
-            or self.conn.state is not State.OPEN
-        ):
-            return  # as `websocket.send` on a closed socket: the client is gone
-        self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        if self._open():  # else, as `websocket.send` on a closed socket: dropped
+            self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _open(self):
+        # OPEN from the accept until a close frame goes either way (or the handshake
+        # was refused); the transport closes when the client is gone.
+        return self.conn.state is State.OPEN and not self.transport.is_closing()
 
     async def send(self, message):
         # What was queued before this send goes out before it: one order per socket.
-        if self.broadcast_batch is not None:
-            self.broadcast_flush()
+        self.broadcast_flush()
         await super().send(message)
         if message["type"] == "websocket.accept":
             # uvicorn keeps the handshake's request and response, headers and all, as
@@ -112,6 +103,5 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
             self.request = self.response = None
 
     def shutdown(self):
-        if self.broadcast_batch is not None:
-            self.broadcast_flush()
+        self.broadcast_flush()
         super().shutdown()
