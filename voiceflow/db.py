@@ -119,28 +119,100 @@ class LoopConnection:
     def __init__(self):
         self.lock = asyncio.Lock()  # FIFO: statements run in call order
         self.conn = None
+        self.batches = {}  # statement builder -> [(item, future)] waiting to run
 
     async def fetchone(self, sql, params):
         """Run one statement; its first row. psycopg errors come out as Django's."""
         async with self.lock:
-            try:
-                if self.conn is None or self.conn.closed:
-                    self.conn = await psycopg.AsyncConnection.connect(
-                        **_loop_connection_params(), autocommit=True
-                    )
-                cursor = await self.conn.execute(sql, params)
-                return await cursor.fetchone()
-            except psycopg.IntegrityError as error:
-                raise IntegrityError(*error.args) from error
-            except psycopg.Error as error:
-                if self.conn is not None and self.conn.broken:
-                    await self.close()  # the next statement reconnects
-                raise DatabaseError(*error.args) from error
+            cursor = await self._execute(sql, params)
+            return await cursor.fetchone()
+
+    async def batched(self, statement, item):
+        """`item`'s row of `statement`, run for every item queued meanwhile at once.
+
+        Group commit: while this connection is busy, items wait; then one statement
+        (one round trip, one commit) runs for all of them, in submission order.
+        `statement(items)` returns (sql, params) for rows whose first column is the
+        item's index; an item with no row gets None. If the batch fails on a
+        constraint, each item runs alone, so only the offending one sees the error.
+        """
+        future = asyncio.get_running_loop().create_future()
+        queue = self.batches.get(statement)
+        if queue is None:
+            queue = self.batches[statement] = []
+            asyncio.ensure_future(self._batches_run(statement, queue))
+        queue.append((item, future))
+        return await future
+
+    async def _batches_run(self, statement, queue):
+        """Run `statement`'s queued items, BATCH_MAX at a time, until none are left."""
+        try:
+            while queue:
+                async with self.lock:
+                    batch = queue[:BATCH_MAX]
+                    del queue[:BATCH_MAX]
+                    await self._batch_run(statement, batch)
+        finally:
+            # No await since the last `while queue`: nothing was queued meanwhile.
+            del self.batches[statement]
+            for _, future in queue:  # only if cancelled (loop shutdown)
+                future.cancel()
+
+    async def _batch_run(self, statement, batch):
+        try:
+            rows = await self._fetchall(statement, [item for item, _ in batch])
+        except IntegrityError as error:
+            if len(batch) == 1:
+                _settle(batch[0][1], error=error)
+                return
+            for one in batch:  # find the offending item(s); the rest still commit
+                await self._batch_run(statement, [one])
+            return
+        except Exception as error:
+            for _, future in batch:
+                _settle(future, error=error)
+            return
+        found = {row[0]: row[1:] for row in rows}
+        for index, (_, future) in enumerate(batch):
+            _settle(future, result=found.get(index))
+
+    async def _fetchall(self, statement, items):
+        sql, params = statement(items)
+        cursor = await self._execute(sql, params)
+        return await cursor.fetchall()
+
+    async def _execute(self, sql, params):
+        """Execute on this connection (opened on first use); the lock is held."""
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = await psycopg.AsyncConnection.connect(
+                    **_loop_connection_params(), autocommit=True
+                )
+            return await self.conn.execute(sql, params)
+        except psycopg.IntegrityError as error:
+            raise IntegrityError(*error.args) from error
+        except psycopg.Error as error:
+            if self.conn is not None and self.conn.broken:
+                await self.close()  # the next statement reconnects
+            raise DatabaseError(*error.args) from error
 
     async def close(self):
         conn, self.conn = self.conn, None
         if conn is not None:
             await conn.close()
+
+
+# Items per group commit: a batch's statement and its reply stay a few hundred KB.
+BATCH_MAX = 256
+
+
+def _settle(future, *, result=None, error=None):
+    if future.done():  # its caller was cancelled
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
 
 
 def _loop_connection_params():

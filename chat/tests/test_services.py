@@ -1,4 +1,5 @@
 import asyncio
+import functools
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -291,3 +292,42 @@ async def test_a_join_on_the_loop_makes_a_member_once_and_returns_the_room(
     assert await Membership.objects.filter(user=alice).acount() == 1
     with pytest.raises(NotFound):
         await services.room_join_on_loop(user=alice, slug="no-such-room")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="loop connections: PostgreSQL"
+)
+async def test_one_batch_stores_allowed_posts_gap_free_and_sorts_out_the_rest(
+    alice, bob, lobby, set_rate, monkeypatch
+):
+    set_rate("message", 1000)
+    batches = []
+    insert_many = services._message_insert_many
+
+    def counted(posts):
+        batches.append(len(posts))
+        return insert_many(posts)
+
+    monkeypatch.setattr(services, "_message_insert_many", counted)
+    send = functools.partial(services.message_send, room=lobby, ensure_membership=False)
+    first = await send(user=bob, body="first", client_id="b-1")
+    await sync_to_async(services.user_mute)(
+        actor=bob, user=alice, duration=timedelta(minutes=5)
+    )
+    outcomes = await asyncio.gather(
+        send(user=bob, body="one"),
+        send(user=alice, body="muted"),
+        send(user=bob, body="replayed", client_id="b-1"),
+        send(user=bob, body="two", client_id="b-2"),
+        return_exceptions=True,
+    )
+    assert batches[1] == 4  # together first; the replay's constraint hit splits them
+    one, muted, replayed, two = outcomes
+    assert isinstance(muted, Forbidden) and "muted" in muted.detail
+    assert replayed.created is False and replayed.message == first.message
+    assert [one.message["seq"], two.message["seq"]] == [2, 3]
+    stored = await sync_to_async(list)(
+        Message.objects.filter(room=lobby).values_list("seq", "body")
+    )
+    assert stored == [(1, "first"), (2, "one"), (3, "two")]

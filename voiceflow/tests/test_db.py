@@ -247,3 +247,56 @@ async def test_a_room_writer_whose_connection_was_killed_reconnects(alice, lobby
         await send_on_loop(alice, lobby, "lost")  # not stored, so never acked
     assert (await send_on_loop(alice, lobby, "again")).message["seq"] == 1
     assert (await writer.fetchone("SELECT pg_backend_pid()", []))[0] != pid
+
+
+def tenth(items):
+    """A test statement: (index, 10 / item) for each item; no row for 10."""
+    return (
+        "SELECT i, 10 / x FROM unnest(%s::int[], %s::int[]) AS t(i, x) WHERE x <> 10",
+        [list(range(len(items))), items],
+    )
+
+
+@postgresql_only
+async def test_calls_queued_while_a_writer_is_busy_run_as_one_statement(monkeypatch):
+    writer = db.room_writer(1)
+    runs = []
+    monkeypatch.setattr(db, "BATCH_MAX", 3)
+
+    def counted(items):
+        runs.append(list(items))
+        return tenth(items)
+
+    results = await asyncio.gather(*[writer.batched(counted, x) for x in (1, 2, 10, 5)])
+    assert results == [(10,), (5,), None, (2,)]  # 10 has no row
+    assert runs == [[1, 2, 10], [5]]  # in submission order, BATCH_MAX at a time
+
+
+@postgresql_only
+async def test_a_failing_batch_fails_each_of_its_calls_and_the_next_batch_runs():
+    writer = db.room_writer(1)
+    failing = [writer.batched(tenth, x) for x in (2, 0)]
+    outcomes = await asyncio.gather(*failing, return_exceptions=True)
+    assert all(isinstance(outcome, DatabaseError) for outcome in outcomes)
+    assert await writer.batched(tenth, 5) == (2,)
+
+
+@postgresql_only
+async def test_a_batch_hitting_a_constraint_reruns_its_items_one_by_one(alice, lobby):
+    writer = db.room_writer(lobby.id)
+    sent = await send_on_loop(alice, lobby, "first")
+
+    def insert(seqs):  # seq 1 is taken: only that item fails
+        return (
+            "INSERT INTO chat_message (room_id, seq, user_id, body, created_at) "
+            "SELECT %s, s, %s, 'x', now() FROM unnest(%s::bigint[]) AS s "
+            "RETURNING array_position(%s::bigint[], seq) - 1, id",
+            [lobby.id, alice.id, seqs, seqs],
+        )
+
+    seqs = [100, sent.message["seq"], 101]
+    outcomes = await asyncio.gather(
+        *[writer.batched(insert, seq) for seq in seqs], return_exceptions=True
+    )
+    assert isinstance(outcomes[1], IntegrityError)
+    assert outcomes[0] is not None and outcomes[2] is not None
