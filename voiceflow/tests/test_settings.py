@@ -195,24 +195,24 @@ def load_db_settings(**env):
 POSTGRES = "postgres://someone@db.example:5433/chat"
 
 
-def test_postgresql_gets_four_writer_threads_and_a_pool_sized_for_them():
+def test_postgresql_gets_two_writers_and_a_pool_sized_for_them():
     result = load_db_settings(DATABASE_URL=POSTGRES)
     assert result.returncode == 0, result.stderr
     conf = json.loads(result.stdout)
-    assert conf["threads"] == 4
+    assert conf["threads"] == 2
     assert conf["conn_max_age"] == 0  # Django's pool refuses persistent connections
-    assert conf["pool"] == {"min_size": 10, "max_size": 16, "timeout": 10.0}
+    assert conf["pool"] == {"min_size": 6, "max_size": 12, "timeout": 10.0}
 
 
 def test_the_pool_can_be_sized_or_turned_off():
     conf = json.loads(
         load_db_settings(
             DATABASE_URL=POSTGRES,
-            VOICEFLOW_DB_THREADS="2",
-            VOICEFLOW_DB_POOL_MAX="5",
+            VOICEFLOW_DB_THREADS="3",
+            VOICEFLOW_DB_POOL_MAX="7",
         ).stdout
     )
-    assert (conf["threads"], conf["pool"]["max_size"]) == (2, 5)
+    assert (conf["threads"], conf["pool"]["max_size"]) == (3, 7)
     off = json.loads(
         load_db_settings(DATABASE_URL=POSTGRES, VOICEFLOW_DB_POOL_MAX="0").stdout
     )
