@@ -4,10 +4,11 @@
         .venv/bin/python bench/insert_bench.py --posts 3000
 
 Migrates the database named in DATABASE_URL (use a scratch one: it gets rooms and
-messages), then runs the socket path's insert statement (`_message_insert_many`) on one
-autocommitted connection, one batch after another, for batches of 1, 2, 5 and 20 posts
-spread over 10 rooms. Prints posts/s and the PostgreSQL backend's CPU per post (from
-/proc: the server must run on this machine).
+messages), then runs the socket path's insert statement (`_message_insert_many`) on a
+connection made like the socket path's (autocommit; VOICEFLOW_DB_PREPARED applies),
+one batch after another, for batches of 1, 2, 5 and 20 posts spread over 10 rooms,
+each size warmed up first. Prints posts/s and the PostgreSQL backend's CPU per post
+(from /proc: the database must run on this machine).
 """
 
 import argparse
@@ -32,6 +33,7 @@ from django.utils import timezone  # noqa: E402
 
 from chat.models import Room  # noqa: E402
 from chat.services import _message_insert_many  # noqa: E402
+from voiceflow.db import _loop_connection_params  # noqa: E402
 
 
 def backend_cpu_seconds(pid):
@@ -40,7 +42,7 @@ def backend_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(conn, rooms, user_id, posts, size):
+def run(conn, rooms, user_id, posts, size, quiet=False):
     pid = conn.info.backend_pid
     started, cpu = time.perf_counter(), backend_cpu_seconds(pid)
     for first in range(0, posts, size):
@@ -52,6 +54,8 @@ def run(conn, rooms, user_id, posts, size):
         assert len(conn.execute(sql, params).fetchall()) == size
     wall = time.perf_counter() - started
     cpu = backend_cpu_seconds(pid) - cpu
+    if quiet:
+        return
     print(
         f"batch of {size:>2}: {posts / wall:>8,.0f} posts/s"
         f"  PostgreSQL CPU {cpu / posts * 1e6:6.1f} us/post"
@@ -71,10 +75,10 @@ def main():
         Room.objects.get_or_create(slug=f"bench-{n}", defaults={"name": f"B {n}"})[0].id
         for n in range(10)
     ]
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    with psycopg.connect(**params, autocommit=True) as conn:
+    # The parameters of the socket path's own connections (voiceflow.db).
+    with psycopg.connect(**_loop_connection_params(), autocommit=True) as conn:
         for size in (1, 2, 5, 20):
+            run(conn, rooms, user.id, 100 * size, size, quiet=True)  # warm, prepared
             run(conn, rooms, user.id, args.posts, size)
 
 

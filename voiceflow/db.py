@@ -220,6 +220,7 @@ def _loop_connection_params():
     # cursor class it names is a sync one.
     params = connections.create_connection("default").get_connection_params()
     params.pop("cursor_factory", None)
+    params["prepare_threshold"] = 5 if settings.DB_PREPARED else None  # psycopg's 5
     # A database that does not answer must not hold a room's writer (and the rooms
     # sharing it) for the kernel's TCP timeout.
     params.setdefault("connect_timeout", 10)

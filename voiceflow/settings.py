@@ -152,6 +152,11 @@ DB_THREADS = env_int(
 )
 if DB_THREADS < 1:
     raise ImproperlyConfigured("VOICEFLOW_DB_THREADS must be at least 1.")
+# The socket path's own connections (message inserts, joins) prepare their statements
+# (psycopg's prepare_threshold; Django's connections never do): PostgreSQL then plans
+# the insert once per connection, not once per message. Off for a PgBouncer in
+# transaction mode that does not track prepared statements (before 1.21).
+DB_PREPARED = env_bool("VOICEFLOW_DB_PREPARED", True)
 # PostgreSQL: a connection pool per process (psycopg-pool). Sync requests run on a
 # fresh thread each under ASGI, and a per-thread connection outlived its request until
 # the thread was collected: 64 concurrent requests exhausted max_connections. Pooled,

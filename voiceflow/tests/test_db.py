@@ -300,3 +300,10 @@ async def test_a_batch_hitting_a_constraint_reruns_its_items_one_by_one(alice, l
     )
     assert isinstance(outcomes[1], IntegrityError)
     assert outcomes[0] is not None and outcomes[2] is not None
+
+
+@postgresql_only
+def test_the_socket_paths_connections_prepare_statements_unless_turned_off(settings):
+    assert db._loop_connection_params()["prepare_threshold"] == 5
+    settings.DB_PREPARED = False  # VOICEFLOW_DB_PREPARED=0: PgBouncer before 1.21
+    assert db._loop_connection_params()["prepare_threshold"] is None
