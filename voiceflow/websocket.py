@@ -6,6 +6,10 @@ copy is one `websocket.send`: a coroutine, a frame built for that socket, and on
 frame is built once per process (`text_frame`), queued on each socket with the
 `voiceflow.frame` ASGI extension, and what a socket got in one loop turn leaves in one
 write. Everything else (handshake, acks, pings, closes) is uvicorn's.
+
+Per socket it also keeps less: uvicorn's asyncio.Queue and Event cost four deques
+(~3 KB) where a list and a future do, and the handshake's headers (~2 KB, kept alive
+by websockets' parser) are dropped once the scope has its copy.
 """
 
 import logging
@@ -49,6 +53,74 @@ def _flush_all():
             logger.exception("writing broadcast frames to a socket failed")
 
 
+class _ReceiveQueue:
+    """The part of asyncio.Queue uvicorn uses (one reader), without its deques."""
+
+    __slots__ = ("loop", "items", "waiter")
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.items = []  # a few events at most: uvicorn pauses reading meanwhile
+        self.waiter = None
+
+    def put_nowait(self, item):
+        self.items.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def get(self):
+        while not self.items:
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.pop(0)
+
+    def empty(self):
+        return not self.items
+
+    def qsize(self):
+        return len(self.items)
+
+
+class _Flag:
+    """The part of asyncio.Event uvicorn uses (`writable`), without its deque."""
+
+    __slots__ = ("loop", "flag", "waiters")
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.flag = False
+        self.waiters = None  # a list only while a send waits for the buffer to drain
+
+    def is_set(self):
+        return self.flag
+
+    def set(self):
+        self.flag = True
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self):
+        self.flag = False
+
+    async def wait(self):
+        if self.flag:
+            return True
+        waiter = self.loop.create_future()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if self.waiters is not None and waiter in self.waiters:
+                self.waiters.remove(waiter)
+
+
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol; its scope offers `voiceflow.frame`, a callable
     taking a prebuilt frame that returns False when the socket cannot take it now
@@ -56,11 +128,20 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     broadcast_batch = None  # broadcast frames queued this loop turn
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.queue = _ReceiveQueue(self.loop)
+        self.writable = _Flag(self.loop)
+        self.writable.set()
+
     def handle_connect(self, event):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:  # None: the handshake was refused
             scope["extensions"][FRAME_EXTENSION] = self.broadcast_queue
+            # websockets' parser keeps the request alive as long as the socket; the
+            # scope has a copy of the headers, and the response is built already.
+            event.headers.clear()
 
     def broadcast_queue(self, frame):
         """Queue `frame` to leave with the socket's other frames of this loop turn."""

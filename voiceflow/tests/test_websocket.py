@@ -113,6 +113,21 @@ async def test_a_full_write_buffer_refuses_so_the_caller_waits_through_asgi(serv
     await client.close()
 
 
+async def test_a_send_waits_while_the_write_buffer_is_full_then_goes_out(served):
+    client, queue, send, _ = await opened(served)
+    protocol = queue.__self__
+
+    protocol.pause_writing()
+    waiting = asyncio.ensure_future(send({"type": "websocket.send", "text": "later"}))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    protocol.resume_writing()
+    await asyncio.wait_for(waiting, 5)
+
+    assert await received(client, 1) == ["later"]
+    await client.close()
+
+
 async def test_a_close_sends_what_was_queued_first_and_refuses_what_comes_after(served):
     client, queue, send, _ = await opened(served)
 
@@ -139,6 +154,8 @@ async def test_the_handshake_is_not_kept_once_the_socket_is_open(served):
     protocol = queue.__self__
 
     assert protocol.request is None and protocol.response is None
+    # websockets' parser holds on to the request; its headers are gone.
+    assert len(protocol.conn.parser.gi_frame.f_locals["request"].headers) == 0
     await send({"type": "websocket.send", "text": "still open"})
     assert await received(client, 1) == ["still open"]
     await client.close()
