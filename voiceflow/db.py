@@ -140,7 +140,9 @@ class LoopConnection:
         queue = self.batches.get(statement)
         if queue is None:
             queue = self.batches[statement] = []
-            asyncio.ensure_future(self._batches_run(statement, queue))
+            task = asyncio.ensure_future(self._batches_run(statement, queue))
+            _running.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(_running.discard)
         queue.append((item, future))
         return await future
 
@@ -151,7 +153,13 @@ class LoopConnection:
                 async with self.lock:
                     batch = queue[:BATCH_MAX]
                     del queue[:BATCH_MAX]
-                    await self._batch_run(statement, batch)
+                    try:
+                        await self._batch_run(statement, batch)
+                    finally:
+                        # Settled by now, unless this task was cancelled or hit a
+                        # bug: its callers must not wait forever.
+                        for _, future in batch:
+                            future.cancel()
         finally:
             # No await since the last `while queue`: nothing was queued meanwhile.
             del self.batches[statement]
@@ -204,6 +212,8 @@ class LoopConnection:
 
 # Items per group commit: a batch's statement and its reply stay a few hundred KB.
 BATCH_MAX = 256
+
+_running = set()  # the LoopConnections' batch tasks
 
 
 def _settle(future, *, result=None, error=None):
