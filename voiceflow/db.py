@@ -25,6 +25,8 @@ from asgiref.sync import SyncToAsync
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, close_old_connections, connections
 
+from voiceflow import metrics
+
 CHECK_INTERVAL = 1.0  # seconds
 
 _checked = threading.local()
@@ -153,6 +155,7 @@ class LoopConnection:
                 async with self.lock:
                     batch = queue[:BATCH_MAX]
                     del queue[:BATCH_MAX]
+                    metrics.DB_BATCH_SIZE.observe(len(batch))
                     try:
                         await self._batch_run(statement, batch)
                     finally:

@@ -60,6 +60,12 @@ MESSAGE_STORE_SECONDS = Histogram(
     "Time to store a message: seq bump, insert and commit.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+DB_BATCH_SIZE = Histogram(
+    "voiceflow_db_batch_size",
+    "Items per group-commit statement (message posts that queued behind a busy "
+    "writer connection and went out in one statement).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 FANOUT_SECONDS = Histogram(
     "voiceflow_fanout_seconds",
     "Time to hand one event to the channel layer for a room's sockets.",

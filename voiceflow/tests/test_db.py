@@ -12,6 +12,7 @@ from django.db import (
     connections,
     transaction,
 )
+from prometheus_client import REGISTRY
 
 from chat import services
 from chat.models import Room
@@ -267,9 +268,12 @@ async def test_calls_queued_while_a_writer_is_busy_run_as_one_statement(monkeypa
         runs.append(list(items))
         return tenth(items)
 
+    batches = REGISTRY.get_sample_value("voiceflow_db_batch_size_count") or 0
+
     results = await asyncio.gather(*[writer.batched(counted, x) for x in (1, 2, 10, 5)])
     assert results == [(10,), (5,), None, (2,)]  # 10 has no row
     assert runs == [[1, 2, 10], [5]]  # in submission order, BATCH_MAX at a time
+    assert REGISTRY.get_sample_value("voiceflow_db_batch_size_count") == batches + 2
 
 
 @postgresql_only

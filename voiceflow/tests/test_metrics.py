@@ -78,6 +78,7 @@ def test_every_operations_metric_is_exposed(db):
         "voiceflow_frames_sent",
         "voiceflow_messages_stored",
         "voiceflow_message_store_seconds",
+        "voiceflow_db_batch_size",
         "voiceflow_fanout_seconds",
         "voiceflow_rate_limited",
         "voiceflow_errors",
