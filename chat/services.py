@@ -230,7 +230,7 @@ def _inserted(row, room_id, user, body, client_id, now):
 def _message_insert_fast(room_id, user, body, client_id, now):
     """The fast insert on this thread's connection: the new Message, or None."""
     stamp = connection.ops.adapt_datetimefield_value(now)
-    sql, params = _message_insert_many([(room_id, user.id, body, client_id, stamp)])
+    sql, params = _message_insert_one(room_id, user.id, body, client_id, stamp)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()

@@ -57,7 +57,8 @@ FRAMES_SENT = Counter(
 MESSAGES_STORED = Counter("voiceflow_messages_stored", "Messages stored (not replays).")
 MESSAGE_STORE_SECONDS = Histogram(
     "voiceflow_message_store_seconds",
-    "Time to store a message: seq bump, insert and commit.",
+    "Time to store a message: waiting for the room's writer, then seq bump, insert "
+    "and commit (posts that queued together share one statement).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 DB_BATCH_SIZE = Histogram(
