@@ -169,31 +169,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Every attempt counts, whatever becomes of it. The ticket is checked (and
         # used up) meanwhile: one wait instead of two, and a refused attempt's ticket
         # is spent like any other.
+        client = ratelimit.scope_client_ip(self.scope)
         attempt, user = await asyncio.gather(
-            ratelimit.rate_hit("connect", ratelimit.scope_client_ip(self.scope)),
+            ratelimit.rate_hit("connect", client),
             socket_user(self.scope),
             return_exceptions=True,
         )
         if isinstance(attempt, Unavailable):
             logger.warning("connection limit unchecked: Redis unavailable")
-            await self.close(code=CLOSE_SERVICE_DOWN)
+            await self._refuse(CLOSE_SERVICE_DOWN, client)
             return
         if isinstance(attempt, BaseException):
             raise attempt
         if not attempt.allowed:
-            await self.close(code=CLOSE_TOO_MANY)
+            await self._refuse(CLOSE_TOO_MANY, client)
             return
         if not origin_allowed(self.scope):
-            await self.close(code=CLOSE_ORIGIN_REFUSED)
+            await self._refuse(CLOSE_ORIGIN_REFUSED, client)
             return
         if isinstance(user, Exception):
             logger.warning("ticket check failed: service unavailable", exc_info=user)
-            await self.close(code=CLOSE_SERVICE_DOWN)
+            await self._refuse(CLOSE_SERVICE_DOWN, client)
             return
         if isinstance(user, BaseException):
             raise user
         if user is None:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self._refuse(CLOSE_UNAUTHENTICATED, client)
             return
         try:
             registered = await presence_services.presence_connect(
@@ -201,10 +202,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
         except Exception:
             logger.warning("presence store unavailable at connect", exc_info=True)
-            await self.close(code=CLOSE_SERVICE_DOWN)
+            await self._refuse(CLOSE_SERVICE_DOWN, client, user)
             return
         if not registered:
-            await self.close(code=CLOSE_TOO_MANY)
+            await self._refuse(CLOSE_TOO_MANY, client, user)
             return
         self.user = user
         self.user_id = user.pk
@@ -222,6 +223,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "event": "socket_connected",
                 "user_id": user.pk,
                 "connection_id": self.connection_id,
+                "client": client,
             },
         )
         conf = settings.VOICEFLOW
@@ -243,10 +245,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         await self._offline_queue_send()
 
+    async def _refuse(self, code, client, user=None):
+        """Close a socket that may not connect; the log says who and why."""
+        logger.info(
+            "socket refused",
+            extra={
+                "event": "socket_refused",
+                "user_id": user and user.pk,
+                "connection_id": self.connection_id,
+                "client": client,
+                "code": code,
+            },
+        )
+        await self.close(code=code)
+
     async def _offline_queue_send(self):
         """`offline_messages` right after hello, if the user's offline queue holds any."""
         try:
-            if on_loop() and not await selectors.offline_mark_aexists(self.user.pk):
+            # Read with the user's row when the ticket was redeemed on the loop.
+            marked = getattr(self.user, "has_offline_mark", None)
+            if marked is None and on_loop():
+                marked = await selectors.offline_mark_aexists(self.user.pk)
+            if marked is False:
                 return  # the common case, checked without a thread or a transaction
             queue = await _offline_queue_take(user=self.user)
         except Exception:

@@ -40,14 +40,24 @@ def columns(model):
 
 
 async def user_active_aget(user_id):
-    """The active user with this id, or None: one statement on the loop (PostgreSQL)."""
+    """The active user with this id, or None: one statement on the loop (PostgreSQL).
+
+    Annotated like a queryset would: `has_offline_mark`, read in the same statement,
+    so a connecting socket learns whether it has an offline queue at no extra cost.
+    """
     user_model = get_user_model()
     select, names = columns(user_model)
     row = await socket_connection().fetchone(
-        f"SELECT {select} FROM {user_model._meta.db_table} WHERE id = %s AND is_active",
-        [user_id],
+        f"SELECT {select}, EXISTS (SELECT 1 FROM {OfflineMark._meta.db_table} "
+        f"WHERE user_id = %s) FROM {user_model._meta.db_table} "
+        "WHERE id = %s AND is_active",
+        [user_id, user_id],
     )
-    return None if row is None else user_model.from_db(DEFAULT_DB_ALIAS, names, row)
+    if row is None:
+        return None
+    user = user_model.from_db(DEFAULT_DB_ALIAS, names, row[:-1])
+    user.has_offline_mark = row[-1]
+    return user
 
 
 async def token_user_aget(key):

@@ -9,7 +9,9 @@ write. Everything else (handshake, acks, pings, closes) is uvicorn's.
 
 Per socket it also keeps less: uvicorn's asyncio.Queue and Event cost four deques
 (~3 KB) where a list and a future do, and the handshake's headers (~2 KB, kept alive
-by websockets' parser) are dropped once the scope has its copy.
+by websockets' parser) are dropped once the scope has its copy. And it leaves out
+uvicorn's `[accepted]` log line per socket: chat logs `socket_connected` (or
+`socket_refused`) with the user and client instead.
 """
 
 import logging
@@ -121,6 +123,23 @@ class _Flag:
                 self.waiters.remove(waiter)
 
 
+class _HandshakeLog:
+    """uvicorn.error without the `[accepted]` line it formats and writes per socket."""
+
+    def __init__(self, logger):
+        self.logger = logger
+
+    def __getattr__(self, name):
+        return getattr(self.logger, name)
+
+    def info(self, msg, *args, **kwargs):
+        if not msg.endswith("[accepted]"):
+            self.logger.info(msg, *args, **kwargs)
+
+
+_handshake_log = _HandshakeLog(logging.getLogger("uvicorn.error"))
+
+
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol; its scope offers `voiceflow.frame`, a callable
     taking a prebuilt frame that returns False when the socket cannot take it now
@@ -130,6 +149,7 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.logger = _handshake_log
         self.queue = _ReceiveQueue(self.loop)
         self.writable = _Flag(self.loop)
         self.writable.set()

@@ -32,6 +32,12 @@ async def test_an_active_user_is_read_whole_and_an_inactive_one_not_at_all(alice
     assert await selectors.user_active_aget(alice.pk + 1000) is None
 
 
+async def test_the_users_row_says_whether_they_have_an_offline_mark(alice):
+    assert (await selectors.user_active_aget(alice.pk)).has_offline_mark is False
+    await sync_to_async(OfflineMark.objects.create)(user=alice, since=timezone.now())
+    assert (await selectors.user_active_aget(alice.pk)).has_offline_mark is True
+
+
 async def test_an_offline_mark_is_seen_without_taking_it(alice):
     assert not await selectors.offline_mark_aexists(alice.pk)
     await sync_to_async(OfflineMark.objects.create)(user=alice, since=timezone.now())

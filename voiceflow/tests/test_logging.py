@@ -61,6 +61,10 @@ def test_a_production_server_logs_socket_events_as_json_without_secrets(lobby):
                     )
                 )
                 await socket.recv()
+            async with websockets.connect(f"{server.ws_url}?ticket=spent") as socket:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await socket.recv()
+                assert closed.value.rcvd.code == 4401
             await asyncio.sleep(0.3)
 
         asyncio.run(chat())
@@ -69,13 +73,19 @@ def test_a_production_server_logs_socket_events_as_json_without_secrets(lobby):
     log = server.output()
     entries = [json.loads(line) for line in log.splitlines() if line.strip()]
     events = {entry.get("event"): entry for entry in entries}
-    assert events["socket_connected"]["user_id"]
+    connected = events["socket_connected"]
+    assert connected["user_id"] and connected["client"] == "127.0.0.1"
+    assert (events["socket_refused"]["code"], events["socket_refused"]["user_id"]) == (
+        4401,
+        None,
+    )
     refused = events["frame_refused"]
     assert (refused["code"], refused["request"]) == ("forbidden", "message")
     assert events["socket_disconnected"]["code"] == 1000
-    # uvicorn's own open/close lines say less than those two, once per socket.
+    # uvicorn's own open/accepted/close lines say less than those, once per socket.
     messages = {entry["message"] for entry in entries}
     assert not messages & {"connection open", "connection closed"}
+    assert not any(message.endswith("[accepted]") for message in messages)
     assert ticket not in log
     assert "secret-body" not in log
 
