@@ -18,7 +18,7 @@ from presence import selectors as presence_selectors
 from presence import services as presence_services
 from voiceflow import metrics
 from voiceflow.db import on_loop, socket_database_sync_to_async
-from voiceflow.websocket import FRAME_EXTENSION
+from voiceflow.websocket import FRAME_EXTENSION, text_frame
 
 from . import broadcast, ratelimit, selectors, services, sockets
 from .auth import origin_allowed, socket_user
@@ -727,7 +727,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_frame(self, frame):
         metrics.FRAMES_SENT.labels(metrics.frame_type(frame["type"])).inc()
-        await self.send(text_data=orjson.dumps(frame).decode())
+        data = orjson.dumps(frame)
+        # Prebuilt, through the server's batched writes where it offers them: no
+        # framing by websockets, and the frame leaves with the socket's others of
+        # this loop turn (an ack with its own message's broadcast). Else, or when the
+        # socket cannot take it now (closing, buffer full), an ASGI send as before.
+        if (
+            self.frame_queue is not None
+            and self.close_code is None
+            and self.frame_queue(text_frame(data))
+        ):
+            return
+        await self.send(text_data=data.decode())
 
     async def send_error(self, error, request, ref):
         frame = {
