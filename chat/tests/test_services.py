@@ -11,6 +11,7 @@ from django.db import connection, connections
 from chat import selectors, services
 from chat.errors import Forbidden, Invalid, NotFound
 from chat.models import Membership, Message, ModerationAction, Room
+from chat.payloads import timestamp
 
 pytestmark = pytest.mark.django_db
 
@@ -331,3 +332,40 @@ async def test_one_batch_stores_allowed_posts_gap_free_and_sorts_out_the_rest(
         Message.objects.filter(room=lobby).values_list("seq", "body")
     )
     assert stored == [(1, "first"), (2, "one"), (3, "two")]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="loop connections: PostgreSQL"
+)
+async def test_a_batch_stores_each_body_and_time_exactly_as_acked(
+    alice, lobby, set_rate, monkeypatch
+):
+    set_rate("message", 1000)
+    batches = []
+    insert_many = services._message_insert_many
+
+    def counted(posts):
+        batches.append(len(posts))
+        return insert_many(posts)
+
+    monkeypatch.setattr(services, "_message_insert_many", counted)
+    send = functools.partial(
+        services.message_send, user=alice, room=lobby, ensure_membership=False
+    )
+    await send(body="first")
+    bodies = ['a "quote", a \\ and \\u0041', "🎉 ünï 中文", "tab\tand\nnewline", "{}"]
+    acked = await asyncio.gather(
+        *(send(body=body, client_id=f"c-{i}") for i, body in enumerate(bodies))
+    )
+    assert max(batches) >= 2  # they shared a statement
+    stored = await sync_to_async(list)(
+        Message.objects.filter(room=lobby, seq__gt=1)
+        .order_by("seq")
+        .values_list("body", "client_id", "created_at")
+    )
+    assert [(body, cid, timestamp(at)) for body, cid, at in stored] == [
+        (r.message["body"], r.message["client_id"], r.message["created_at"])
+        for r in sorted(acked, key=lambda r: r.message["seq"])
+    ]
+    assert sorted(body for body, _, _ in stored) == sorted(bodies)
