@@ -5,13 +5,15 @@ copy is one `websocket.send`: a coroutine, a frame built for that socket, and on
 `send()` system call, which on loopback also runs the receiver's side of TCP. Here the
 frame is built once per process (`text_frame`), queued on each socket with the
 `voiceflow.frame` ASGI extension, and what a socket got in one loop turn leaves in one
-write. Everything else (handshake, acks, pings, closes) is uvicorn's.
+write; the chat consumer sends its own frames (acks, pongs) the same way. Everything
+else (handshake, pings, closes, sends to a full buffer) is uvicorn's.
 
 Per socket it also keeps less: uvicorn's asyncio.Queue and Event cost four deques
 (~3 KB) where a list and a future do, and the handshake's headers (~2 KB, kept alive
 by websockets' parser) are dropped once the scope has its copy. And it leaves out
-uvicorn's `[accepted]` log line per socket: chat logs `socket_connected` (or
-`socket_refused`) with the user and client instead.
+the log lines uvicorn and websockets make per socket (`[accepted]`, "connection
+open", "connection closed"): chat logs `socket_connected` (or `socket_refused`) and
+`socket_disconnected` with the user and client instead.
 """
 
 import logging
@@ -124,7 +126,10 @@ class _Flag:
 
 
 class _HandshakeLog:
-    """uvicorn.error without the `[accepted]` line it formats and writes per socket."""
+    """uvicorn.error without the lines it would make per socket: uvicorn's
+    `[accepted]`, websockets' "connection open" and "connection closed"."""
+
+    PER_SOCKET = frozenset({"connection open", "connection closed"})
 
     def __init__(self, logger):
         self.logger = logger
@@ -133,7 +138,8 @@ class _HandshakeLog:
         return getattr(self.logger, name)
 
     def info(self, msg, *args, **kwargs):
-        if not msg.endswith("[accepted]"):
+        # Dropped before a record is made: a filter would drop it after.
+        if msg not in self.PER_SOCKET and not msg.endswith("[accepted]"):
             self.logger.info(msg, *args, **kwargs)
 
 
@@ -149,7 +155,7 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.logger = _handshake_log
+        self.logger = self.conn.logger = _handshake_log
         self.queue = _ReceiveQueue(self.loop)
         self.writable = _Flag(self.loop)
         self.writable.set()
