@@ -295,22 +295,28 @@ async def test_a_join_on_the_loop_makes_a_member_once_and_returns_the_room(
         await services.room_join_on_loop(user=alice, slug="no-such-room")
 
 
+@pytest.fixture
+def batches(monkeypatch):
+    """The sizes of the group-commit statements the test's posts ran in, in order."""
+    sizes = []
+    insert_many = services._message_insert_many
+
+    def counted(posts):
+        sizes.append(len(posts))
+        return insert_many(posts)
+
+    monkeypatch.setattr(services, "_message_insert_many", counted)
+    return sizes
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="loop connections: PostgreSQL"
 )
 async def test_one_batch_stores_allowed_posts_gap_free_and_sorts_out_the_rest(
-    alice, bob, lobby, set_rate, monkeypatch
+    alice, bob, lobby, set_rate, batches
 ):
     set_rate("message", 1000)
-    batches = []
-    insert_many = services._message_insert_many
-
-    def counted(posts):
-        batches.append(len(posts))
-        return insert_many(posts)
-
-    monkeypatch.setattr(services, "_message_insert_many", counted)
     send = functools.partial(services.message_send, room=lobby, ensure_membership=False)
     first = await send(user=bob, body="first", client_id="b-1")
     await sync_to_async(services.user_mute)(
@@ -339,17 +345,9 @@ async def test_one_batch_stores_allowed_posts_gap_free_and_sorts_out_the_rest(
     connection.vendor != "postgresql", reason="loop connections: PostgreSQL"
 )
 async def test_a_batch_stores_each_body_and_time_exactly_as_acked(
-    alice, lobby, set_rate, monkeypatch
+    alice, lobby, set_rate, batches
 ):
     set_rate("message", 1000)
-    batches = []
-    insert_many = services._message_insert_many
-
-    def counted(posts):
-        batches.append(len(posts))
-        return insert_many(posts)
-
-    monkeypatch.setattr(services, "_message_insert_many", counted)
     send = functools.partial(
         services.message_send, user=alice, room=lobby, ensure_membership=False
     )
