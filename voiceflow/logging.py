@@ -22,16 +22,6 @@ class RedactQueryStringFilter(logging.Filter):
         return True
 
 
-class SocketChatterFilter(logging.Filter):
-    """Drop uvicorn's "connection open" / "connection closed": two lines per socket
-    that say less than chat's socket_connected / socket_disconnected events."""
-
-    CHATTER = frozenset({"connection open", "connection closed"})
-
-    def filter(self, record):
-        return record.msg not in self.CHATTER
-
-
 # LogRecord attributes that are not "extra" fields passed by the caller.
 _RECORD_FIELDS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()

@@ -319,7 +319,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "redact_query": {"()": "voiceflow.logging.RedactQueryStringFilter"},
-        "socket_chatter": {"()": "voiceflow.logging.SocketChatterFilter"},
     },
     "formatters": {
         "json": {"()": "voiceflow.logging.JsonFormatter"},
@@ -341,7 +340,7 @@ LOGGING = {
         },
         "uvicorn.error": {
             "handlers": ["console"],
-            "filters": ["redact_query", "socket_chatter"],
+            "filters": ["redact_query"],
             "propagate": False,
         },
         "django.channels.server": {"filters": ["redact_query"]},
