@@ -1,6 +1,6 @@
 """VoiceFlow settings: every value that comes from the environment is read here.
 
-No environment → the embedded mode (SQLite, in-memory channel layer and cache, DEBUG).
+No environment → the embedded mode (SQLite, in-memory channel layer and cache).
 `REDIS_URL` + `DATABASE_URL` → Redis channel layer and cache, PostgreSQL, many processes.
 """
 
@@ -64,13 +64,43 @@ REDIS_URL = env_str("REDIS_URL")
 DATABASE_URL = env_str("DATABASE_URL")
 EMBEDDED = not REDIS_URL
 
-DEV_SECRET_KEY = "django-insecure-voiceflow-development-key-never-use-in-production"
-SECRET_KEY = env_str("SECRET_KEY") or DEV_SECRET_KEY
-DEBUG = env_bool("DEBUG", default=EMBEDDED and not DATABASE_URL)
-if not DEBUG and SECRET_KEY == DEV_SECRET_KEY:
-    raise ImproperlyConfigured(
-        "SECRET_KEY must be set when DEBUG is off (the development key is public)."
-    )
+
+def secret_key_file(path):
+    """The key kept in `path`, made once (random, mode 0600) if the file is missing.
+
+    Written to a temporary file and linked into place, so processes starting at the
+    same time never read a half-written key: one link wins, the others read it.
+    """
+    path = Path(path)
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    if key:
+        return key
+    from django.core.management.utils import get_random_secret_key
+
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(get_random_secret_key() + "\n")
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process made it first: theirs is the key
+    finally:
+        temporary.unlink()
+    return path.read_text().strip()
+
+
+# Shared mode runs many processes that must sign alike: the key must be given. The
+# embedded mode makes its own once and keeps it (git-ignored) next to the database.
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not EMBEDDED:
+        raise ImproperlyConfigured("SECRET_KEY must be set when REDIS_URL is set.")
+    SECRET_KEY = secret_key_file(env_str("SECRET_KEY_FILE") or BASE_DIR / ".secret_key")
+DEBUG = env_bool("DEBUG", default=False)
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -93,6 +123,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "voiceflow.middleware.ContentSecurityPolicyMiddleware",
     "voiceflow.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -138,7 +169,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    DATABASES["default"]["CONN_MAX_AGE"] = 0 if DEBUG else CONN_MAX_AGE
+    DATABASES["default"]["CONN_MAX_AGE"] = (
+        0 if DEBUG or not DATABASE_URL else CONN_MAX_AGE
+    )
     # A file, not shared-cache memory: it locks like production and a server process
     # started by the end-to-end tests can open it.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
@@ -288,6 +321,15 @@ SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# HTTPS only once SECURE_COOKIES says the site is served over it (behind a proxy, the
+# scheme comes from a TRUSTED_PROXIES' X-Forwarded-Proto).
+SECURE_HSTS_SECONDS = env_int(
+    "SECURE_HSTS_SECONDS", 31536000 if SESSION_COOKIE_SECURE else 0
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Error reports (the debug page included) hide passwords, keys and URL credentials.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "voiceflow.debug.SafeExceptionReporterFilter"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -310,7 +352,9 @@ REST_FRAMEWORK = {
 
 # One JSON object per line in production (log shippers parse them); readable lines in
 # embedded development. Extra fields (event, user_id, code, ...) go into the JSON.
-LOG_FORMAT = env_str("LOG_FORMAT") or ("text" if DEBUG else "json")
+LOG_FORMAT = env_str("LOG_FORMAT") or (
+    "text" if DEBUG or (EMBEDDED and not DATABASE_URL) else "json"
+)
 if LOG_FORMAT not in ("json", "text"):
     raise ImproperlyConfigured("LOG_FORMAT must be 'json' or 'text'.")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
@@ -350,9 +394,10 @@ LOGGING = {
     },
 }
 
-# Operations: /metrics answers loopback and private networks, others with this token
-# as `Authorization: Bearer <token>`. PROMETHEUS_MULTIPROC_DIR is also read by
-# prometheus-client itself, which then keeps each process's values in files there.
+# Operations: /metrics answers loopback clients (chat.ratelimit.client_ip), others
+# with this token as `Authorization: Bearer <token>`. PROMETHEUS_MULTIPROC_DIR is also
+# read by prometheus-client itself, which then keeps each process's values in files
+# there.
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
 
@@ -377,7 +422,16 @@ VOICEFLOW = {
         "join": env_rate("VOICEFLOW_RATE_JOIN", "10/60"),  # per user
         "rest": env_rate("VOICEFLOW_RATE_REST", "1000/900"),  # per client IP
         "connect": env_rate("VOICEFLOW_RATE_CONNECT", "60/60"),  # per client IP
+        # Failed logins (pages and admin; a success is not counted) per client IP
+        # and per username; sign-ups per client IP; rooms created (page and REST)
+        # per client IP.
+        "login": env_rate("VOICEFLOW_RATE_LOGIN", "10/300"),
+        "login_user": env_rate("VOICEFLOW_RATE_LOGIN_USER", "5/300"),
+        "signup": env_rate("VOICEFLOW_RATE_SIGNUP", "5/3600"),
+        "room_create": env_rate("VOICEFLOW_RATE_ROOM_CREATE", "10/3600"),
     },
+    # Rooms per page of the server-rendered room list.
+    "ROOM_PAGE_SIZE": env_int("VOICEFLOW_ROOM_PAGE_SIZE", 50),
     # Presence and typing (PROTOCOL.md "Presence", "Typing"); seconds unless named.
     "DEAD_AFTER": env_float("VOICEFLOW_DEAD_AFTER", 60),
     "AWAY_AFTER": env_float("VOICEFLOW_AWAY_AFTER", 300),

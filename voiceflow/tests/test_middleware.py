@@ -2,7 +2,7 @@
 
 import pytest
 from django.conf import settings
-from django.test import AsyncClient
+from django.test import AsyncClient, Client
 from django.utils.module_loading import import_string
 
 
@@ -45,3 +45,38 @@ def test_every_middleware_can_run_on_the_event_loop():
         if not getattr(import_string(path), "async_capable", False)
     ]
     assert sync_only == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/login/", "/signup/", "/admin/login/"])
+def test_pages_send_a_content_security_policy_without_inline_script(path):
+    response = Client().get(path, HTTP_HOST="localhost:8000")
+    policy = dict(
+        directive.strip().split(" ", 1)
+        for directive in response["Content-Security-Policy"].split(";")
+    )
+    assert policy["default-src"] == "'self'"
+    assert policy["script-src"] == "'self'"
+    assert "unsafe" not in response["Content-Security-Policy"]
+    assert "ws://localhost:8000" in policy["connect-src"]
+    assert "wss://localhost:8000" in policy["connect-src"]
+    assert policy["frame-ancestors"] == "'none'"
+
+
+def test_templates_have_no_inline_script_or_event_handlers():
+    import re
+
+    from voiceflow.tests.servers import ROOT
+
+    for template in (ROOT / "templates").rglob("*.html"):
+        html = template.read_text()
+        assert not re.search(r"\son[a-z]+\s*=", html), template
+        for tag in re.findall(r"<script[^>]*>", html):
+            assert "src=" in tag, (template, tag)
+
+
+@pytest.mark.django_db
+async def test_hsts_is_sent_over_https_with_secure_cookies(settings):
+    settings.SECURE_HSTS_SECONDS = 31536000
+    response = await AsyncClient().get("/login/", secure=True)
+    assert response["Strict-Transport-Security"].startswith("max-age=31536000")

@@ -23,7 +23,7 @@ print(json.dumps({
 """
 
 
-def load_settings(**env):
+def load_settings(probe=PROBE, **env):
     clean = {
         k: v
         for k, v in os.environ.items()
@@ -32,7 +32,7 @@ def load_settings(**env):
     }
     clean["DJANGO_SETTINGS_MODULE"] = "voiceflow.settings"
     result = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", probe],
         env={**clean, **env},
         cwd=ROOT,
         capture_output=True,
@@ -42,11 +42,11 @@ def load_settings(**env):
     return result
 
 
-def test_no_environment_means_embedded_mode_with_debug():
+def test_no_environment_means_embedded_mode_without_debug():
     result = load_settings()
     assert result.returncode == 0, result.stderr
     conf = json.loads(result.stdout)
-    assert conf["debug"] is True
+    assert conf["debug"] is False  # DEBUG=1 turns it on (see below)
     assert conf["layer"] == "channels.layers.InMemoryChannelLayer"
     assert conf["cache"].endswith("LocMemCache")
     assert conf["engine"].endswith("sqlite3")
@@ -73,9 +73,13 @@ def test_a_sqlite_database_url_is_honoured(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "env", [{"DEBUG": "0"}, {"REDIS_URL": "redis://127.0.0.1:6379/5"}]
+    "env",
+    [
+        {"REDIS_URL": "redis://127.0.0.1:6379/5"},
+        {"REDIS_URL": "redis://127.0.0.1:6379/5", "DEBUG": "1"},
+    ],
 )
-def test_production_refuses_to_start_with_the_development_secret_key(env):
+def test_shared_mode_refuses_to_start_without_a_secret_key(env):
     result = load_settings(**env)
     assert result.returncode != 0
     assert "SECRET_KEY must be set" in result.stderr
@@ -135,6 +139,10 @@ def test_rate_limits_default_to_the_contract():
         "join": {"limit": 10, "window": 60},
         "rest": {"limit": 1000, "window": 900},
         "connect": {"limit": 60, "window": 60},
+        "login": {"limit": 10, "window": 300},
+        "login_user": {"limit": 5, "window": 300},
+        "signup": {"limit": 5, "window": 3600},
+        "room_create": {"limit": 10, "window": 3600},
     }
 
 
@@ -243,3 +251,69 @@ def test_gc_thresholds_default_high_and_come_from_the_environment():
     wrong = load_settings(VOICEFLOW_GC_THRESHOLD="700,10")
     assert wrong.returncode != 0
     assert "VOICEFLOW_GC_THRESHOLD" in wrong.stderr
+
+
+SECURITY_PROBE = """
+import json
+from django.conf import settings
+print(json.dumps({
+    "debug": settings.DEBUG,
+    "key": settings.SECRET_KEY,
+    "hsts": settings.SECURE_HSTS_SECONDS,
+    "cookies": settings.SESSION_COOKIE_SECURE,
+}))
+"""
+
+
+def load_security(tmp_path, **env):
+    key_file = str(tmp_path / ".secret_key")
+    return load_settings(SECURITY_PROBE, SECRET_KEY_FILE=key_file, **env)
+
+
+def test_embedded_mode_makes_a_private_secret_key_once_and_keeps_it(tmp_path):
+    first = load_security(tmp_path)
+    assert first.returncode == 0, first.stderr
+    conf = json.loads(first.stdout)
+    assert conf["debug"] is False
+    key_file = tmp_path / ".secret_key"
+    assert key_file.read_text().strip() == conf["key"]
+    assert len(conf["key"]) >= 50 and "insecure" not in conf["key"]
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    again = json.loads(load_security(tmp_path).stdout)
+    assert again["key"] == conf["key"]  # sessions survive a restart
+
+
+def test_the_generated_key_file_is_ignored_by_git():
+    result = subprocess.run(
+        ["git", "check-ignore", "-q", ".secret_key"], cwd=ROOT, timeout=30
+    )
+    assert result.returncode == 0
+
+
+def test_debug_is_on_only_when_asked_for(tmp_path):
+    assert json.loads(load_security(tmp_path, DEBUG="1").stdout)["debug"] is True
+    assert json.loads(load_security(tmp_path, DEBUG="0").stdout)["debug"] is False
+
+
+def test_secure_cookies_turn_on_hsts(tmp_path):
+    plain = json.loads(load_security(tmp_path).stdout)
+    assert (plain["hsts"], plain["cookies"]) == (0, False)
+    secure = json.loads(load_security(tmp_path, SECURE_COOKIES="1").stdout)
+    assert (secure["hsts"], secure["cookies"]) == (31536000, True)
+    custom = load_security(tmp_path, SECURE_COOKIES="1", SECURE_HSTS_SECONDS="60")
+    assert json.loads(custom.stdout)["hsts"] == 60
+
+
+def test_error_reports_hide_credentials_in_urls(settings, rf):
+    from django.views.debug import get_default_exception_reporter_filter
+
+    settings.REDIS_URL = "redis://:hunter2@redis.example:6379/0"
+    settings.DATABASE_URL = "postgres://app:hunter3@db.example/chat"
+    settings.CACHES = {
+        "default": {"LOCATION": "redis://user:hunter4@redis.example:6379/0"}
+    }
+    settings.SENTRY_DSN = "https://hunter5@sentry.example/1"
+    safe = repr(get_default_exception_reporter_filter().get_safe_settings())
+    for secret in ("hunter2", "hunter3", "hunter4", "hunter5"):
+        assert secret not in safe
+    assert "redis.example" in safe  # the rest of the URL still helps debugging
