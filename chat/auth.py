@@ -14,6 +14,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from voiceflow.db import on_loop, socket_database_sync_to_async
 
 from . import selectors
+from .ratelimit import scope_secure
 from .tickets import ticket_redeem
 
 
@@ -35,16 +36,57 @@ def host_allowed(scope):
     return _netloc_allowed(header(scope, b"host") or "")
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_parts(url):
+    """(scheme, host, port) of an origin URL, ports filled in; None if malformed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port
+
+
 def origin_allowed(scope):
-    """True if the socket has no Origin (bots) or one whose host is an allowed host."""
+    """True if the socket has no Origin (bots) or the page's own origin.
+
+    The page's own: the scheme the client used (ws → http, wss → https, or a trusted
+    proxy's X-Forwarded-Proto), the Host header (one of ALLOWED_HOSTS) and its port;
+    or one of CSRF_TRUSTED_ORIGINS (a TLS proxy that forwards plain ws), as Django's
+    CSRF check allows for the page's forms.
+    """
     origin = header(scope, b"origin")
     if origin is None:
         return True
-    try:
-        netloc = urlsplit(origin).netloc
-    except ValueError:
+    wanted = _origin_parts(origin)
+    if wanted is None:
         return False
-    return _netloc_allowed(netloc)
+    if any(
+        _trusted_origin(wanted, trusted) for trusted in settings.CSRF_TRUSTED_ORIGINS
+    ):
+        return True
+    host = header(scope, b"host") or ""
+    if not _netloc_allowed(host):
+        return False
+    scheme = "https" if scope_secure(scope) else "http"
+    return wanted == _origin_parts(f"{scheme}://{host}")
+
+
+def _trusted_origin(wanted, trusted):
+    """Django's CSRF_TRUSTED_ORIGINS rule: exact, or `scheme://*.domain` subdomains."""
+    if "://*." in trusted:
+        scheme, _, domain = trusted.partition("://*.")
+        parts = _origin_parts(f"{scheme}://{domain}")
+        return (
+            parts is not None
+            and (wanted[0], wanted[2]) == (parts[0], parts[2])
+            and (wanted[1] == parts[1] or wanted[1].endswith("." + parts[1]))
+        )
+    return wanted == _origin_parts(trusted)
 
 
 @socket_database_sync_to_async

@@ -120,6 +120,9 @@ class RedisRateLimiter:
     async def refund(self, decision):
         await redis_pipelined(self.url).zrem(decision.key, decision.member)
 
+    def refund_sync(self, decision):
+        redis_sync_client(self.url).zrem(decision.key, decision.member)
+
 
 class MemoryRateLimiter:
     """The embedded twin: the same algorithm on deques, for one process."""
@@ -149,6 +152,9 @@ class MemoryRateLimiter:
         return self.hit_sync(key, limit, window, now)
 
     async def refund(self, decision):
+        self.refund_sync(decision)
+
+    def refund_sync(self, decision):
         with self._lock:
             entry = self._logs.get(decision.key)
             if entry:
@@ -222,6 +228,41 @@ async def rate_refund(decision):
         pass  # the hit stays counted: the user is limited slightly early, never late
 
 
+def rate_hits_sync(limits: list[tuple[str, str]]) -> list[Decision]:
+    """Count one hit on each (name, who) limit, in order, for sync views and forms.
+
+    Over one of them: the hits already counted are refunded (a refused attempt counts
+    nowhere) and RateLimited is raised. Redis down raises Unavailable.
+    """
+    decisions = []
+    for name, who in limits:
+        decision = rate_hit_sync(name, who)
+        if not decision.allowed:
+            rate_refund_sync(decisions)
+            raise decision.refusal(REFUSED_WHAT.get(name, "requests"))
+        decisions.append(decision)
+    return decisions
+
+
+def rate_refund_sync(decisions: list[Decision]) -> None:
+    """Un-count allowed hits (a login that succeeded, a form that was refused)."""
+    for decision in decisions:
+        if decision.allowed:
+            try:
+                limiter().refund_sync(decision)
+            except redis.exceptions.RedisError:
+                pass  # counted: limited slightly early, never late
+
+
+# What a refusal of each limit says: "Too many <what>; retry in 12.0 s."
+REFUSED_WHAT = {
+    "login": "login attempts",
+    "login_user": "login attempts",
+    "signup": "sign-ups",
+    "room_create": "rooms created",
+}
+
+
 @lru_cache(maxsize=8)
 def _networks(proxies):
     return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
@@ -239,7 +280,9 @@ def client_ip(peer, forwarded_for=None):
     """The client's IP: the peer, or behind a trusted proxy the nearest untrusted hop.
 
     X-Forwarded-For is read only when the peer is a trusted proxy (TRUSTED_PROXIES),
-    right to left, skipping trusted hops, so a client cannot forge its address.
+    right to left, skipping trusted hops, so a client cannot forge its address. The
+    one rule for every use (rate limits, /metrics, logs): the server itself (uvicorn's
+    proxy headers) never rewrites the peer.
     """
     if not peer or not forwarded_for or not _trusted(peer):
         return peer or "unknown"
@@ -263,6 +306,28 @@ def scope_client_ip(scope):
         if name == b"x-forwarded-for"
     ]
     return client_ip(peer, ",".join(forwarded) or None)
+
+
+def scope_secure(scope) -> bool:
+    """True if the client came over TLS: to us, or to a trusted proxy that says so.
+
+    X-Forwarded-Proto counts only from a TRUSTED_PROXIES peer (as X-Forwarded-For).
+    """
+    if scope.get("scheme") in ("https", "wss"):
+        return True
+    if not settings.TRUSTED_PROXIES:
+        return False
+    peer = (scope.get("client") or (None,))[0]
+    if not peer or not _trusted(peer):
+        return False
+    protos = [
+        value.decode("latin-1")
+        for name, value in scope.get("headers", ())
+        if name == b"x-forwarded-proto"
+    ]
+    # The proxy nearest to us appends last.
+    last = ",".join(protos).split(",")[-1].strip().lower() if protos else ""
+    return last == "https"
 
 
 def request_client_ip(request):

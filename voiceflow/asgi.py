@@ -8,7 +8,10 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceflow.settings")
 django_asgi_app = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+
 from chat.api import WsTicketFastPath  # noqa: E402
+from chat.ratelimit import scope_secure  # noqa: E402
 
 from .routing import websocket_routes  # noqa: E402
 
@@ -29,6 +32,10 @@ def application(scope, receive, send):
     scope) for as long as a socket lived, ~1.5 KB per idle socket. Origins and who is
     on the socket are checked by the consumer after accept (chat.auth).
     """
+    if settings.TRUSTED_PROXIES and scope_secure(scope):
+        # TLS ended at a trusted proxy: Django (is_secure, HSTS, CSRF) and the
+        # socket's Origin check see the client's scheme.
+        scope = {**scope, "scheme": "wss" if scope["type"] == "websocket" else "https"}
     if scope["type"] == "websocket":
         consumer_class = websocket_routes.get(scope["path"])
         if consumer_class is None:

@@ -91,6 +91,10 @@ def main(argv=None):
         ws_ping_timeout=conf["WS_PING_TIMEOUT"],
         lifespan="off",
         server_header=False,
+        # uvicorn would trust X-Forwarded-For/-Proto from loopback whatever
+        # TRUSTED_PROXIES says; chat.ratelimit.client_ip reads them, for trusted
+        # proxies only.
+        proxy_headers=False,
     )
     DrainingServer(config).run()
 

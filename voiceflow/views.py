@@ -8,6 +8,8 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from chat.ratelimit import request_client_ip
+
 from . import health as health_report
 from . import metrics as metrics_registry
 
@@ -19,30 +21,17 @@ async def health(request):
     return JsonResponse(body, status=status)
 
 
-# Loopback and private networks (RFC 1918, IPv6 unique local). Not `is_private`,
-# which also counts documentation and other reserved ranges as private.
-_TRUSTED_NETWORKS = [
-    ipaddress.ip_network(net)
-    for net in (
-        "127.0.0.0/8",
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "::1/128",
-        "fc00::/7",
-    )
-]
-
-
 def metrics_allowed(request):
-    """Loopback and private-network clients; anyone else with the bearer token."""
+    """Loopback clients (behind TRUSTED_PROXIES, the forwarded client); anyone else
+    with the bearer token. Not private networks: a load balancer on one would make
+    every client look private."""
     try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        address = ipaddress.ip_address(request_client_ip(request))
     except ValueError:
         address = None
     if address is not None:
         address = getattr(address, "ipv4_mapped", None) or address
-        if any(address in network for network in _TRUSTED_NETWORKS):
+        if address.is_loopback:
             return True
     token = settings.METRICS_TOKEN
     header = request.headers.get("Authorization", "")

@@ -24,7 +24,8 @@ async def open_socket(user=None, *, origin=None, ticket=None, query=None):
         if ticket is None and user is not None:
             ticket = await sync_to_async(ticket_issue)(user.pk)
         query = f"?ticket={ticket}" if ticket else ""
-    headers = [(b"origin", origin.encode())] if origin else []
+    headers = [(b"host", b"127.0.0.1:8000")]
+    headers += [(b"origin", origin.encode())] if origin else []
     socket = QuietCommunicator(application, f"/ws/chat/{query}", headers=headers)
     connected, _ = await socket.connect()
     assert connected
@@ -120,7 +121,11 @@ async def test_the_session_cookie_authenticates_a_browser(alice, room, client):
     socket = QuietCommunicator(
         application,
         "/ws/chat/",
-        headers=[(b"cookie", cookie.encode()), (b"origin", b"http://127.0.0.1:8000")],
+        headers=[
+            (b"cookie", cookie.encode()),
+            (b"host", b"127.0.0.1:8000"),
+            (b"origin", b"http://127.0.0.1:8000"),
+        ],
     )
     assert (await socket.connect())[0]
     assert (await socket.receive_json_from())["user"] == "alice"
@@ -134,21 +139,32 @@ async def test_a_session_cookie_after_logout_is_refused(alice, room, client):
     socket = QuietCommunicator(
         application,
         "/ws/chat/",
-        headers=[(b"cookie", cookie.encode()), (b"origin", b"http://127.0.0.1:8000")],
+        headers=[
+            (b"cookie", cookie.encode()),
+            (b"host", b"127.0.0.1:8000"),
+            (b"origin", b"http://127.0.0.1:8000"),
+        ],
     )
     await socket.connect()
     await assert_closed_with(socket, 4401)
 
 
 @pytest.mark.parametrize(
-    "origin", ["http://evil.example", "null", "http://127.0.0.1.evil.example"]
+    "origin",
+    [
+        "http://evil.example",
+        "null",
+        "http://127.0.0.1.evil.example",
+        "http://127.0.0.1:9999",
+        "https://127.0.0.1:8000",
+    ],
 )
 async def test_a_foreign_origin_is_closed_with_4403(alice, room, origin):
     socket = await open_socket(alice, origin=origin)
     await assert_closed_with(socket, 4403)
 
 
-@pytest.mark.parametrize("origin", [None, "http://localhost:8000", "https://127.0.0.1"])
+@pytest.mark.parametrize("origin", [None, "http://127.0.0.1:8000"])
 async def test_allowed_and_missing_origins_are_served(alice, room, origin):
     socket = await open_socket(alice, origin=origin)
     assert (await socket.receive_json_from())["type"] == "hello"

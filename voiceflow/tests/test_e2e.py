@@ -249,3 +249,32 @@ async def test_sockets_do_not_negotiate_compression_by_default(server, lobby):
 
     assert socket.response.headers.get("Sec-WebSocket-Extensions") is None
     await socket.close()
+
+
+def test_a_forged_x_forwarded_for_from_loopback_changes_nothing(transactional_db):
+    import urllib.error
+    import urllib.request
+
+    forged = {"X-Forwarded-For": "203.0.113.99"}
+    server = ServerProcess(VOICEFLOW_RATE_REST="2/60", METRICS_TOKEN="").start()
+    try:
+
+        def get(path, headers=None):
+            request = urllib.request.Request(server.base + path, headers=headers or {})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        # /metrics still sees loopback (a forged public address would be refused).
+        assert get("/metrics", forged) == 200
+        # The REST limit counts the peer, whatever the header claims.
+        assert [get("/api/rooms/", forged), get("/api/rooms/")] == [401, 401]
+        assert get("/api/rooms/", {"X-Forwarded-For": "198.51.100.1"}) == 429
+        # Static files are served with DEBUG off.
+        assert get("/static/chat/room.js") == 200
+    finally:
+        server.stop()
+    assert "203.0.113.99" not in server.output()  # logs name the real peer
+    assert "198.51.100.1" not in server.output()

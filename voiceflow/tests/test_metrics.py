@@ -87,17 +87,34 @@ def test_every_operations_metric_is_exposed(db):
     } <= families
 
 
-@pytest.mark.parametrize(
-    "address", ["127.0.0.1", "::1", "10.1.2.3", "192.168.0.9", "172.20.0.4"]
-)
-def test_loopback_and_private_clients_may_read_metrics(address):
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.2", "::1"])
+def test_loopback_clients_may_read_metrics(address):
     assert Client(REMOTE_ADDR=address).get("/metrics").status_code == 200
 
 
-@pytest.mark.parametrize("address", ["203.0.113.7", "8.8.8.8", "2001:4860::1", "junk"])
+@pytest.mark.parametrize(
+    "address",
+    # Private networks too: a load balancer on one would make /metrics public.
+    ["10.1.2.3", "192.168.0.9", "172.20.0.4", "fd00::1", "203.0.113.7", "8.8.8.8"]
+    + ["2001:4860::1", "junk"],
+)
 def test_other_clients_are_refused_without_the_token(address, settings):
     settings.METRICS_TOKEN = ""
     assert Client(REMOTE_ADDR=address).get("/metrics").status_code == 403
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_decides(settings):
+    settings.METRICS_TOKEN = ""
+    settings.TRUSTED_PROXIES = ["127.0.0.1"]
+    proxied = Client(REMOTE_ADDR="127.0.0.1")
+    assert (
+        proxied.get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.7").status_code == 403
+    )
+    assert proxied.get("/metrics").status_code == 200
+    settings.TRUSTED_PROXIES = []  # an untrusted peer's header is ignored
+    assert (
+        proxied.get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.7").status_code == 200
+    )
 
 
 def test_the_metrics_token_opens_it_to_others(settings):
