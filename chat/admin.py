@@ -8,9 +8,13 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
 from . import services
+from .forms import AdminLoginForm
 from .models import Membership, Message, ModerationAction, Mute, Room
 
 User = get_user_model()
+
+# Admin logins count against the page's login limits (chat.forms).
+admin.site.login_form = AdminLoginForm
 
 
 @admin.register(Room)
@@ -28,11 +32,13 @@ class RoomAdmin(admin.ModelAdmin):
         # Sockets subscribe by slug: renaming a live room would orphan them.
         return [*self.readonly_fields, "slug"] if obj else self.readonly_fields
 
-    @admin.action(description="Lock selected rooms (reading still works)")
+    @admin.action(
+        description="Lock selected rooms (reading still works)", permissions=["change"]
+    )
     def lock_rooms(self, request, queryset):
         self._set_lock(request, queryset, True)
 
-    @admin.action(description="Unlock selected rooms")
+    @admin.action(description="Unlock selected rooms", permissions=["change"])
     def unlock_rooms(self, request, queryset):
         self._set_lock(request, queryset, False)
 

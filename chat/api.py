@@ -9,11 +9,14 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, IntegrityError
 from django.urls import reverse
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework import generics, serializers, status
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -79,6 +82,13 @@ def _chat_error(exc):
     return data, exc.http_status, headers
 
 
+# Form-encoded credentials are masked in error reports (JSON bodies never show there).
+_passwords_hidden = method_decorator(
+    sensitive_post_parameters("password"), name="dispatch"
+)
+
+
+@_passwords_hidden
 class RegisterView(APIView):
     permission_classes = [AllowAny]
     authentication_classes = []
@@ -90,9 +100,12 @@ class RegisterView(APIView):
         return Response({"token": token.key}, status=status.HTTP_201_CREATED)
 
 
+@_passwords_hidden
 class TokenView(ObtainAuthToken):
     # DRF's stock view opts out of throttling; password guessing must not.
     throttle_classes = [ratelimit.ClientIpThrottle]
+    # ...and of the project's parsers (its JSON parser has no depth limit).
+    parser_classes = api_settings.DEFAULT_PARSER_CLASSES
 
 
 class WsTicketView(APIView):
@@ -193,7 +206,15 @@ class RoomListView(generics.ListAPIView):
     def post(self, request):
         serializer = RoomCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        room = services.room_create(user=request.user, **serializer.validated_data)
+        # The room page's limit, per client IP; a refused creation is not counted.
+        decisions = ratelimit.rate_hits_sync(
+            [("room_create", ratelimit.request_client_ip(request))]
+        )
+        try:
+            room = services.room_create(user=request.user, **serializer.validated_data)
+        except DjangoValidationError:
+            ratelimit.rate_refund_sync(decisions)
+            raise
         room = selectors.room_list().get(pk=room.pk)
         return Response(_room_data(room), status=status.HTTP_201_CREATED)
 

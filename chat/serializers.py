@@ -7,19 +7,14 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from .models import Room
-from .validators import validate_name_text
+from .validators import validate_name_text, validate_new_username
 
 
 class RegisterSerializer(serializers.Serializer):
     username = serializers.CharField(
-        max_length=150, validators=[UnicodeUsernameValidator(), validate_name_text]
+        max_length=150, validators=[UnicodeUsernameValidator(), validate_new_username]
     )
     password = serializers.CharField(max_length=128, trim_whitespace=False)
-
-    def validate_username(self, value):
-        if get_user_model().objects.filter(username=value).exists():
-            raise serializers.ValidationError("This username is taken.")
-        return value
 
     def validate(self, attrs):
         user = get_user_model()(username=attrs["username"])

@@ -35,6 +35,6 @@ page_urlpatterns = [
     path("", views.room_list, name="room_list"),
     path("rooms/<slug:slug>/", views.room, name="room"),
     path("signup/", views.signup, name="signup"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", views.login_view, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

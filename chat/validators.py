@@ -6,17 +6,38 @@ from django.core.exceptions import ValidationError
 
 # Message bodies: C0 and C1 control characters, except tab (\x09) and newline (\x0a).
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# Names: every control character, and the bidi embeddings, overrides and isolates
-# (U+202A–U+202E, U+2066–U+2069) that make one name display as another.
-NAME_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Names: every control character, the bidi marks, embeddings, overrides and isolates
+# (U+200E, U+200F, U+202A–U+202E, U+2066–U+2069) that make one name display as
+# another, and the invisible zero-width characters (U+200B–U+200D, U+2060, U+FEFF)
+# that make two names look the same.
+NAME_UNSAFE_CHARS = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]"
+)
 
 
 def validate_name_text(value):
-    """Usernames and room names: no control characters and no bidi overrides."""
+    """Usernames and room names: no control, bidi or zero-width characters."""
     if NAME_UNSAFE_CHARS.search(value):
         raise ValidationError(
-            "Control characters and bidirectional overrides are not allowed.",
+            "Control characters, bidirectional marks and overrides, and zero-width"
+            " characters are not allowed.",
             code="unsafe_characters",
+        )
+
+
+def validate_new_username(value):
+    """A username for a new account: safe characters, and free in any letter case.
+
+    The one rule for sign-up pages and the REST API (Django's own form compares case
+    insensitively, its model does not).
+    """
+    from django.contrib.auth import get_user_model
+
+    validate_name_text(value)
+    User = get_user_model()
+    if User.objects.filter(username__iexact=value).exists():
+        raise ValidationError(
+            "A user with that username already exists.", code="unique"
         )
 
 

@@ -1,46 +1,91 @@
-"""Server-rendered pages: sign up, room list, room."""
+"""Server-rendered pages: sign up, log in, room list, room."""
+
+import functools
 
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.debug import sensitive_post_parameters
 
 from . import selectors, services
-from .forms import RoomCreateForm, SignupForm
+from .forms import LoginForm, RoomCreateForm, SignupForm, refusal_status
 from .models import Room
 
 LOBBY = "lobby"
 
 
+def _refusals_answered(view):
+    """A page whose form was refused by a rate limit answers 429 (or 503), not 200."""
+
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        context = getattr(response, "context_data", None) or {}
+        status = refusal_status(context.get("form"))
+        if status:
+            response.status_code = status
+        return response
+
+    return wrapper
+
+
+login_view = _refusals_answered(
+    auth_views.LoginView.as_view(authentication_form=LoginForm)
+)
+# The admin's login form (chat.admin sets it) counts against the same limits.
+admin_login_view = _refusals_answered(admin.site.login)
+
+
+def _render(request, template, context, form):
+    return render(request, template, context, status=refusal_status(form) or 200)
+
+
+@sensitive_post_parameters("password1", "password2")
 def signup(request):
     if request.user.is_authenticated:
         return redirect("room_list")
-    form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        if Room.objects.filter(slug=LOBBY).exists():
-            return redirect("room", slug=LOBBY)
-        return redirect("room_list")
-    return render(request, "registration/signup.html", {"form": form})
+    form = SignupForm(request.POST or None, request=request)
+    if request.method == "POST":
+        if not form.is_valid():
+            form.rate_refund()
+        else:
+            user = form.save()
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            if Room.objects.filter(slug=LOBBY).exists():
+                return redirect("room", slug=LOBBY)
+            return redirect("room_list")
+    return _render(request, "registration/signup.html", {"form": form}, form)
 
 
 @login_required
 def room_list(request):
-    form = RoomCreateForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            room = services.room_create(user=request.user, **form.cleaned_data)
-        except ValidationError as error:
-            for field, messages in error.message_dict.items():
-                for message in messages:
-                    form.add_error(field if field in form.fields else None, message)
-        else:
-            return redirect("room", slug=room.slug)
-    rooms = selectors.room_list()
-    return render(request, "chat/room_list.html", {"rooms": rooms, "form": form})
+    form = RoomCreateForm(request.POST or None, request=request)
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                room = services.room_create(user=request.user, **form.cleaned_data)
+            except ValidationError as error:
+                for field, messages in error.message_dict.items():
+                    for message in messages:
+                        form.add_error(field if field in form.fields else None, message)
+            else:
+                return redirect("room", slug=room.slug)
+        form.rate_refund()  # only rooms created count
+    page = Paginator(
+        selectors.room_list(), settings.VOICEFLOW["ROOM_PAGE_SIZE"]
+    ).get_page(request.GET.get("page"))
+    return _render(
+        request,
+        "chat/room_list.html",
+        {"rooms": page, "page": page, "form": form},
+        form,
+    )
 
 
 @login_required

@@ -593,3 +593,22 @@ def test_fields_of_the_wrong_type_are_400_naming_the_field(
     response = alice_api.post(path, payload, format="json")
     assert response.status_code == 400 and field in response.json()
     assert not Message.objects.exists()
+
+
+def test_register_refuses_a_username_taken_in_another_case(api, alice):
+    response = register(api, "Alice")
+    assert response.status_code == 400
+    assert "already exists" in response.json()["username"][0]
+
+
+@pytest.mark.parametrize("char", ["\u200b", "\u200d", "\u2060", "\ufeff", "\u200f"])
+def test_register_and_rooms_refuse_zero_width_characters(api, alice_api, char):
+    assert register(api, f"car{char}ol").status_code == 400
+    response = alice_api.post("/api/rooms/", {"name": f"Lob{char}by"}, format="json")
+    assert response.status_code == 400 and "name" in response.json()
+
+
+def test_deep_json_to_the_token_endpoint_is_a_400(api):
+    deep = "[" * 100_000 + "]" * 100_000
+    response = api.post("/api/auth/token/", deep, content_type="application/json")
+    assert response.status_code == 400

@@ -412,3 +412,51 @@ def test_the_message_admin_lists_a_big_table_in_a_few_queries(
         and b"m400" not in page.content
     )
     assert admin_client.get("/admin/chat/message/?deleted=yes").status_code == 200
+
+
+# Permissions
+
+
+@pytest.mark.parametrize(
+    "model, action",
+    [
+        ("room", "lock_rooms"),
+        ("room", "unlock_rooms"),
+        ("message", "delete_messages"),
+        ("user", "mute_15_minutes"),
+        ("user", "unmute_users"),
+        ("user", "kick_users"),
+    ],
+)
+def test_staff_with_only_the_view_permission_cannot_moderate(
+    client, django_user_model, alice, lobby, model, action
+):
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user(
+        "viewer", password="View-Only-123", is_staff=True
+    )
+    viewer.user_permissions.set(
+        Permission.objects.filter(
+            codename__in=["view_room", "view_message", "view_user"]
+        )
+    )
+    message = Message.objects.create(room=lobby, seq=1, user=alice, body="hi")
+    lobby.is_locked = action == "unlock_rooms"
+    lobby.save()
+    target = {"room": lobby.pk, "message": message.pk, "user": alice.pk}[model]
+    client.force_login(viewer)
+    app = "auth" if model == "user" else "chat"
+    listing = client.get(f"/admin/{app}/{model}/")
+    assert listing.status_code == 200  # they may look
+    assert f'value="{action}"'.encode() not in listing.content
+    response = client.post(
+        f"/admin/{app}/{model}/",
+        {"action": action, "_selected_action": [str(target)]},
+    )
+    # Refused as an action not on offer (or, with none on offer, no action at all).
+    assert response.status_code in (200, 302)
+    lobby.refresh_from_db()
+    assert lobby.is_locked is (action == "unlock_rooms")
+    assert not Message.objects.filter(deleted_at__isnull=False).exists()
+    assert actions() == []

@@ -102,3 +102,186 @@ def test_static_files_are_served_by_the_app(client):
     response = client.get("/static/chat/room.js")
     assert response.status_code == 200
     assert b"import" in b"".join(response.streaming_content)
+
+
+# Limits on the pages' forms (login, sign-up, room creation)
+
+GOOD = "Correct-Horse-9"
+
+
+def log_in(client, username, password, path="/login/"):
+    return client.post(path, {"username": username, "password": password})
+
+
+@pytest.fixture
+def authentications(monkeypatch):
+    """How many times a password was checked (hashed) by the auth backend."""
+    from django.contrib.auth.backends import ModelBackend
+
+    calls = []
+    real = ModelBackend.authenticate
+
+    def counted(self, request, username=None, password=None, **kwargs):
+        calls.append(username)
+        return real(self, request, username=username, password=password, **kwargs)
+
+    monkeypatch.setattr(ModelBackend, "authenticate", counted)
+    return calls
+
+
+@pytest.mark.parametrize("path", ["/login/", "/admin/login/"])
+def test_failed_logins_per_username_are_limited_without_hashing(
+    client, alice, set_rate, authentications, path
+):
+    set_rate("login_user", 2, window=300)
+    for _ in range(2):
+        assert log_in(client, "alice", "wrong-password", path).status_code == 200
+    refused = log_in(client, "ALICE", GOOD, path)  # even the right password
+    assert refused.status_code == 429
+    assert b"Too many login attempts" in refused.content
+    assert len(authentications) == 2  # the refused attempt hashed nothing
+    assert "_auth_user_id" not in client.session
+
+
+def test_failed_logins_per_ip_are_limited_across_usernames(
+    client, alice, bob, set_rate
+):
+    set_rate("login", 3, window=300)
+    for name in ("alice", "bob", "nobody"):
+        assert log_in(client, name, "wrong-password").status_code == 200
+    assert log_in(client, "bob", GOOD).status_code == 429
+    # Another client address has its own window.
+    other = Client(REMOTE_ADDR="198.51.100.7")
+    assert log_in(other, "bob", GOOD).status_code == 302
+
+
+def test_successful_logins_do_not_count(client, alice, set_rate):
+    set_rate("login_user", 1, window=300)
+    set_rate("login", 1, window=300)
+    for _ in range(3):
+        assert log_in(client, "alice", GOOD).status_code == 302
+        client.post("/logout/")
+
+
+def test_sign_ups_per_ip_are_limited(client, set_rate, django_user_model):
+    set_rate("signup", 2, window=3600)
+    for name in ("one", "two", "three"):
+        response = client.post(
+            "/signup/", {"username": name, "password1": GOOD, "password2": GOOD}
+        )
+        client.post("/logout/")
+    assert response.status_code == 429
+    assert b"Too many sign-ups" in response.content
+    assert not django_user_model.objects.filter(username="three").exists()
+
+
+def test_room_creation_is_limited_per_ip_across_page_and_api(
+    client, alice, lobby, set_rate
+):
+    from rest_framework.test import APIClient
+
+    set_rate("room_create", 2, window=3600)
+    client.force_login(alice)
+    assert client.post("/", {"name": "One"}).status_code == 302
+    api = APIClient()
+    api.force_authenticate(alice)
+    assert api.post("/api/rooms/", {"name": "Two"}, format="json").status_code == 201
+    page = client.post("/", {"name": "Three"})
+    assert page.status_code == 429
+    assert b"Too many rooms created" in page.content
+    assert api.post("/api/rooms/", {"name": "Four"}, format="json").status_code == 429
+    assert not Room.objects.filter(name__in=["Three", "Four"]).exists()
+
+
+def test_a_refused_room_form_does_not_count(client, alice, lobby, set_rate):
+    set_rate("room_create", 1, window=3600)
+    client.force_login(alice)
+    assert client.post("/", {"name": "Dup", "slug": "lobby"}).status_code == 200
+    assert client.post("/", {"name": "Fine"}).status_code == 302
+
+
+def test_the_room_list_is_paginated(client, alice, presence_conf):
+    presence_conf(ROOM_PAGE_SIZE=2)
+    for n in range(4):
+        Room.objects.create(slug=f"r{n}", name=f"Room {n}")
+    slugs = list(Room.objects.order_by("slug").values_list("slug", flat=True))
+    assert len(slugs) == 5  # with the lobby
+    client.force_login(alice)
+
+    def page(query=""):
+        html = client.get(f"/{query}").content.decode()
+        return re.findall(r'data-slug="([^"]+)"', html), html
+
+    first, html = page()
+    assert first == slugs[:2] and 'href="?page=2"' in html
+    last, html = page("?page=3")
+    assert last == slugs[4:] and 'href="?page=2"' in html and "?page=4" not in html
+    assert page("?page=junk")[0] == slugs[:2]
+
+
+# Sign-up and name rules
+
+
+def test_sign_up_with_a_taken_username_in_any_case_is_a_form_error(client, alice):
+    response = client.post(
+        "/signup/", {"username": "Alice", "password1": GOOD, "password2": GOOD}
+    )
+    assert response.status_code == 200
+    assert b"already exists" in response.content
+
+
+UNSAFE = [
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u200e",
+    "\u200f",
+    "\u202e",
+]
+
+
+@pytest.mark.parametrize("char", UNSAFE)
+def test_pages_refuse_invisible_characters_in_names(client, alice, char):
+    signup = client.post(
+        "/signup/", {"username": f"ev{char}il", "password1": GOOD, "password2": GOOD}
+    )
+    assert signup.status_code == 200 and b"not allowed" in signup.content
+    client.force_login(alice)
+    room = client.post("/", {"name": f"Lob{char}by", "slug": "lobby2"})
+    assert room.status_code == 200 and b"not allowed" in room.content
+    assert not Room.objects.filter(slug="lobby2").exists()
+
+
+@pytest.mark.parametrize(
+    "path, fields",
+    [
+        ("/signup/", {"username": "newbie", "password1": GOOD, "password2": GOOD}),
+        ("/login/", {"username": "alice", "password": GOOD}),
+        ("/api/auth/register/", {"username": "newbie", "password": GOOD}),
+        ("/api/auth/token/", {"username": "alice", "password": GOOD}),
+    ],
+)
+def test_debug_error_pages_never_show_passwords(
+    alice, settings, monkeypatch, path, fields
+):
+    from django.contrib.auth import forms as auth_forms
+    from rest_framework.authtoken import serializers as token_serializers
+
+    from chat import forms, services
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(forms.SignupForm, "save", broken)
+    monkeypatch.setattr(auth_forms, "authenticate", broken)
+    monkeypatch.setattr(services, "user_register", broken)
+    monkeypatch.setattr(token_serializers, "authenticate", broken)
+    settings.DEBUG = True
+    client = Client(raise_request_exception=False)
+    response = client.post(path, fields)
+    assert response.status_code == 500
+    html = response.content.decode()
+    assert "RuntimeError" in html  # the debug page, with its request data
+    assert GOOD not in html
