@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
 from . import services
-from .forms import AdminLoginForm
+from .forms import AdminLoginForm, AdminUserAddForm, AdminUserEditForm, RoomAdminForm
 from .models import Membership, Message, ModerationAction, Mute, Room
 
 User = get_user_model()
@@ -19,6 +19,7 @@ admin.site.login_form = AdminLoginForm
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
+    form = RoomAdminForm
     list_display = ["slug", "name", "is_locked", "last_seq", "created_by", "created_at"]
     list_filter = ["is_locked", "created_at"]
     search_fields = ["slug", "name"]
@@ -207,6 +208,8 @@ if admin.site.is_registered(User):
 
 @admin.register(User)
 class ModeratedUserAdmin(UserAdmin):
+    add_form = AdminUserAddForm
+    form = AdminUserEditForm
     show_full_result_count = False
     actions = [
         _mute_action(15, "15 minutes"),

@@ -4,13 +4,18 @@ import hashlib
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
+from django.contrib.auth.forms import (
+    AdminUserCreationForm,
+    AuthenticationForm,
+    UserChangeForm,
+    UserCreationForm,
+)
 from django.core.exceptions import ValidationError
 from django.forms.utils import ErrorDict
 
 from . import ratelimit
 from .errors import ChatError
-from .models import slug_validator
+from .models import Room, slug_validator
 from .validators import validate_name_text, validate_new_username
 
 
@@ -81,7 +86,18 @@ class AdminLoginForm(LoginLimitMixin, AdminAuthenticationForm):
     pass
 
 
-class SignupForm(RateLimitedForm, UserCreationForm):
+class UsernameRuleMixin:
+    """Usernames by chat.validators.validate_new_username (not super()'s check, which
+    returns None for a taken name)."""
+
+    def clean_username(self):
+        username = self.cleaned_data.get("username")
+        if username:
+            validate_new_username(username, user=self.instance)
+        return username
+
+
+class SignupForm(UsernameRuleMixin, RateLimitedForm, UserCreationForm):
     def __init__(self, *args, request, **kwargs):
         super().__init__(*args, **kwargs)
         self.request = request
@@ -89,12 +105,25 @@ class SignupForm(RateLimitedForm, UserCreationForm):
     def rate_limits(self):
         return [("signup", ratelimit.request_client_ip(self.request))]
 
-    def clean_username(self):
-        # Not super()'s: it returns None for a taken name, which then crashed here.
-        username = self.cleaned_data.get("username")
-        if username:
-            validate_new_username(username)
-        return username
+
+class AdminUserAddForm(UsernameRuleMixin, AdminUserCreationForm):
+    pass
+
+
+class AdminUserEditForm(UsernameRuleMixin, UserChangeForm):
+    pass
+
+
+class RoomAdminForm(forms.ModelForm):
+    class Meta:
+        model = Room
+        fields = "__all__"
+
+    def clean_name(self):
+        name = self.cleaned_data.get("name")
+        if name:
+            validate_name_text(name)
+        return name
 
 
 class RoomCreateForm(RateLimitedForm, forms.Form):

@@ -25,17 +25,20 @@ def validate_name_text(value):
         )
 
 
-def validate_new_username(value):
-    """A username for a new account: safe characters, and free in any letter case.
+def validate_new_username(value, *, user=None):
+    """A username for a new account (or for `user`, renamed): safe characters, and
+    free in any letter case.
 
-    The one rule for sign-up pages and the REST API (Django's own form compares case
-    insensitively, its model does not).
+    The one rule for the sign-up page, the REST API and the admin (Django's own
+    creation form compares case insensitively, its model does not).
     """
     from django.contrib.auth import get_user_model
 
     validate_name_text(value)
-    User = get_user_model()
-    if User.objects.filter(username__iexact=value).exists():
+    others = get_user_model().objects.filter(username__iexact=value)
+    if user is not None and user.pk is not None:
+        others = others.exclude(pk=user.pk)
+    if others.exists():
         raise ValidationError(
             "A user with that username already exists.", code="unique"
         )

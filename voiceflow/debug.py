@@ -4,7 +4,6 @@ import re
 
 from django.views import debug
 
-
 # The credentials of a URL (`scheme://user:password@host`, or a DSN's key@host).
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
 # Frame variables whose value mentions a password (a credentials dict, a serializer).

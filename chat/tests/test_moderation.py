@@ -460,3 +460,26 @@ def test_staff_with_only_the_view_permission_cannot_moderate(
     assert lobby.is_locked is (action == "unlock_rooms")
     assert not Message.objects.filter(deleted_at__isnull=False).exists()
     assert actions() == []
+
+
+def test_the_admin_applies_the_name_rules(
+    admin_client, alice, lobby, django_user_model
+):
+    added = admin_client.post(
+        "/admin/auth/user/add/",
+        {
+            "username": "ALICE",
+            "usable_password": "true",
+            "password1": "Correct-Horse-9",
+            "password2": "Correct-Horse-9",
+        },
+    )
+    assert added.status_code == 200 and b"already exists" in added.content
+    renamed = admin_client.post(
+        f"/admin/chat/room/{lobby.pk}/change/",
+        {"name": "Lob\u200bby", "created_by": ""},
+    )
+    assert renamed.status_code == 200 and b"not allowed" in renamed.content
+    lobby.refresh_from_db()
+    assert lobby.name == "Lobby"
+    assert django_user_model.objects.filter(username__iexact="alice").count() == 1

@@ -413,3 +413,27 @@ def test_a_refused_message_shows_as_failed_and_can_be_edited_and_resent(people):
 
 def set_lobby_locked(locked):
     in_db_thread(lambda: Room.objects.filter(slug="lobby").update(is_locked=locked))
+
+
+def test_the_pages_work_under_their_content_security_policy(people, browser_server):
+    watch = """
+        window.cspViolations = [];
+        document.addEventListener('securitypolicyviolation', (event) => {
+            window.cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`);
+        });
+    """
+    alice, bob = people("alice", log_in=False), people("bob", log_in=False)
+    for person in (alice, bob):
+        person.context.add_init_script(watch)
+        person.log_in()
+    response = alice.page.goto(f"{browser_server.base}/rooms/lobby/")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    alice.wait_connected()
+    alice.type_and_send("under a policy")
+    expect(bob.message("under a policy")).to_be_visible()
+    alice.page.goto(f"{browser_server.base}/")  # the room list and its form
+    expect(alice.page.get_by_role("heading", name="Rooms")).to_be_visible()
+    for person in (alice, bob):
+        assert person.page.evaluate("window.cspViolations") == []
+    # Console errors (a refused script, style or socket) fail the test in `people`.
