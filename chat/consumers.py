@@ -518,10 +518,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def frame_ping(self, frame):
         ts = frame.get("ts")
-        if ts is not None and (
-            isinstance(ts, bool) or not isinstance(ts, (int, float))
-        ):
-            raise Invalid("ts must be a number.", field="ts")
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            raise Invalid("ts is required and must be a number.", field="ts")
         await self.send_frame(
             {"type": "pong", "ts": ts, "server_ts": int(time.time() * 1000)}
         )

@@ -336,6 +336,9 @@ BAD_FRAMES = [
         "message",
     ),
     ("ping with a bad ts", {"type": "ping", "ts": "soon"}, "invalid", "ping"),
+    ("ping without a ts", {"type": "ping"}, "invalid", "ping"),
+    ("ping with a null ts", {"type": "ping", "ts": None}, "invalid", "ping"),
+    ("ping with a boolean ts", {"type": "ping", "ts": True}, "invalid", "ping"),
 ]
 
 
