@@ -9,7 +9,11 @@ from .store import presence_store
 
 
 async def room_presence(slug, now=None):
-    """Users with a live socket in `slug`: [{"username", "status", "connections"}]."""
+    """Users present in `slug`: [{"username", "status", "connections"}].
+
+    Present: a live socket joined to it, or in the grace period after their last one
+    there went (0 connections, the status they had) until `member_left` is sent.
+    """
     now = time.time() if now is None else now
     conf = settings.VOICEFLOW
     rows = await presence_store().room_users(slug)

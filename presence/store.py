@@ -186,12 +186,13 @@ _USER_GET = """
 return view(ARGV[3])
 """
 
+# A room's set holds its present users: those with a socket there and those whose
+# last one left less than the grace period ago (until their departure is settled).
 _ROOM_USERS = """
 local slug = ARGV[3]
 local out = {}
 for _, uid in ipairs(redis.call('SMEMBERS', k('r', slug))) do
-  local n = connections(uid, slug)
-  if n > 0 then table.insert(out, {n, view(uid)}) end
+  table.insert(out, {connections(uid, slug), view(uid)})
 end
 return out
 """
@@ -199,11 +200,7 @@ return out
 _ROOM_COUNTS = """
 local out = {}
 for i = 3, #ARGV do
-  local n = 0
-  for _, uid in ipairs(redis.call('SMEMBERS', k('r', ARGV[i]))) do
-    if connections(uid, ARGV[i]) > 0 then n = n + 1 end
-  end
-  table.insert(out, n)
+  table.insert(out, redis.call('SCARD', k('r', ARGV[i])))
 end
 return out
 """
@@ -525,22 +522,13 @@ class MemoryPresenceStore:
         return self._view(user_id)
 
     async def room_users(self, slug):
-        rows = []
-        for uid in list(self.room_sets.get(slug, ())):
-            n = self._connections(uid, slug)
-            if n:
-                rows.append((self._view(uid), n))
-        return rows
+        return [
+            (self._view(uid), self._connections(uid, slug))
+            for uid in list(self.room_sets.get(slug, ()))
+        ]
 
     async def room_counts(self, slugs):
-        return {
-            slug: sum(
-                1
-                for uid in self.room_sets.get(slug, ())
-                if self._connections(uid, slug)
-            )
-            for slug in slugs
-        }
+        return {slug: len(self.room_sets.get(slug, ())) for slug in slugs}
 
     async def status_swap(self, user_id, old, new):
         user = self._user(user_id)

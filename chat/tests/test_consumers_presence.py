@@ -300,6 +300,7 @@ async def test_a_silent_socket_is_closed_with_4408_and_leaves_presence(
     assert await socket.receive_nothing(timeout=0.01)
     closed = await socket.receive_output(timeout=1)
     assert closed == {"type": "websocket.close", "code": 4408}
+    await asyncio.sleep(0.1)  # the (zero) grace timer settles the departure
     await sync_to_async(client.force_login)(alice)
     users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()[
         "users"
@@ -340,3 +341,43 @@ async def test_the_embedded_process_sweeps_itself_a_shared_one_leaves_it_to_the_
         ("bob", "away"),
     }
     await close(watcher, idle)
+
+
+async def test_a_user_is_listed_through_the_grace_until_member_left(
+    alice, bob, make_user, client, presence_conf
+):
+    presence_conf(OFFLINE_GRACE=1.5)  # time for the reads below
+    carol = await sync_to_async(make_user)("carol")
+    watcher = await tab(bob, "lobby")
+    page = await tab(alice, "lobby")
+    await page.send_json_to({"type": "status", "status": "away"})
+    await frames(watcher)
+    await page.disconnect()
+    await sync_to_async(client.force_login)(bob)
+
+    async def listed():
+        """(presence endpoint, online_count, a new socket's joined.members)."""
+        users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()
+        room = (await sync_to_async(client.get)("/api/rooms/lobby/")).json()
+        other = await connect(carol)
+        members = (await join(other))["members"]
+        await close(other)
+        return users["users"], room["online_count"], members
+
+    # Within the grace: still present, with the status alice had, no socket left.
+    users, count, members = await listed()
+    assert users == [
+        {"username": "alice", "status": "away", "connections": 0},
+        {"username": "bob", "status": "online", "connections": 1},
+    ]
+    assert count == 2
+    assert {"username": "alice", "status": "away"} in members
+    got = await frames(watcher, quiet=1.6)
+    assert [f for f in of_type(got, "member_left") if f["user"] == "alice"] == [
+        {"type": "member_left", "room": "lobby", "user": "alice"}
+    ]
+    users, count, members = await listed()
+    assert [u["username"] for u in users] == ["bob"]
+    assert count == 1
+    assert "alice" not in [m["username"] for m in members]
+    await close(watcher)

@@ -130,9 +130,14 @@ async def test_removing_the_last_socket_starts_the_grace_for_rooms_and_user(stor
     assert sorted(await store.departures_due(T0 + 5), key=str) == sorted(
         [(1, "design"), (1, "lobby"), (1, None)], key=str
     )
-    # Still present during the grace period: the room keeps them, the endpoint does not.
+    # Still present during the grace period: listed (no socket) until it settles.
     assert (await store.user_get(1)).rooms == {"lobby", "design"}
+    [(user, connections)] = await store.room_users("lobby")
+    assert (user.username, connections) == ("alice", 0)
+    assert await store.room_counts(["lobby", "design"]) == {"lobby": 1, "design": 1}
+    assert await store.departure_settle(1, "lobby", T0 + 2)
     assert await store.room_users("lobby") == []
+    assert await store.room_counts(["lobby"]) == {"lobby": 0}
 
 
 async def test_a_departure_settles_once_and_only_when_due(store):
