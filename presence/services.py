@@ -201,6 +201,10 @@ async def presence_sweep(now=None):
         changed, left = await _settle(store, user_id, rooms, now)
         report.status_changes += changed
         report.members_left += left
+    try:
+        await store.totals_repair()
+    except Exception:
+        logger.warning("presence totals repair failed", exc_info=True)
     metrics.SWEEP_RUNS.inc()
     metrics.SWEEP_REMOVALS.inc(report.sockets_removed)
     return report

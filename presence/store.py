@@ -13,6 +13,9 @@ Redis keys, under `<REDIS_KEY_PREFIX>:presence`, each with an expiry renewed on 
   r:<slug>           SET   user ids present in the room
   active             ZSET  uid -> last activity, for users who may turn away
   gone               ZSET  "uid" / "uid|slug" -> when the last socket went (grace)
+  status:online      SET   uids announced online  } kept by the scripts that change
+  status:away        SET   uids announced away    } them, so /health's totals are
+  rooms              SET   slugs whose r:<slug> is not empty } O(1), never a scan
 """
 
 import asyncio
@@ -59,6 +62,9 @@ local function holds_room(uid, slug, except)
     end
   end
   return false
+end
+local function room_gone(slug)
+  if redis.call('SCARD', k('r', slug)) == 0 then redis.call('SREM', k('rooms'), slug) end
 end
 local function connections(uid, slug)
   local n = 0
@@ -164,10 +170,12 @@ if not uid then return false end
 redis.call('SADD', k('s', sid, 'rooms'), slug)
 redis.call('ZREM', k('gone'), uid .. '|' .. slug)
 local added = redis.call('SADD', k('r', slug), uid)
+redis.call('SADD', k('rooms'), slug)
 redis.call('SADD', k('u', uid, 'rooms'), slug)
 redis.call('HSET', k('u', uid), 'active', now)
 redis.call('ZADD', k('active'), now, uid)
-keep(k('s', sid, 'rooms'), k('r', slug), k('u', uid, 'rooms'), k('u', uid), k('active'))
+keep(k('s', sid, 'rooms'), k('r', slug), k('u', uid, 'rooms'), k('u', uid), k('active'),
+     k('rooms'))
 return {added, view(uid)}
 """
 
@@ -179,7 +187,9 @@ if redis.call('SREM', k('s', sid, 'rooms'), slug) == 0 then return 0 end
 if holds_room(uid, slug, sid) then return 0 end
 redis.call('ZREM', k('gone'), uid .. '|' .. slug)
 redis.call('SREM', k('u', uid, 'rooms'), slug)
-return redis.call('SREM', k('r', slug), uid)
+local removed = redis.call('SREM', k('r', slug), uid)
+room_gone(slug)
+return removed
 """
 
 _USER_GET = """
@@ -209,13 +219,15 @@ _STATUS_SWAP = """
 local uid, old, new = ARGV[3], ARGV[4], ARGV[5]
 if (redis.call('HGET', k('u', uid), 'status') or 'offline') ~= old then return 0 end
 redis.call('HSET', k('u', uid), 'status', new)
+redis.call('SREM', k('status', old), uid)
+if new ~= 'offline' then redis.call('SADD', k('status', new), uid) end
 local active = redis.call('HGET', k('u', uid), 'active')
 if new == 'online' and active then
   redis.call('ZADD', k('active'), active, uid)
 else
   redis.call('ZREM', k('active'), uid)
 end
-keep(k('u', uid), k('active'))
+keep(k('u', uid), k('active'), k('status', 'online'), k('status', 'away'))
 return 1
 """
 
@@ -237,31 +249,34 @@ if slug == '' then
 end
 if holds_room(uid, slug, nil) then return 0 end
 redis.call('SREM', k('u', uid, 'rooms'), slug)
-return redis.call('SREM', k('r', slug), uid)
+local removed = redis.call('SREM', k('r', slug), uid)
+room_gone(slug)
+return removed
 """
 
 _TOTALS = """
-local users, online, away = 0, 0, 0
-local cursor = '0'
-repeat
-  local page = redis.call('SCAN', cursor, 'MATCH', k('u', '*'), 'COUNT', 500)
-  cursor = page[1]
-  for _, key in ipairs(page[2]) do
-    if redis.call('TYPE', key)['ok'] == 'hash' then
-      local status = redis.call('HGET', key, 'status')
-      if status == 'online' then online = online + 1 end
-      if status == 'away' then away = away + 1 end
+return {redis.call('SCARD', k('status', 'online')),
+        redis.call('SCARD', k('status', 'away')),
+        redis.call('ZCARD', k('sockets')), redis.call('SCARD', k('rooms'))}
+"""
+
+# The sweep's repair of the totals' sets after keys expired unseen (e.g. a process
+# died with no sweeper running): O(users announced + rooms listed), never a scan.
+_TOTALS_REPAIR = """
+local fixed = 0
+for _, status in ipairs({'online', 'away'}) do
+  for _, uid in ipairs(redis.call('SMEMBERS', k('status', status))) do
+    if redis.call('HGET', k('u', uid), 'status') ~= status then
+      fixed = fixed + redis.call('SREM', k('status', status), uid)
     end
   end
-until cursor == '0'
-local rooms = 0
-cursor = '0'
-repeat
-  local page = redis.call('SCAN', cursor, 'MATCH', k('r', '*'), 'COUNT', 500)
-  cursor = page[1]
-  rooms = rooms + #page[2]
-until cursor == '0'
-return {online, away, redis.call('ZCARD', k('sockets')), rooms}
+end
+for _, slug in ipairs(redis.call('SMEMBERS', k('rooms'))) do
+  if redis.call('SCARD', k('r', slug)) == 0 then
+    fixed = fixed + redis.call('SREM', k('rooms'), slug)
+  end
+end
+return fixed
 """
 
 
@@ -361,6 +376,7 @@ class RedisPresenceStore:
         return bool(await self._run(_DEPARTURE_SETTLE, user_id, slug or "", before))
 
     async def totals(self):
+        """Users online and away, live sockets, rooms with someone present: O(1)."""
         online, away, sockets, rooms = await self._run(_TOTALS)
         return {
             "online": int(online),
@@ -368,6 +384,10 @@ class RedisPresenceStore:
             "sockets": int(sockets),
             "rooms": int(rooms),
         }
+
+    async def totals_repair(self):
+        """Drop from the totals' sets what expired without a script seeing it."""
+        return int(await self._run(_TOTALS_REPAIR))
 
 
 @dataclass
@@ -583,6 +603,9 @@ class MemoryPresenceStore:
             "sockets": len(self.sockets),
             "rooms": len(self.room_sets),
         }
+
+    async def totals_repair(self):
+        return 0  # nothing here expires on its own
 
 
 _memory = MemoryPresenceStore()

@@ -222,6 +222,23 @@ async def test_totals_count_statuses_and_sockets(store):
     await store.status_swap(1, OFFLINE, ONLINE)
     await store.status_swap(2, OFFLINE, AWAY)
     assert await store.totals() == {"online": 1, "away": 1, "sockets": 2, "rooms": 1}
+    await store.status_swap(2, AWAY, ONLINE)
+    await store.room_exit("a1", "lobby")
+    assert await store.totals() == {"online": 2, "away": 0, "sockets": 2, "rooms": 0}
+    await store.status_swap(1, ONLINE, OFFLINE)
+    assert (await store.totals())["online"] == 1
+
+
+async def test_the_sweep_repairs_totals_whose_keys_expired_unseen(redis_store):
+    store = redis_store  # keys expire only in Redis
+    await connect(store, "a1")
+    await store.room_enter("a1", "lobby", T0)
+    await store.status_swap(1, OFFLINE, AWAY)
+    # As if the user's and the room's TTLs ran out (their process died, no sweeper).
+    await store.inspect.delete(f"{store.prefix}:u:1", f"{store.prefix}:r:lobby")
+    assert await store.totals_repair() == 2
+    assert await store.totals() == {"online": 0, "away": 0, "sockets": 1, "rooms": 0}
+    assert await store.totals_repair() == 0
 
 
 async def test_every_redis_key_expires(store):

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import redis
 import websockets
 from django.conf import settings
 from django.test import AsyncClient
@@ -167,3 +168,63 @@ def test_a_socket_closed_while_a_frame_is_sent_to_it_is_not_counted_any_more(
             break
         time.sleep(0.1)
     assert (sockets["connections"], sockets["users"], sockets["rooms"]) == (0, 0, 0)
+
+
+class Monitor:
+    """Redis MONITOR on a raw connection: the commands a server ran (scripts' too)."""
+
+    def __init__(self, port):
+        self.conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.conn.sendall(b"MONITOR\r\n")
+        assert self.conn.recv(5) == b"+OK\r\n"
+
+    def commands(self, quiet=0.3):
+        """Every command seen until nothing arrives for `quiet` seconds."""
+        self.conn.settimeout(quiet)
+        data = b""
+        try:
+            while chunk := self.conn.recv(65536):
+                data += chunk
+        except TimeoutError:
+            pass
+        self.conn.close()
+        return [line.split('"')[1].upper() for line in data.decode().splitlines()]
+
+
+async def test_health_counts_presence_without_scanning_the_keyspace(
+    settings, redis_server, alice, bob, make_user, lobby
+):
+    from presence.services import (
+        presence_connect,
+        presence_disconnect,
+        presence_room_enter,
+        presence_set_away,
+    )
+
+    settings.REDIS_URL = redis_server.url  # the presence store on a private Redis
+    carol = await asyncio.to_thread(make_user, "carol")
+    for sid, user in (("a", alice), ("b", bob), ("c", carol)):
+        ids = {"user_id": user.pk, "username": user.username}
+        await presence_connect(sid=sid, **ids)
+        await presence_room_enter(sid=sid, slug="lobby", **ids)
+    await presence_set_away(sid="b", away=True)
+    await presence_disconnect(sid="c")  # in the grace: still online, still present
+    filler = redis.Redis.from_url(redis_server.url)
+    filler.mset({f"unrelated:{i}": 1 for i in range(2000)})
+    filler.close()
+
+    monitor = Monitor(redis_server.port)
+    response = await AsyncClient().get("/health")
+    seen = await asyncio.to_thread(monitor.commands)
+    assert response.status_code == 200
+    assert response.json()["metrics"]["presence"] == {
+        "totalUsers": 3,
+        "onlineUsers": 2,
+        "awayUsers": 1,
+        "offlineUsers": 0,
+        "totalRooms": 1,
+        "activeRooms": 1,
+    }
+    assert "EVALSHA" in seen or "EVAL" in seen  # the totals were read from this Redis
+    assert not {"SCAN", "KEYS", "TYPE"} & set(seen), seen
+    assert len(seen) < 20, seen
