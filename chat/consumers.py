@@ -146,6 +146,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # the seq bump's statement.)
     muted_until = _UNKNOWN
     presence_registered = False
+    away = False  # this socket's last `status` frame said away
     draining = False
     silenced = False
     hub = None
@@ -528,8 +529,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         status = frame.get("status")
         if status not in ("online", "away"):
             raise Invalid("status must be 'online' or 'away'.", field="status")
+        self.away = status == "away"
         await presence_services.presence_set_away(
-            sid=self.connection_id, away=status == "away"
+            sid=self.connection_id, away=self.away
         )
 
     frame_handlers = {
@@ -630,6 +632,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             asyncio.get_running_loop().time()
         )
         presence_services.embedded_sweeper_start()
+        presence_services.presence_watch_start(sockets.sockets_presence_restore)
 
     async def _presence_touch(self, active):
         """Tell the store about frames at most once per touch interval, not each."""
@@ -650,9 +653,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             logger.warning("presence touch failed", exc_info=True)
             return
-        if not known:  # swept as dead (the store lost it): have the client reconnect
+        if not known:  # Redis lost it (restarted empty), or swept while alive
+            await self.presence_restore()
+
+    async def presence_restore(self):
+        """Be in presence again, with this socket's rooms, without a reconnect."""
+        if not self.presence_registered:
+            return
+        try:
+            restored = await presence_services.presence_restore(
+                sid=self.connection_id,
+                user_id=self.user.id,
+                username=self.user.username,
+                rooms=list(self.rooms),
+                away=self.away,
+            )
+        except Exception:
+            logger.warning("presence restore failed", exc_info=True)
+            return
+        if not restored:  # the user's other sockets took every slot meanwhile
             await self._presence_end()
-            await self.close(code=CLOSE_SILENT)
+            await self.close(code=CLOSE_TOO_MANY)
 
     async def _presence_room_enter(self, slug):
         """Be present in the room; its members. Best effort: missed messages matter more."""

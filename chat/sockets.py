@@ -57,6 +57,17 @@ def consumer_closed(consumer):
     _consumers.discard(consumer)
 
 
+async def sockets_presence_restore(batch=100):
+    """Register every live socket of this process in presence again (the presence
+    store lost them: Redis came back empty), `batch` at a time."""
+    consumers = list(_consumers)
+    for start in range(0, len(consumers), batch):
+        await asyncio.gather(
+            *(c.presence_restore() for c in consumers[start : start + batch]),
+            return_exceptions=True,
+        )
+
+
 async def sockets_drain(window, timeout):
     """Close every socket of this process with 1012, each at a random moment within
     `window` seconds (so reconnects spread over the other processes), once its

@@ -12,6 +12,7 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -30,6 +31,7 @@ PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 _tasks = set()  # grace timers and typing stops in flight (a task needs a reference)
 _sweepers = weakref.WeakKeyDictionary()  # event loop -> embedded sweep task
+_watchers = weakref.WeakKeyDictionary()  # event loop -> store watch task
 
 
 def _clock(now):
@@ -125,7 +127,8 @@ async def _settle(store, user_id, rooms, now):
 async def presence_touch(*, sid, user_id, active=False, now=None):
     """A frame arrived (throttled by the caller); `active` ones also count as activity.
 
-    False if the store no longer knows the socket (it was swept as dead).
+    False if the store no longer knows the socket (Redis lost it, or it was swept):
+    the caller registers it again (`presence_restore`).
     """
     now = _clock(now)
     store = presence_store()
@@ -165,6 +168,65 @@ async def presence_room_exit(*, sid, username, slug):
         await broadcast.member_left(slug, username)
         return True
     return False
+
+
+async def presence_restore(*, sid, user_id, username, rooms, away, now=None):
+    """Register again a live socket the store lost (Redis came back empty), with its
+    rooms and its `status: away`. Silent: nobody was told it went, so nobody is told
+    it is back. False if the user already holds the most sockets allowed."""
+    now = _clock(now)
+    store = presence_store()
+    if await store.socket_touch(sid, now):
+        return True  # known: restored already (its own touch, or the watch)
+    cap = settings.VOICEFLOW["MAX_SOCKETS_PER_USER"]
+    if await store.socket_add(sid, user_id, username, PROCESS_ID, now, cap) is None:
+        return False
+    for slug in rooms:
+        await store.room_enter(sid, slug, now)
+    if away:
+        await store.socket_set_away(sid, True, now)
+    user = await store.user_get(user_id)
+    status = presence_status(user, now, settings.VOICEFLOW)
+    if status != user.announced:
+        await store.status_swap(user_id, user.announced, status)
+    return True
+
+
+def presence_watch_start(restore: Callable[[], Awaitable[None]]) -> None:
+    """Shared mode: watch that the store still knows this process; when Redis comes
+    back empty (restarted without persistence), call `restore`, which registers the
+    process's live sockets again (`presence_restore`) instead of closing them.
+
+    One task per event loop, started by the first socket; a no-op in embedded mode.
+    """
+    if not settings.REDIS_URL:
+        return
+    loop = asyncio.get_running_loop()
+    task = _watchers.get(loop)
+    if task is None or task.done():
+        _watchers[loop] = loop.create_task(_watch_store(restore))
+
+
+async def _watch_store(restore):
+    known = False  # the first check only sets the mark
+    while True:
+        try:
+            marked = await presence_store().process_mark(PROCESS_ID)
+        except Exception:
+            logger.debug("presence store unreachable", exc_info=True)
+        else:
+            if known and not marked:
+                logger.warning(
+                    "presence store lost this process's sockets: registering them again",
+                    extra={"event": "presence_restored"},
+                )
+                try:
+                    await restore()
+                except Exception:
+                    logger.exception("presence restore failed")
+            known = True
+        interval = settings.VOICEFLOW["PRESENCE_TOUCH_INTERVAL"]
+        await asyncio.sleep(max(interval, 1.0))
 
 
 @dataclass

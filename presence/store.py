@@ -16,6 +16,7 @@ Redis keys, under `<REDIS_KEY_PREFIX>:presence`, each with an expiry renewed on 
   status:online      SET   uids announced online  } kept by the scripts that change
   status:away        SET   uids announced away    } them, so /health's totals are
   rooms              SET   slugs whose r:<slug> is not empty } O(1), never a scan
+  proc:<process>     STRING a server process's mark: gone means Redis lost its sockets
 """
 
 import asyncio
@@ -280,6 +281,14 @@ return fixed
 """
 
 
+_PROCESS_MARK = """
+local key = k('proc', ARGV[3])
+if redis.call('EXPIRE', key, TTL) == 1 then return 1 end
+redis.call('SET', key, '1', 'EX', TTL)
+return 0
+"""
+
+
 def _float(value):
     return float(value) if value not in (None, "", False) else None
 
@@ -388,6 +397,10 @@ class RedisPresenceStore:
     async def totals_repair(self):
         """Drop from the totals' sets what expired without a script seeing it."""
         return int(await self._run(_TOTALS_REPAIR))
+
+    async def process_mark(self, process):
+        """Renew `process`'s mark; False if it was missing (set again now)."""
+        return bool(await self._run(_PROCESS_MARK, process))
 
 
 @dataclass
@@ -606,6 +619,9 @@ class MemoryPresenceStore:
 
     async def totals_repair(self):
         return 0  # nothing here expires on its own
+
+    async def process_mark(self, process):
+        return True  # this store lives and dies with the process
 
 
 _memory = MemoryPresenceStore()

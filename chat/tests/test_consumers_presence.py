@@ -10,6 +10,7 @@ from django.conf import settings
 from chat.models import Room
 from chat.tickets import ticket_issue
 from presence.services import presence_sweep
+from presence.store import memory_store_reset
 from voiceflow.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -381,3 +382,43 @@ async def test_a_user_is_listed_through_the_grace_until_member_left(
     assert count == 1
     assert "alice" not in [m["username"] for m in members]
     await close(watcher)
+
+
+async def forget_all_presence():
+    """What a Redis restarted without persistence (or a fresh process twin) knows."""
+    if not settings.REDIS_URL:
+        memory_store_reset()
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    keys = [k async for k in client.scan_iter(f"{settings.REDIS_KEY_PREFIX}:presence:*")]
+    await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_a_socket_the_store_forgot_is_registered_again_not_closed(
+    alice, bob, client
+):
+    watcher = await tab(bob, "lobby")
+    page = await tab(alice, "lobby", "design")
+    await page.send_json_to({"type": "status", "status": "away"})
+    await frames(watcher)
+    await frames(page)
+    await forget_all_presence()
+    await page.send_json_to({"type": "ping", "ts": 1})  # its next frame asks the store
+    assert (await page.receive_json_from())["type"] == "pong"
+    await watcher.send_json_to({"type": "ping", "ts": 2})
+    assert (await watcher.receive_json_from())["type"] == "pong"
+    await sync_to_async(client.force_login)(bob)
+    for room in ("lobby", "design"):
+        users = (await sync_to_async(client.get)(f"/api/rooms/{room}/presence/")).json()
+        assert {"username": "alice", "status": "away", "connections": 1} in users[
+            "users"
+        ]
+    # Nobody saw them go, so nobody hears they are back; the socket stays open.
+    assert await frames(watcher) == [] and await frames(page) == []
+    await page.send_json_to({"type": "message", "room": "lobby", "body": "still here"})
+    got = of_type(await frames(watcher), "message")
+    assert [m["body"] for m in got] == ["still here"]
+    await close(watcher, page)

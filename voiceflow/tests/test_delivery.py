@@ -241,10 +241,8 @@ async def test_kill_9_of_one_process_under_steady_traffic_loses_nothing_acked(
 async def test_a_redis_restart_under_steady_traffic_loses_and_duplicates_nothing(
     lobby, settings, redis_server
 ):
-    # No presence touch in the test's time: sockets stay up through the flush, so
-    # live delivery afterwards shows the pub/sub layer itself reconnected. (A touch
-    # would find the socket forgotten and close it with 4408; bench/audit.py shows
-    # clients recover from that too.)
+    # No presence touch in the test's time: live delivery afterwards shows the
+    # pub/sub layer itself reconnected, whatever presence does.
     env = process_env(settings, redis_server.url, VOICEFLOW_PRESENCE_TOUCH_INTERVAL=60)
     first, second = ServerProcess(**env), ServerProcess(**env)
     await start_all(first, second)
@@ -411,5 +409,52 @@ async def test_a_socket_that_stops_reading_neither_stalls_the_room_nor_loses_sil
         assert recovered == set(range(1, count + 1))
         for s in (back, sender, watcher):
             await s.close()
+    finally:
+        server.stop()
+
+
+async def test_after_redis_restarts_empty_live_sockets_stay_open_present_and_served(
+    lobby, settings, redis_server
+):
+    env = process_env(settings, redis_server.url, VOICEFLOW_PRESENCE_TOUCH_INTERVAL=1)
+    server = ServerProcess(**env)
+    await start_all(server)
+    try:
+        alice, bob = server.register("alice"), server.register("bob")
+        sockets = [await open_joined(server, alice), await open_joined(server, bob)]
+
+        def listed():
+            status, body = server.request(
+                "GET", "/api/rooms/lobby/presence/", token=alice
+            )
+            assert status == 200, body
+            return sorted(user["username"] for user in body["users"])
+
+        assert await asyncio.to_thread(listed) == ["alice", "bob"]
+        await asyncio.to_thread(redis_server.restart)  # empty: every key is gone
+        deadline = time.monotonic() + 10
+        while await asyncio.to_thread(listed) != ["alice", "bob"]:
+            assert time.monotonic() < deadline, "the live sockets were not re-listed"
+            await asyncio.sleep(0.2)
+        # Clients keep pinging: answered, never closed (a 4408 would be a reconnect).
+        for at in range(3):
+            for socket in sockets:
+                await socket.send(json.dumps({"type": "ping", "ts": at}))
+                assert (await frame(socket))["type"] == "pong"
+            await asyncio.sleep(0.6)  # past the touch interval: the store is asked
+        assert await asyncio.to_thread(listed) == ["alice", "bob"]
+        status, posted = await asyncio.to_thread(
+            server.request,
+            "POST",
+            "/api/rooms/lobby/messages/",
+            {"body": "after the restart"},
+            bob,
+        )
+        assert status == 201, posted
+        for socket in sockets:
+            got = await frame(socket)
+            assert (got["type"], got["id"]) == ("message", posted["id"])
+        for socket in sockets:
+            await socket.close()
     finally:
         server.stop()
