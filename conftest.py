@@ -126,10 +126,11 @@ def lobby(db):
 @pytest.fixture(autouse=True)
 def _fresh_presence(settings):
     """Each test starts with no presence: an empty memory store, or own Redis keys."""
-    from presence.services import SocketTyping
+    from presence.services import SocketTyping, presence_events_reset
     from presence.store import memory_store_reset
 
     memory_store_reset()
+    presence_events_reset()
     SocketTyping._forwarded.clear()
     if not settings.REDIS_URL:
         yield

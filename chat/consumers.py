@@ -239,7 +239,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     "max_body_chars": conf["MAX_BODY_CHARS"],
                     "rates": {
                         name: dict(zip(("limit", "window"), ratelimit.rate(name)))
-                        for name in ("message", "typing", "join")
+                        for name in ("message", "typing", "join", "presence")
                     },
                 },
             }
@@ -433,6 +433,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         since = _optional_seq(frame, "since")
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
+        if slug in self.rooms:  # a re-join on this socket (a reconnect's is free)
+            await self._presence_frame_hit(unchecked_ok=True)
         hit = await self._join_hit(slug)
         # Subscribe before reading what was missed, so nothing falls in between.
         await self.hub.room_add(slug, self)
@@ -461,10 +463,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def frame_leave(self, frame):
         slug = _room_slug(frame)
         if slug in self.rooms:
+            await self._presence_frame_hit()
             await self.socket_typing.stop(slug)
             await self._unsubscribe(slug)
             await presence_services.presence_room_exit(
-                sid=self.connection_id, username=self.user.username, slug=slug
+                sid=self.connection_id,
+                user_id=self.user.id,
+                username=self.user.username,
+                slug=slug,
             )
         await self.send_frame({"type": "left", "room": slug})
 
@@ -529,6 +535,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         status = frame.get("status")
         if status not in ("online", "away"):
             raise Invalid("status must be 'online' or 'away'.", field="status")
+        await self._presence_frame_hit()
         self.away = status == "away"
         await presence_services.presence_set_away(
             sid=self.connection_id, away=self.away
@@ -729,6 +736,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if await socket_database_sync_to_async(selectors.is_member)(self.user, slug):
             return None
         raise refusal
+
+    async def _presence_frame_hit(self, unchecked_ok=False):
+        """Count a `status`, a `leave` or a re-join; raise RateLimited over the limit.
+
+        With Redis down, a re-join is served (recovery), the others are `unavailable`.
+        """
+        try:
+            await ratelimit.rate_enforce("presence", self.user.pk, "presence changes")
+        except Unavailable:
+            if not unchecked_ok:
+                raise
 
     async def _typing_allowed(self):
         try:

@@ -202,6 +202,14 @@ async def rate_hit(name, who, *, now=None):
     return _counted(name, decision)
 
 
+async def rate_enforce(name: str, who, what: str) -> "Decision":
+    """rate_hit that raises RateLimited (naming `what`) when over the limit."""
+    decision = await rate_hit(name, who)
+    if not decision.allowed:
+        raise decision.refusal(what)
+    return decision
+
+
 def rate_hit_sync(name, who, *, now=None):
     """rate_hit for sync code (DRF throttles): same script, blocking client."""
     limit, window = rate(name)

@@ -2,9 +2,16 @@
 
 Every function takes the clock (`now`, epoch seconds) so tests can move time; the
 default is the wall clock. Events are sent only when the stored state changed.
+
+Events coalesce: a server process sends at most one `presence` event per user, and
+one member event per user and room, per PRESENCE_EVENT_INTERVAL. The first change
+goes out at once; changes within the interval wait for its end, when the state as it
+is then is sent (nothing if it is back to what was last sent). So a user flapping a
+room or their status costs the room one event a second, and the last one is right.
 """
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -45,25 +52,87 @@ def _spawn(coro):
     return task
 
 
+class _Coalescer:
+    """When this process last sent an event per key, and the flushes waiting."""
+
+    def __init__(self):
+        self.last = {}  # key -> `now` of its last event
+        self.flushes = {}  # key -> task that sends the state at the interval's end
+        self.prune_at = 1024
+
+    def wait(self, key, now):
+        """Seconds until an event for `key` may go out (0: now)."""
+        last = self.last.get(key)
+        if last is None:
+            return 0.0
+        return max(0.0, last + settings.VOICEFLOW["PRESENCE_EVENT_INTERVAL"] - now)
+
+    def sent(self, key, now):
+        self.last[key] = now
+        if len(self.last) >= self.prune_at:  # amortised: forget intervals long over
+            since = now - settings.VOICEFLOW["PRESENCE_EVENT_INTERVAL"]
+            self.last = {k: at for k, at in self.last.items() if at > since}
+            self.prune_at = max(1024, 2 * len(self.last))
+
+    def defer(self, key, wait, flush):
+        """Call `flush()` in `wait` seconds, unless one is waiting for `key` already
+        (it reads the state when it runs, so it covers this change too)."""
+        if key not in self.flushes:
+            self.flushes[key] = _spawn(self._flush_later(key, wait, flush))
+
+    async def _flush_later(self, key, wait, flush):
+        await asyncio.sleep(wait)
+        self.flushes.pop(key, None)
+        try:
+            await flush()
+        except Exception:
+            logger.exception("presence event flush for %s failed", key)
+
+
+_events = _Coalescer()
+_leaves = {}  # (user id, slug) -> when the leave whose member_left waits was made
+_settling = defaultdict(set)  # user id -> rooms of a grace expiry that waits
+
+
+def presence_events_reset():
+    """Forget when events were sent and drop the waiting flushes (tests)."""
+    global _events
+    for task in _events.flushes.values():
+        task.cancel()
+    _events = _Coalescer()
+    _leaves.clear()
+    _settling.clear()
+
+
 async def _announce(store, user_id, now, user=None):
     """Recompute the user's status (from `user` if just read); broadcast a change.
 
     Returns (the user as read, whether a `presence` event went out).
     """
     conf = settings.VOICEFLOW
+    key = ("presence", user_id)
     for _ in range(5):  # another process may announce in between: compare and swap
         if user is None:
             user = await store.user_get(user_id)
         status = presence_status(user, now, conf)
         if status == user.announced:
             return user, False
+        wait = _events.wait(key, now)
+        if wait:
+            _events.defer(key, wait, functools.partial(_announce_later, user_id))
+            return user, False
         if await store.status_swap(user_id, user.announced, status):
+            _events.sent(key, now)
             await broadcast.presence_changed(user.username, status, user.rooms)
             if status == OFFLINE:
                 await _went_offline(user, now)
             return user, True
         user = None  # lost the swap: read again
     return user, False
+
+
+async def _announce_later(user_id):
+    await _announce(presence_store(), user_id, time.time())
 
 
 async def _went_offline(user, now):
@@ -111,7 +180,17 @@ async def _grace_expire(user_id, rooms, at):
 
 async def _settle(store, user_id, rooms, now):
     """Apply the user's due grace expiries: status first (to rooms they were in), then
-    `member_left` for each room they did not come back to. Returns (changed, left)."""
+    `member_left` for each room they did not come back to. Returns (changed, left).
+
+    Waits as a whole while a `presence` event for the user may not go out yet, so
+    `offline` still comes before `member_left` and reaches the rooms they left.
+    """
+    wait = _events.wait(("presence", user_id), now)
+    if wait:
+        _settling[user_id].update(rooms)
+        later = functools.partial(_settle_later, user_id)
+        _events.defer(("settle", user_id), wait, later)
+        return False, 0
     before = now - settings.VOICEFLOW["OFFLINE_GRACE"]
     await store.departure_settle(user_id, None, before)
     user, changed = await _announce(store, user_id, now)
@@ -119,9 +198,15 @@ async def _settle(store, user_id, rooms, now):
     for slug in sorted(rooms):
         # No name: the user's key expired long ago; nobody can still be showing them.
         if await store.departure_settle(user_id, slug, before) and user.username:
+            _events.sent(("member", user_id, slug), now)
             await broadcast.member_left(slug, user.username)
             left += 1
     return changed, left
+
+
+async def _settle_later(user_id):
+    rooms = _settling.pop(user_id, set())
+    await _settle(presence_store(), user_id, rooms, time.time())
 
 
 async def presence_touch(*, sid, user_id, active=False, now=None):
@@ -152,22 +237,52 @@ async def presence_room_enter(*, sid, user_id, username, slug, now=None):
     """The socket joined `slug`; `member_joined` if it is the user's first one there."""
     now = _clock(now)
     store = presence_store()
-    entry = await store.room_enter(sid, slug, now)
+    key = ("member", user_id, slug)
+    wait = _events.wait(key, now)
+    entry = await store.room_enter(sid, slug, now, announce=not wait)
     if entry is None:  # the socket is gone (swept)
         return False
     added, user = entry
     if added:
+        _events.sent(key, now)
         await broadcast.member_joined(slug, username)
+    elif wait:  # not listed yet: member_joined (if still there) at the interval's end
+        later = functools.partial(_member_flush, user_id, username, slug)
+        _events.defer(key, wait, later)
     await _announce(store, user_id, now, user)  # a join is activity
     return added
 
 
-async def presence_room_exit(*, sid, username, slug):
-    """The socket left `slug`; `member_left` at once if it was the user's last there."""
-    if await presence_store().room_exit(sid, slug):
+async def presence_room_exit(*, sid, user_id, username, slug, now=None):
+    """The socket left `slug`; `member_left` if it was the user's last there: at once,
+    or at the end of the event interval if one was sent less than that ago."""
+    now = _clock(now)
+    key = ("member", user_id, slug)
+    wait = _events.wait(key, now)
+    if await presence_store().room_exit(sid, slug, now, announce=not wait):
+        _events.sent(key, now)
         await broadcast.member_left(slug, username)
         return True
+    if wait:  # still listed: member_left (unless back by then) at the interval's end
+        _leaves[(user_id, slug)] = now
+        later = functools.partial(_member_flush, user_id, username, slug)
+        _events.defer(key, wait, later)
     return False
+
+
+async def _member_flush(user_id, username, slug):
+    """The end of a member event interval: tell the room where the user is now."""
+    store = presence_store()
+    now = time.time()
+    key = ("member", user_id, slug)
+    left_at = _leaves.pop((user_id, slug), None)
+    # Only the leave's own departure: a later disconnect's grace is not cut short.
+    if left_at is not None and await store.departure_settle(user_id, slug, left_at):
+        _events.sent(key, now)
+        await broadcast.member_left(slug, username)
+    elif await store.room_announce(user_id, slug):
+        _events.sent(key, now)
+        await broadcast.member_joined(slug, username)
 
 
 async def presence_restore(*, sid, user_id, username, rooms, away, now=None):
@@ -208,23 +323,24 @@ def presence_watch_start(restore: Callable[[], Awaitable[None]]) -> None:
 
 
 async def _watch_store(restore):
-    known = False  # the first check only sets the mark
+    watched = None  # the store whose mark is known to be set (the first check sets it)
     while True:
+        store = presence_store()
+        known, watched = watched is store, store
         try:
-            marked = await presence_store().process_mark(PROCESS_ID)
+            marked = await store.process_mark(PROCESS_ID)
         except Exception:
             logger.debug("presence store unreachable", exc_info=True)
         else:
             if known and not marked:
                 logger.warning(
-                    "presence store lost this process's sockets: registering them again",
+                    "presence store lost this process's sockets: registering again",
                     extra={"event": "presence_restored"},
                 )
                 try:
                     await restore()
                 except Exception:
                     logger.exception("presence restore failed")
-            known = True
         interval = settings.VOICEFLOW["PRESENCE_TOUCH_INTERVAL"]
         await asyncio.sleep(max(interval, 1.0))
 

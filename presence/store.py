@@ -10,7 +10,7 @@ Redis keys, under `<REDIS_KEY_PREFIX>:presence`, each with an expiry renewed on 
   u:<uid>            HASH  name, active (last activity), status (last announced), left
   u:<uid>:sockets    SET   the user's socket ids
   u:<uid>:rooms      SET   rooms the user is present in (announced by member_joined)
-  r:<slug>           SET   user ids present in the room
+  r:<slug>           SET   user ids present in the room, as announced (member_joined)
   active             ZSET  uid -> last activity, for users who may turn away
   gone               ZSET  "uid" / "uid|slug" -> when the last socket went (grace)
   status:online      SET   uids announced online  } kept by the scripts that change
@@ -65,7 +65,9 @@ local function holds_room(uid, slug, except)
   return false
 end
 local function room_gone(slug)
-  if redis.call('SCARD', k('r', slug)) == 0 then redis.call('SREM', k('rooms'), slug) end
+  if redis.call('SCARD', k('r', slug)) == 0 then
+    redis.call('SREM', k('rooms'), slug)
+  end
 end
 local function connections(uid, slug)
   local n = 0
@@ -165,14 +167,17 @@ return uid
 """
 
 _ROOM_ENTER = """
-local sid, slug, now = ARGV[3], ARGV[4], ARGV[5]
+local sid, slug, now, announce = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local uid = redis.call('HGET', k('s', sid), 'uid')
 if not uid then return false end
 redis.call('SADD', k('s', sid, 'rooms'), slug)
 redis.call('ZREM', k('gone'), uid .. '|' .. slug)
-local added = redis.call('SADD', k('r', slug), uid)
-redis.call('SADD', k('rooms'), slug)
-redis.call('SADD', k('u', uid, 'rooms'), slug)
+local added = 0
+if announce == '1' or redis.call('SISMEMBER', k('r', slug), uid) == 1 then
+  added = redis.call('SADD', k('r', slug), uid)
+  redis.call('SADD', k('rooms'), slug)
+  redis.call('SADD', k('u', uid, 'rooms'), slug)
+end
 redis.call('HSET', k('u', uid), 'active', now)
 redis.call('ZADD', k('active'), now, uid)
 keep(k('s', sid, 'rooms'), k('r', slug), k('u', uid, 'rooms'), k('u', uid), k('active'),
@@ -181,16 +186,34 @@ return {added, view(uid)}
 """
 
 _ROOM_EXIT = """
-local sid, slug = ARGV[3], ARGV[4]
+local sid, slug, now, announce = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local uid = redis.call('HGET', k('s', sid), 'uid')
 if not uid then return 0 end
 if redis.call('SREM', k('s', sid, 'rooms'), slug) == 0 then return 0 end
 if holds_room(uid, slug, sid) then return 0 end
+if announce ~= '1' then
+  -- Listed until the caller settles this departure (or the sweep, after the grace).
+  if redis.call('SISMEMBER', k('r', slug), uid) == 1 then
+    redis.call('ZADD', k('gone'), now, uid .. '|' .. slug)
+    keep(k('gone'))
+  end
+  return 0
+end
 redis.call('ZREM', k('gone'), uid .. '|' .. slug)
 redis.call('SREM', k('u', uid, 'rooms'), slug)
 local removed = redis.call('SREM', k('r', slug), uid)
 room_gone(slug)
 return removed
+"""
+
+_ROOM_ANNOUNCE = """
+local uid, slug = ARGV[3], ARGV[4]
+if not holds_room(uid, slug, nil) then return 0 end
+if redis.call('SADD', k('r', slug), uid) == 0 then return 0 end
+redis.call('SADD', k('rooms'), slug)
+redis.call('SADD', k('u', uid, 'rooms'), slug)
+keep(k('r', slug), k('rooms'), k('u', uid, 'rooms'))
+return 1
 """
 
 _USER_GET = """
@@ -345,12 +368,15 @@ class RedisPresenceStore:
         uid = await self._run(_SOCKET_SET_AWAY, sid, int(away), now)
         return int(uid) if uid else None
 
-    async def room_enter(self, sid, slug, now):
-        raw = await self._run(_ROOM_ENTER, sid, slug, now)
+    async def room_enter(self, sid, slug, now, announce=True):
+        raw = await self._run(_ROOM_ENTER, sid, slug, now, int(announce))
         return None if raw is None else (bool(raw[0]), _user_view(raw[1]))
 
-    async def room_exit(self, sid, slug):
-        return bool(await self._run(_ROOM_EXIT, sid, slug))
+    async def room_exit(self, sid, slug, now=0.0, announce=True):
+        return bool(await self._run(_ROOM_EXIT, sid, slug, now, int(announce)))
+
+    async def room_announce(self, user_id, slug):
+        return bool(await self._run(_ROOM_ANNOUNCE, user_id, slug))
 
     async def user_get(self, user_id):
         return _user_view(await self._run(_USER_GET, user_id))
@@ -516,29 +542,44 @@ class MemoryPresenceStore:
             self._user(sock.user_id).active_at = self.active[sock.user_id] = now
         return sock.user_id
 
-    async def room_enter(self, sid, slug, now):
+    async def room_enter(self, sid, slug, now, announce=True):
         sock = self.sockets.get(sid)
         if sock is None:
             return None
         uid = sock.user_id
         sock.rooms.add(slug)
         self.gone.pop((uid, slug), None)
-        present = self.room_sets.setdefault(slug, set())
-        added = uid not in present
-        present.add(uid)
+        added = False
+        if announce or uid in self.room_sets.get(slug, ()):
+            added = self._room_add(uid, slug)
         user = self._user(uid)
-        user.rooms.add(slug)
         user.active_at = self.active[uid] = now
         return added, self._view(uid)
 
-    async def room_exit(self, sid, slug):
+    def _room_add(self, uid, slug):
+        present = self.room_sets.setdefault(slug, set())
+        added = uid not in present
+        present.add(uid)
+        self._user(uid).rooms.add(slug)
+        return added
+
+    async def room_exit(self, sid, slug, now=0.0, announce=True):
         sock = self.sockets.get(sid)
         if sock is None or slug not in sock.rooms:
             return False
         sock.rooms.discard(slug)
         if self._holds_room(sock.user_id, slug):
             return False
+        if not announce:
+            if sock.user_id in self.room_sets.get(slug, ()):
+                self.gone[(sock.user_id, slug)] = now
+            return False
         return self._room_drop(sock.user_id, slug)
+
+    async def room_announce(self, user_id, slug):
+        if not self._holds_room(user_id, slug):
+            return False
+        return self._room_add(user_id, slug)
 
     def _room_drop(self, uid, slug):
         self.gone.pop((uid, slug), None)

@@ -429,6 +429,9 @@ VOICEFLOW = {
         "login_user": env_rate("VOICEFLOW_RATE_LOGIN_USER", "5/300"),
         "signup": env_rate("VOICEFLOW_RATE_SIGNUP", "5/3600"),
         "room_create": env_rate("VOICEFLOW_RATE_ROOM_CREATE", "10/3600"),
+        # Per user: `status` frames, `leave`s, and joins of a room the socket has
+        # joined already (a socket's first join of a room, a reconnect's, is free).
+        "presence": env_rate("VOICEFLOW_RATE_PRESENCE", "120/60"),
     },
     # Rooms per page of the server-rendered room list.
     "ROOM_PAGE_SIZE": env_int("VOICEFLOW_ROOM_PAGE_SIZE", 50),
@@ -439,6 +442,9 @@ VOICEFLOW = {
     "TYPING_STOP_AFTER": env_float("VOICEFLOW_TYPING_STOP_AFTER", 3),
     "TYPING_FORWARD_INTERVAL": env_float("VOICEFLOW_TYPING_FORWARD_INTERVAL", 1),
     "MAX_SOCKETS_PER_USER": env_int("VOICEFLOW_MAX_SOCKETS_PER_USER", 20),
+    # At most one `presence` event per user, and one member event per user and room,
+    # per this many seconds from a server process; later changes wait, final state wins.
+    "PRESENCE_EVENT_INTERVAL": env_float("VOICEFLOW_PRESENCE_EVENT_INTERVAL", 1),
     # A socket's last-seen time reaches the store at most this often (not every frame).
     "PRESENCE_TOUCH_INTERVAL": env_float("VOICEFLOW_PRESENCE_TOUCH_INTERVAL", 5),
     # How often the embedded web process sweeps itself (the sweeper's --interval).

@@ -550,6 +550,58 @@ async def test_joins_are_limited_but_re_joins_never_count(alice, room, set_rate)
         await tab.disconnect()
 
 
+async def test_re_joins_leaves_and_status_share_a_limit_of_their_own(
+    alice, room, set_rate, client
+):
+    set_rate("presence", 4)
+    set_rate("join", 1)
+    socket = await joined(alice)  # a socket's first join of a room: never counted
+    for frame, reply in [
+        ({"type": "join", "room": "lobby", "since": 0}, "joined"),  # 1: a re-join
+        ({"type": "status", "status": "away"}, None),  # 2
+        ({"type": "status", "status": "online"}, None),  # 3
+        ({"type": "leave", "room": "lobby"}, "left"),  # 4
+        ({"type": "join", "room": "lobby", "since": 0}, "joined"),  # after its leave
+    ]:
+        await socket.send_json_to(frame)
+        if reply:
+            assert (await socket.receive_json_from())["type"] == reply
+    assert await socket.receive_nothing()
+    for frame in [
+        {"type": "status", "status": "away"},
+        {"type": "join", "room": "lobby", "since": 0},
+        {"type": "leave", "room": "lobby"},
+    ]:
+        await socket.send_json_to(frame)
+        error = await socket.receive_json_from()
+        assert (error["type"], error["code"], error["request"]) == (
+            "error",
+            "rate_limited",
+            frame["type"],
+        )
+        assert 59 < error["retry_after"] <= 60
+    # Nothing refused took effect: still joined, still online.
+    await sync_to_async(client.force_login)(alice)
+    users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()
+    assert users["users"] == [
+        {"username": "alice", "status": "online", "connections": 1}
+    ]
+    await send_message(socket, "still joined", "c-1")
+    assert (await socket.receive_json_from())["type"] == "ack"
+    # A reconnect's re-join (a new socket) is still served, over both limits.
+    other_tab = await joined(alice, since=0)
+    for tab in (socket, other_tab):
+        await tab.disconnect()
+
+
+async def test_hello_announces_the_presence_frames_limit(alice, room, set_rate):
+    set_rate("presence", 7, window=30)
+    socket = await open_socket(alice)
+    hello = await socket.receive_json_from()
+    assert hello["limits"]["rates"]["presence"] == {"limit": 7, "window": 30}
+    await socket.disconnect()
+
+
 async def test_typing_over_its_limit_is_dropped_without_an_error(alice, room, set_rate):
     set_rate("typing", 2)
     socket = await joined(alice)

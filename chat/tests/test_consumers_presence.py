@@ -23,7 +23,12 @@ def fast_presence(presence_conf, lobby, settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     Room.objects.get_or_create(slug="design", defaults={"name": "Design"})
     Room.objects.get_or_create(slug="elsewhere", defaults={"name": "Elsewhere"})
-    presence_conf(OFFLINE_GRACE=GRACE, PRESENCE_TOUCH_INTERVAL=0, TYPING_STOP_AFTER=0.4)
+    presence_conf(
+        OFFLINE_GRACE=GRACE,
+        PRESENCE_TOUCH_INTERVAL=0,
+        TYPING_STOP_AFTER=0.4,
+        PRESENCE_EVENT_INTERVAL=0,  # events at once; the `flapping` tests set one
+    )
 
 
 async def connect(user):
@@ -421,4 +426,66 @@ async def test_a_socket_the_store_forgot_is_registered_again_not_closed(
     await page.send_json_to({"type": "message", "room": "lobby", "body": "still here"})
     got = of_type(await frames(watcher), "message")
     assert [m["body"] for m in got] == ["still here"]
+    await close(watcher, page)
+
+
+INTERVAL = 0.5  # the test's PRESENCE_EVENT_INTERVAL
+
+
+@pytest.fixture
+def flapping(presence_conf, set_rate):
+    presence_conf(PRESENCE_EVENT_INTERVAL=INTERVAL)
+    set_rate("presence", 1000)
+
+
+@pytest.mark.parametrize("toggles", [20, 21])
+async def test_status_toggles_make_one_presence_event_a_second_and_the_last_wins(
+    alice, bob, client, flapping, toggles
+):
+    watcher = await tab(bob, "lobby")
+    page = await tab(alice, "lobby")
+    await frames(watcher)
+    started = asyncio.get_running_loop().time()
+    for i in range(toggles):  # away, online, away, ...: ends away when odd
+        status = "away" if i % 2 == 0 else "online"
+        await page.send_json_to({"type": "status", "status": status})
+    final = "away" if toggles % 2 else "online"
+    # Every event, until none came for two intervals (a waiting one comes in one).
+    got = of_type(await frames(watcher, quiet=INTERVAL * 2), "presence")
+    took = asyncio.get_running_loop().time() - started
+    assert len(got) <= 1 + took / INTERVAL, got  # at once, then one an interval
+    seen = ["online"] + [f["status"] for f in got]  # from what was announced
+    assert seen[-1] == final, got  # the last transition is never lost
+    assert all(a != b for a, b in zip(seen, seen[1:])), got  # only real changes
+    await sync_to_async(client.force_login)(bob)
+    users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()
+    assert {"username": "alice", "status": final, "connections": 1} in users["users"]
+    await close(watcher, page)
+
+
+@pytest.mark.parametrize("ends_joined", [False, True])
+async def test_room_flapping_makes_one_member_event_a_second_and_the_last_wins(
+    alice, bob, client, flapping, ends_joined
+):
+    watcher = await tab(bob, "lobby")
+    page = await tab(alice, "design")  # alice's presence in the lobby flaps
+    await frames(watcher)
+    started = asyncio.get_running_loop().time()
+    for _ in range(25):
+        await page.send_json_to({"type": "join", "room": "lobby"})
+        await page.send_json_to({"type": "leave", "room": "lobby"})
+    if ends_joined:
+        await page.send_json_to({"type": "join", "room": "lobby"})
+    got = of_type(
+        await frames(watcher, quiet=INTERVAL * 2), "member_joined", "member_left"
+    )
+    took = asyncio.get_running_loop().time() - started
+    assert len(got) <= 1 + took / INTERVAL, got
+    assert got[0] == {"type": "member_joined", "room": "lobby", "user": "alice"}
+    assert all(a["type"] != b["type"] for a, b in zip(got, got[1:])), got
+    assert got[-1]["type"] == ("member_joined" if ends_joined else "member_left")
+    await sync_to_async(client.force_login)(bob)
+    users = (await sync_to_async(client.get)("/api/rooms/lobby/presence/")).json()
+    listed = [u["username"] for u in users["users"]]
+    assert ("alice" in listed) is ends_joined
     await close(watcher, page)

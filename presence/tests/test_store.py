@@ -262,3 +262,20 @@ async def test_every_redis_key_expires(store):
     assert len(keys) >= 8
     for key in keys:
         assert 0 < await store.inspect.ttl(key) <= 600, key
+
+
+async def test_member_events_that_wait_leave_the_room_set_as_announced(store):
+    await connect(store, "a1")
+    added, _ = await store.room_enter("a1", "lobby", T0, announce=False)
+    assert not added and await store.room_counts(["lobby"]) == {"lobby": 0}
+    assert await store.room_announce(1, "lobby") is True  # member_joined now
+    assert await store.room_announce(1, "lobby") is False
+    assert await store.room_counts(["lobby"]) == {"lobby": 1}
+    # A leave whose member_left waits: listed until its departure is settled.
+    assert await store.room_exit("a1", "lobby", T0 + 1, announce=False) is False
+    assert await store.room_counts(["lobby"]) == {"lobby": 1}
+    assert await store.room_announce(1, "lobby") is False  # no socket there
+    assert await store.departure_settle(1, "lobby", T0 + 0.5) is False  # a later one
+    assert await store.departure_settle(1, "lobby", T0 + 1) is True
+    assert await store.room_counts(["lobby"]) == {"lobby": 0}
+    assert (await store.totals())["rooms"] == 0

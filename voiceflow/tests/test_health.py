@@ -192,7 +192,7 @@ class Monitor:
 
 
 async def test_health_counts_presence_without_scanning_the_keyspace(
-    settings, redis_server, alice, bob, make_user, lobby
+    settings, redis_server, alice, bob, make_user, lobby, presence_conf
 ):
     from presence.services import (
         presence_connect,
@@ -202,6 +202,7 @@ async def test_health_counts_presence_without_scanning_the_keyspace(
     )
 
     settings.REDIS_URL = redis_server.url  # the presence store on a private Redis
+    presence_conf(PRESENCE_EVENT_INTERVAL=0)  # bob's away right after his online
     carol = await asyncio.to_thread(make_user, "carol")
     for sid, user in (("a", alice), ("b", bob), ("c", carol)):
         ids = {"user_id": user.pk, "username": user.username}

@@ -143,6 +143,7 @@ def test_rate_limits_default_to_the_contract():
         "login_user": {"limit": 5, "window": 300},
         "signup": {"limit": 5, "window": 3600},
         "room_create": {"limit": 10, "window": 3600},
+        "presence": {"limit": 120, "window": 60},
     }
 
 
@@ -150,10 +151,12 @@ def test_rate_limits_and_trusted_proxies_come_from_the_environment():
     conf = load_rates(
         VOICEFLOW_RATE_LIMIT_MULTIPLIER="1000",
         VOICEFLOW_RATE_MESSAGE="5/10",
+        VOICEFLOW_RATE_PRESENCE="3/5",
         TRUSTED_PROXIES="10.0.0.0/8, 127.0.0.1",
     )
     assert conf["multiplier"] == 1000
     assert conf["rates"]["message"] == {"limit": 5, "window": 10}
+    assert conf["rates"]["presence"] == {"limit": 3, "window": 5}
     assert conf["trusted"] == ["10.0.0.0/8", "127.0.0.1"]
 
 
