@@ -18,6 +18,13 @@ from presence.store import presence_store
 T0 = time.time()  # the grace timers of the holding process wait on the wall clock
 
 
+@pytest.fixture(autouse=True)
+def _now():
+    """T0 is each test's own start: a value from import time goes stale in a long run."""
+    global T0
+    T0 = time.time()
+
+
 @pytest.fixture
 async def lobby_events():
     """Everything sent to the lobby's room group, as the frames sockets would get."""
@@ -31,7 +38,8 @@ async def lobby_events():
     return received
 
 
-async def enter(sid, user_id, username, now=T0):
+async def enter(sid, user_id, username, now=None):
+    now = T0 if now is None else now
     assert await presence_connect(sid=sid, user_id=user_id, username=username, now=now)
     await presence_room_enter(
         sid=sid, user_id=user_id, username=username, slug="lobby", now=now
