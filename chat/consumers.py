@@ -20,7 +20,7 @@ from voiceflow import metrics
 from voiceflow.db import on_loop, socket_database_sync_to_async
 from voiceflow.websocket import FRAME_EXTENSION, text_frame
 
-from . import broadcast, ratelimit, selectors, services, sockets
+from . import broadcast, last_seqs, ratelimit, selectors, services, sockets
 from .auth import origin_allowed, socket_user
 from .errors import ChatError, Forbidden, Invalid, NotFound, Unavailable
 from .models import Room
@@ -527,8 +527,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         ts = frame.get("ts")
         if isinstance(ts, bool) or not isinstance(ts, (int, float)):
             raise Invalid("ts is required and must be a number.", field="ts")
+        seqs = await last_seqs.last_seqs_get(slugs=self.rooms) if self.rooms else None
         await self.send_frame(
             {"type": "pong", "ts": ts, "server_ts": int(time.time() * 1000)}
+            | ({"last_seq": seqs} if seqs is not None else {})
         )
 
     async def frame_status(self, frame):

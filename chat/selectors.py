@@ -9,7 +9,7 @@ from django.db.models import Count
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from voiceflow.db import socket_connection
+from voiceflow.db import on_loop, socket_connection, socket_database_sync_to_async
 
 from .errors import Invalid, NotFound
 from .models import SLUG_PATTERN, Membership, Message, Mute, OfflineMark, Room
@@ -84,6 +84,25 @@ async def offline_mark_aexists(user_id):
         f"SELECT 1 FROM {OfflineMark._meta.db_table} WHERE user_id = %s", [user_id]
     )
     return row is not None
+
+
+async def room_last_seqs_aget(slugs: list[str]) -> dict[str, int]:
+    """{slug: last_seq} of the rooms with these slugs, in one statement.
+
+    On the loop on PostgreSQL, else on a socket-read thread: never blocks the loop.
+    """
+    if on_loop():
+        rows = await socket_connection().fetchall(
+            f"SELECT slug, last_seq FROM {Room._meta.db_table} WHERE slug = ANY(%s)",
+            [list(slugs)],
+        )
+        return dict(rows)
+    return await _room_last_seqs(list(slugs))
+
+
+@socket_database_sync_to_async
+def _room_last_seqs(slugs):
+    return dict(Room.objects.filter(slug__in=slugs).values_list("slug", "last_seq"))
 
 
 def is_member(user, slug):

@@ -44,6 +44,11 @@ def room_left(slug):
         del _rooms[slug]
 
 
+def rooms_joined():
+    """The slugs of the rooms that sockets of this process joined."""
+    return list(_rooms)
+
+
 def counts():
     """{"connections", "users", "rooms"} of this process."""
     return {"connections": _connections, "users": len(_users), "rooms": len(_rooms)}

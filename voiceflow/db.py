@@ -129,6 +129,12 @@ class LoopConnection:
             cursor = await self._execute(sql, params)
             return await cursor.fetchone()
 
+    async def fetchall(self, sql, params):
+        """Run one statement; all its rows. psycopg errors come out as Django's."""
+        async with self.lock:
+            cursor = await self._execute(sql, params)
+            return await cursor.fetchall()
+
     async def batched(self, statement, item):
         """`item`'s row of `statement`, run for every item queued meanwhile at once.
 

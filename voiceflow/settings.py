@@ -410,6 +410,9 @@ VOICEFLOW = {
     "MISSED_LIMIT": env_int("VOICEFLOW_MISSED_LIMIT", 100),
     "TICKET_TTL": env_int("VOICEFLOW_TICKET_TTL", 30),
     "HEARTBEAT_INTERVAL": env_float("VOICEFLOW_HEARTBEAT_INTERVAL", 25),
+    # A pong's `last_seq` values are read at most this many seconds before it is sent
+    # (one read per process for every socket's pongs, chat.last_seqs).
+    "LAST_SEQ_MAX_AGE": env_float("VOICEFLOW_LAST_SEQ_MAX_AGE", 1.0),
     # Seconds each /health check (database, Redis) may take before it counts as down.
     "HEALTH_TIMEOUT": env_float("VOICEFLOW_HEALTH_TIMEOUT", 1.0),
     # Frames and request bodies are flat objects: deeper JSON is refused as invalid.
