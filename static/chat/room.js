@@ -17,6 +17,9 @@ const LOGIN_URL = '/login/';
 const PAGE_SIZE = 50;
 const GAP_PAGE_SIZE = 200; // the server's maximum `limit`
 const GAP_WAIT_MS = 2000; // out-of-order delivery settles within a second or two
+// A pong's last_seq was read before the pong left the server: only messages stored
+// just before that read can still be on their way to us.
+const PONG_GAP_WAIT_MS = 500;
 const MAX_GAP_PAGES = 10; // beyond this, jump to the newest page instead
 const MAX_BODY = 4000;
 const OLDER_TRIGGER_PX = 80;
@@ -375,11 +378,19 @@ function handleFrame(frame) {
         typingIndicator.clear(frame.user);
       }
       break;
+    case 'pong': {
+      // The room's stored last seq: above what we hold, its last messages never came.
+      const stored = frame.last_seq?.[ROOM];
+      if (!Number.isInteger(stored)) return;
+      timeline.noteLastSeq(stored);
+      scheduleGapCheck(PONG_GAP_WAIT_MS);
+      break;
+    }
     case 'error':
       onError(frame);
       break;
     default:
-      break; // hello, pong and future frame types
+      break; // hello and future frame types
   }
 }
 

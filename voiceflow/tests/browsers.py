@@ -95,16 +95,26 @@ def set_tab_hidden(page, hidden):
     )
 
 
+def _frame_type(frame):
+    try:
+        return json.loads(frame).get("type")
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
 class SocketProxy:
     """A pass-through proxy for a page's chat socket (Playwright's WebSocket routing).
 
-    `hold()` keeps the server's frames from the page until `release()`; `inject(frame)`
-    hands the page a frame as if the server had sent it.
+    `hold()` keeps the server's frames from the page until `release()`; `drop(type)`
+    loses the server's frames of that type (kept in `dropped`) until `drop(None)`;
+    `inject(frame)` hands the page a frame as if the server had sent it.
     """
 
     def __init__(self, page):
         self.holding = False
         self.held = []
+        self.dropping = None
+        self.dropped = []
         self.to_page = None
         page.route_web_socket(re.compile(r"/ws/chat/$"), self._route)
 
@@ -115,13 +125,18 @@ class SocketProxy:
         ws.on_message(lambda frame: server.send(frame))
 
     def _from_server(self, frame):
-        if self.holding:
+        if self.dropping and _frame_type(frame) == self.dropping:
+            self.dropped.append(frame)
+        elif self.holding:
             self.held.append(frame)
         else:
             self.to_page.send(frame)
 
     def hold(self):
         self.holding = True
+
+    def drop(self, frame_type):
+        self.dropping = frame_type
 
     def release(self):
         self.holding = False
