@@ -1,4 +1,4 @@
-"""VoiceFlow's own load tool: fan-out, idle-socket and ticket scenarios against any URL.
+"""VoiceFlow's own load tool: fan-out, idle-socket, ticket and ping scenarios, any URL.
 
 Authenticates like a real client: REST register (or token) -> POST /api/ws-ticket/ ->
 ws://.../ws/chat/?ticket=... . Run the server with VOICEFLOW_RATE_LIMIT_MULTIPLIER=1000
@@ -10,6 +10,8 @@ ws://.../ws/chat/?ticket=... . Run the server with VOICEFLOW_RATE_LIMIT_MULTIPLI
       --hold 20 --server-pid <PID>
   python bench/load.py tickets --url http://127.0.0.1:8000 --requests 2000 \
       --concurrency 16 --server-pid <PID>
+  python bench/load.py pings --url http://127.0.0.1:8000 --sockets 10000 --users 1000 \
+      --rooms 1000 --joins 1,10 --rate 400 --duration 30 --server-pid <PID>
 
 Prints one block of figures; `--json` prints one JSON object instead.
 """
@@ -330,6 +332,171 @@ async def idle(args):
     return out
 
 
+class PingSocket(Socket):
+    """A socket whose one reader task answers joins and counts pongs."""
+
+    def __init__(self, base, token, stats):
+        super().__init__(base, token)
+        self.stats = stats
+        self.joining = {}  # slug -> future set by its `joined`
+        self.reader = None
+
+    def start(self):
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self):
+        stats = self.stats
+        try:
+            async for raw in self.ws:
+                frame = orjson.loads(raw)
+                kind = frame.get("type")
+                if kind == "pong":
+                    ts = frame.get("ts")
+                    if isinstance(ts, (int, float)) and ts >= stats["window_ts"]:
+                        stats["pongs"] += 1
+                        stats["pong_ms"].append(time.perf_counter() * 1000 - ts)
+                        stats["with_last_seq"] += bool(frame.get("last_seq"))
+                elif kind == "joined" and frame.get("room") in self.joining:
+                    self.joining.pop(frame["room"]).set_result(None)
+                elif kind == "error" and frame.get("request") == "join":
+                    for future in self.joining.values():
+                        future.set_exception(RuntimeError(f"join refused: {frame!r}"))
+                    self.joining.clear()
+        except websockets.ConnectionClosed as error:
+            stats["closed"].append(error.rcvd.code if error.rcvd else None)
+
+    async def join(self, slug):
+        self.joining[slug] = asyncio.get_running_loop().create_future()
+        await self.send({"type": "join", "room": slug})
+        await asyncio.wait_for(self.joining[slug], 60)
+
+    async def ping(self):
+        try:
+            await self.send({"type": "ping", "ts": time.perf_counter() * 1000})
+        except websockets.ConnectionClosed:
+            pass  # counted by the reader
+
+
+async def pings(args):
+    """Server CPU per 1,000 pings, with every socket in 1 room, then in more.
+
+    --joins 1,10: open --sockets sockets, each user's sockets in the same rooms; join 1
+    room each and measure; then join up to 10 each and measure again. Each measurement:
+    --idle seconds without pings (the server's idle CPU), then --duration seconds of
+    pings at --rate per second over all sockets, round robin. Between measurements a
+    keepalive pings every socket every 15 s (the server closes sockets silent 60 s).
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency)
+    asyncio.get_running_loop().set_default_executor(pool)
+    base, tag = args.url.rstrip("/"), args.prefix or uuid.uuid4().hex[:6]
+    steps = [int(n) for n in args.joins.split(",")]
+    names = [f"lp{tag}u{u}" for u in range(args.users)]
+    tokens = await tokens_for(base, names)
+    slugs = [f"lp-{tag}-{r}" for r in range(args.rooms)]
+    rooms_create(base, tokens[names[0]], slugs)
+    stats = {"window_ts": float("inf"), "pongs": 0, "pong_ms": [], "with_last_seq": 0}
+    stats["closed"] = []
+    sockets = [
+        PingSocket(base, tokens[names[i % args.users]], stats)
+        for i in range(args.sockets)
+    ]
+    gate = asyncio.Semaphore(args.concurrency)
+    failures = []
+    quiet = asyncio.Event()  # set: the keepalive pauses (a measurement runs)
+
+    def rooms_of(i, count):
+        user = i % args.users
+        return [slugs[(user * steps[-1] + k) % args.rooms] for k in range(count)]
+
+    async def open_join(i, sock, have, want):
+        async with gate:
+            try:
+                if sock.ws is None:
+                    await sock.open()
+                    sock.start()
+                for slug in rooms_of(i, want)[have:]:
+                    await sock.join(slug)
+            except Exception as error:  # counted, reported
+                failures.append(repr(error)[:120])
+
+    async def keepalive():
+        while True:
+            live = [s for s in sockets if s.ws is not None and s.reader]
+            for sock in live:
+                if quiet.is_set():
+                    break
+                await sock.ping()
+                await asyncio.sleep(15 / max(1, len(live)))
+            if quiet.is_set() or not live:
+                await asyncio.sleep(0.5)
+
+    keeper = asyncio.create_task(keepalive())
+    results, have = [], 0
+    for want in steps:
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(open_join(i, s, have, want) for i, s in enumerate(sockets))
+        )
+        setup_s, have = time.perf_counter() - started, want
+        live = [s for s in sockets if s.ws is not None and not s.reader.done()]
+        for window in range(1, args.repeat + 1):
+            quiet.set()
+            await asyncio.sleep(1)  # the keepalive's last pongs
+            idle_rate = await _cpu_rate(args.server_pid, args.idle)
+            stats.update(window_ts=time.perf_counter() * 1000, pongs=0)
+            stats.update(with_last_seq=0, pong_ms=[])
+            total = int(args.rate * args.duration)
+            cpu = cpu_seconds(args.server_pid)
+            started = time.perf_counter()
+            for n in range(total):
+                delay = started + n / args.rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await live[n % len(live)].ping()
+            deadline = time.perf_counter() + 10
+            while stats["pongs"] < total and time.perf_counter() < deadline:
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            used = cpu_seconds(args.server_pid) - cpu
+            net = used - idle_rate * elapsed
+            quiet.clear()
+            results.append(
+                {
+                    "rooms_per_socket": want,
+                    "window": window,
+                    "sockets_open": len(live),
+                    "setup_s": setup_s,
+                    "failures": len(failures),
+                    "first_failure": failures[0] if failures else None,
+                    "closed_by_server": len(stats["closed"]),
+                    "pings": total,
+                    "pongs": stats["pongs"],
+                    "pongs_with_last_seq": stats["with_last_seq"],
+                    "rate_per_s": total / elapsed,
+                    "pong_p50_ms": pct(stats["pong_ms"], 50),
+                    "pong_p99_ms": pct(stats["pong_ms"], 99),
+                    "server_idle_cpu_s_per_s": idle_rate,
+                    "server_cpu_s": used,
+                    "server_cpu_s_per_1000_pings": used * 1000 / total,
+                    "net_cpu_s_per_1000_pings": net * 1000 / total,
+                }
+            )
+            if window < args.repeat:
+                await asyncio.sleep(args.idle)  # the keepalive reaches every socket
+    keeper.cancel()
+    for sock in sockets:
+        if sock.ws is not None:
+            await sock.ws.close()
+    return {"scenario": "pings", "url": base, "sockets": args.sockets, "steps": results}
+
+
+async def _cpu_rate(pid, seconds):
+    """Server CPU seconds per second over the next `seconds`."""
+    cpu = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    return (cpu_seconds(pid) - cpu) / seconds
+
+
 def cpu_seconds(pid):
     """User + system CPU seconds of a process so far (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -387,7 +554,7 @@ async def tickets(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="scenario", required=True)
-    for name in ("fanout", "idle", "tickets"):
+    for name in ("fanout", "idle", "tickets", "pings"):
         p = sub.add_parser(name)
         p.add_argument("--url", default="http://127.0.0.1:8000")
         p.add_argument("--server-pid", type=int)
@@ -413,7 +580,19 @@ def main():
     t = sub.choices["tickets"]
     t.add_argument("--requests", type=int, default=2000)
     t.add_argument("--concurrency", type=int, default=16, help="clients (threads)")
+    g = sub.choices["pings"]
+    g.add_argument("--sockets", type=int, default=1000)
+    g.add_argument("--users", type=int, default=100, help="max 20 sockets per user")
+    g.add_argument("--rooms", type=int, default=1000)
+    g.add_argument("--joins", default="1,10", help="rooms per socket, step by step")
+    g.add_argument("--rate", type=float, default=400, help="pings/s, all sockets")
+    g.add_argument("--duration", type=float, default=30)
+    g.add_argument("--idle", type=float, default=8)
+    g.add_argument("--repeat", type=int, default=1, help="measurements per step")
+    g.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
+    if args.scenario == "pings" and not args.server_pid:
+        parser.error("pings measures server CPU: --server-pid is required")
     Socket.deflate = args.deflate
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -423,10 +602,18 @@ def main():
         uvloop.install()
     except ImportError:
         pass
-    scenario = {"fanout": fanout, "idle": idle, "tickets": tickets}[args.scenario]
+    scenario = {"fanout": fanout, "idle": idle, "tickets": tickets, "pings": pings}[
+        args.scenario
+    ]
     out = asyncio.run(scenario(args))
     if args.json:
         print(json.dumps(out))
+    elif "steps" in out:
+        for block in [out] + out.pop("steps"):
+            for key, value in block.items():
+                shown = f"{value:.4g}" if isinstance(value, float) else value
+                print(f"{key:>28}: {shown}")
+            print()
     else:
         for key, value in out.items():
             print(
