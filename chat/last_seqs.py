@@ -34,7 +34,7 @@ class _LastSeqs:
 
     def missing(self, slugs):
         """True if a room was first joined here after the last read started."""
-        return any(slug not in self.covered for slug in slugs)
+        return not self.covered.issuperset(slugs)
 
     async def fresh(self, now):
         """Once the read in flight, or a new one started now, is over."""
