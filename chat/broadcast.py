@@ -21,6 +21,8 @@ from voiceflow.websocket import text_frame
 logger = logging.getLogger(__name__)
 
 USER_EVENTS_GROUP = "users"
+# Events a socket that is behind on reading may miss: superseded by the next one.
+EPHEMERAL = frozenset({"typing", "presence"})
 
 
 def room_group(slug):
@@ -35,8 +37,10 @@ def encode(frame):
 class Hub:
     """This process's sockets by room and by user, fed by one layer channel.
 
-    A socket is anything with `user_id`, `deliver(text, frame)` (a frame's text and
-    its WebSocket frame, without waiting), `user_event(event)` and `silence_check(now)`.
+    A socket is anything with `user_id`, `deliver(text, frame, ephemeral)` (a frame's
+    text and its WebSocket frame, without waiting; `ephemeral` names the event type a
+    socket behind on reading may drop, else None), `user_event(event)` and
+    `silence_check(now)`.
     """
 
     def __init__(self, layer, channel):
@@ -46,7 +50,9 @@ class Hub:
         self.users = {}  # user id → its sockets here
         self.rooms = {}  # room slug → the sockets here that joined it
         self.subscribed = set()  # room slugs whose group our channel is in
-        self.room_locks = {}  # room slug → lock around (un)subscribing its group
+        # room slug → [lock around (un)subscribing its group, callers holding or
+        # waiting for it]; dropped with its last caller, so rooms come and go
+        self.room_locks = {}
         self.presence_seen = deque(maxlen=256)  # presence ids handled (one per room)
         self.tasks = []
 
@@ -84,14 +90,33 @@ class Hub:
 
     async def _subscription_sync(self, slug):
         """Be in the room's group while (and only while) a local socket joined it."""
-        async with self.room_locks.setdefault(slug, asyncio.Lock()):
-            wanted = slug in self.rooms
-            if wanted and slug not in self.subscribed:
-                await self.layer.group_add(room_group(slug), self.channel)
-                self.subscribed.add(slug)
-            elif not wanted and slug in self.subscribed:
-                self.subscribed.discard(slug)
-                await self.layer.group_discard(room_group(slug), self.channel)
+        entry = self.room_locks.get(slug)
+        if entry is None:
+            entry = self.room_locks[slug] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                wanted = slug in self.rooms
+                if wanted and slug not in self.subscribed:
+                    await self.layer.group_add(room_group(slug), self.channel)
+                    self.subscribed.add(slug)
+                elif not wanted and slug in self.subscribed:
+                    self.subscribed.discard(slug)
+                    await self.layer.group_discard(room_group(slug), self.channel)
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self.room_locks[slug]
+
+    def sizes(self):
+        """How many entries each of its indexes holds (for /health)."""
+        return {
+            "hubSockets": len(self.sockets),
+            "hubUsers": len(self.users),
+            "hubRooms": len(self.rooms),
+            "hubSubscribed": len(self.subscribed),
+            "hubRoomLocks": len(self.room_locks),
+        }
 
     async def _receive_events(self):
         while True:
@@ -124,8 +149,9 @@ class Hub:
             return
         text = event["text"]
         frame = text_frame(text.encode())  # once per process, not per socket
+        ephemeral = kind if kind in EPHEMERAL else None
         for socket in list(targets):
-            socket.deliver(text, frame)
+            socket.deliver(text, frame, ephemeral)
         frame_type = event.get("frame_type") or kind.replace(".", "_")
         metrics.FRAMES_SENT.labels(metrics.frame_type(frame_type)).inc(len(targets))
 
@@ -168,6 +194,15 @@ async def hub():
             current.start()
             _hubs[layer] = current
     return current
+
+
+def hub_sizes():
+    """Hub.sizes() of this process's hubs, added up (one outside tests)."""
+    total = Hub(None, None).sizes()  # zeros
+    for current in list(_hubs.values()):
+        for name, size in current.sizes().items():
+            total[name] = total.get(name, 0) + size
+    return total
 
 
 async def hubs_stop():

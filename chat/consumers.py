@@ -18,7 +18,7 @@ from presence import selectors as presence_selectors
 from presence import services as presence_services
 from voiceflow import metrics
 from voiceflow.db import on_loop, socket_database_sync_to_async
-from voiceflow.websocket import FRAME_EXTENSION, text_frame
+from voiceflow.websocket import FRAME_EXTENSION, OUTPUT_EXTENSION, text_frame
 
 from . import broadcast, last_seqs, ratelimit, selectors, services, sockets
 from .auth import origin_allowed, socket_user
@@ -154,7 +154,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # room's live messages) or while the socket's write buffer is full.
     holds = 0
     pending = None
+    pending_bytes = 0  # the size of `pending`
     frame_queue = None  # the server's `voiceflow.frame` extension, if it has it
+    output_bytes = None  # the server's `voiceflow.output_bytes`, if it has it
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -288,7 +290,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # events reach this process once, through its hub (deliver, user_event).
         self.scope = scope
         self.base_send = send
-        self.frame_queue = scope.get("extensions", {}).get(FRAME_EXTENSION)
+        extensions = scope.get("extensions") or {}
+        self.frame_queue = extensions.get(FRAME_EXTENSION)
+        self.output_bytes = extensions.get(OUTPUT_EXTENSION)
+        conf = settings.VOICEFLOW
+        self.soft_bytes = conf["SOCKET_SOFT_BYTES"]
+        self.hard_bytes = conf["SOCKET_HARD_BYTES"]
         try:
             self.hub = await broadcast.hub()
             while True:
@@ -555,17 +562,64 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # Events from the hub
 
-    def deliver(self, text, frame):
+    def deliver(self, text, frame, ephemeral=None):
         """Write a broadcast (its text, and its prebuilt WebSocket frame) now, or after
-        the frame in hand / a full buffer."""
+        the frame in hand / a full buffer.
+
+        Past the soft cap of unread output, `ephemeral` events (their type: typing,
+        presence) are dropped; past the hard cap the socket closes with 1013 and its
+        client recovers by seq.
+        """
         if self.close_code is not None:
             return  # closed by us: uvicorn raises on a send after close
+        queued = self.pending_bytes
+        if self.output_bytes is not None:
+            queued += self.output_bytes()
+        if queued > self.soft_bytes:
+            if ephemeral is not None:
+                metrics.SOCKET_SHED.labels(ephemeral).inc()
+                return
+            if queued + len(frame) > self.hard_bytes:
+                self._overflow_close(queued)
+                return
         if self.holds:
             if self.pending is None:
                 self.pending = deque()
             self.pending.append((text, frame))
+            self.pending_bytes += len(frame)
             return
         self._write(text, frame)
+
+    def queued_bytes(self):
+        """This socket's output its client has not read yet (for /health)."""
+        queued = self.pending_bytes
+        if self.output_bytes is not None:
+            queued += self.output_bytes()
+        return queued
+
+    def _overflow_close(self, queued):
+        self.close_code = CLOSE_SERVICE_DOWN  # from here on, nothing more is queued
+        self.pending = None
+        self.pending_bytes = 0
+        metrics.SOCKET_OVERFLOW_CLOSED.inc()
+        logger.info(
+            "socket overflow",
+            extra={
+                "event": "socket_overflow",
+                "user_id": self.user_id,
+                "connection_id": self.connection_id,
+                "bytes": queued,
+            },
+        )
+        asyncio.ensure_future(self._close_overflowing())
+
+    async def _close_overflowing(self):
+        # Not between frames (as a kick): the frame in hand may itself be waiting
+        # for room in the buffer, which the close releases.
+        try:
+            await self.close(code=CLOSE_SERVICE_DOWN)
+        except OSError:
+            pass  # the client left meanwhile: its disconnect event comes next
 
     def _write(self, text, frame):
         # The server's batched writes when it offers them, else an ASGI send.
@@ -593,8 +647,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         while not self.holds and self.pending:
             if self.close_code is not None:
                 self.pending = None
+                self.pending_bytes = 0
                 return
-            self._write(*self.pending.popleft())
+            text, frame = self.pending.popleft()
+            self.pending_bytes -= len(frame)
+            self._write(text, frame)
         if not self.pending:
             self.pending = None
 

@@ -131,11 +131,15 @@ class MemoryRateLimiter:
         self._logs = {}  # key -> (window, deque of (time, member))
         self._lock = threading.Lock()  # sync views run in threads, sockets on the loop
         self._checks = 0
+        self._next_sweep = 0.0
 
     def hit_sync(self, key, limit, window, now):
         with self._lock:
             self._checks += 1
-            if self._checks % 1000 == 0:
+            # Keys of users and clients gone quiet go within a minute, or within 1000
+            # checks under load (a sweep is O(keys)).
+            if self._checks % 1000 == 0 or now >= self._next_sweep:
+                self._next_sweep = now + 60
                 self._drop_expired(now)
             _window, log = self._logs.setdefault(key, (window, deque()))
             while log and log[0][0] <= now - window:
@@ -167,6 +171,10 @@ class MemoryRateLimiter:
     def clear(self):
         with self._lock:
             self._logs.clear()
+
+    def size(self):
+        """How many keys (user or client, and limit) it holds."""
+        return len(self._logs)
 
     def _drop_expired(self, now):
         for key, (window, log) in list(self._logs.items()):

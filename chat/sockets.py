@@ -54,6 +54,20 @@ def counts():
     return {"connections": _connections, "users": len(_users), "rooms": len(_rooms)}
 
 
+def sizes():
+    """How many entries this module's indexes hold (for /health)."""
+    return {
+        "socketUsers": len(_users),
+        "socketRooms": len(_rooms),
+        "consumers": len(_consumers),
+    }
+
+
+def output_bytes():
+    """Bytes this process holds for its sockets that their clients have not read."""
+    return sum(consumer.queued_bytes() for consumer in list(_consumers))
+
+
 def consumer_opened(consumer):
     _consumers.add(consumer)
 

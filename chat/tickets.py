@@ -8,6 +8,7 @@ import hashlib
 import secrets
 import threading
 import time
+from collections import OrderedDict
 
 import redis
 from django.conf import settings
@@ -54,15 +55,22 @@ class MemoryTicketStore:
     """The embedded twin, for one process (issued in a thread, redeemed on the loop)."""
 
     def __init__(self):
-        self.tickets = {}
+        self.tickets = OrderedDict()  # key -> (user id, expiry), oldest first
         self.lock = threading.Lock()
+
+    def _expire(self, now):
+        # Issued with one TTL, so in order of expiry: the expired ones come first.
+        tickets = self.tickets
+        while tickets:
+            key = next(iter(tickets))
+            if tickets[key][1] > now:
+                return
+            del tickets[key]
 
     def issue(self, key, user_id, ttl, now=None):
         now = time.monotonic() if now is None else now
         with self.lock:
-            # Drop expired tickets as new ones come, so the dict stays small.
-            for stale in [k for k, (_, until) in self.tickets.items() if until <= now]:
-                del self.tickets[stale]
+            self._expire(now)
             self.tickets[key] = (user_id, now + ttl)
 
     async def aissue(self, key, user_id, ttl, now=None):
@@ -71,8 +79,12 @@ class MemoryTicketStore:
     async def redeem(self, key, now=None):
         now = time.monotonic() if now is None else now
         with self.lock:
+            self._expire(now)
             user_id, until = self.tickets.pop(key, (None, 0))
         return user_id if until > now else None
+
+    def size(self):
+        return len(self.tickets)
 
     def clear(self):
         with self.lock:

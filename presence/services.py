@@ -413,6 +413,16 @@ async def _sweep_forever():
             logger.exception("presence sweep failed")
 
 
+def process_sizes():
+    """How many entries this process's presence state holds (for /health): typing
+    debounces and timers in flight, and the in-memory store's (embedded mode)."""
+    sizes = {"typingDebounces": SocketTyping.debounces(), "presenceTasks": len(_tasks)}
+    store = presence_store()
+    if hasattr(store, "sizes"):
+        sizes.update(store.sizes())
+    return sizes
+
+
 class SocketTyping:
     """One socket's typing: `start` forwarded at most once a second per user and room,
     `stop` sent on the user's behalf after the last `start`, or on message/leave/close.

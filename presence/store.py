@@ -649,6 +649,16 @@ class MemoryPresenceStore:
         self._forget_if_gone(user_id)
         return dropped
 
+    def sizes(self):
+        """How many entries each of its indexes holds (for /health)."""
+        return {
+            "presenceSockets": len(self.sockets),
+            "presenceUsers": len(self.users),
+            "presenceRooms": len(self.room_sets),
+            "presenceActive": len(self.active),
+            "presenceGone": len(self.gone),
+        }
+
     async def totals(self):
         statuses = [u.status for u in self.users.values()]
         return {

@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from chat import selectors, sockets
+from chat import broadcast, ratelimit, selectors, sockets, tickets
 from presence.selectors import presence_totals
-from presence.services import SocketTyping
+from presence.services import SocketTyping, process_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,16 @@ async def redis_check(timeout):
         return False
 
 
+def structure_sizes():
+    """Entries in each of this process's indexes by socket, user or room: each goes
+    back to its idle size once the sockets, users and rooms it tracks are gone."""
+    sizes = {**broadcast.hub_sizes(), **sockets.sizes(), **process_sizes()}
+    if not settings.REDIS_URL:  # embedded: the in-memory twins of Redis' keys
+        sizes["rateLimitKeys"] = ratelimit.memory_limiter.size()
+        sizes["tickets"] = tickets.memory_tickets.size()
+    return sizes
+
+
 def memory_rss():
     """This process's resident set size in bytes."""
     try:
@@ -133,6 +143,8 @@ async def report():
                 **live,
                 "typingDebounces": SocketTyping.debounces(),
                 "memoryUsage": {"rss": memory_rss()},
+                "outputBytes": sockets.output_bytes(),
+                "structures": structure_sizes(),
             },
         },
     }

@@ -81,6 +81,17 @@ RATE_LIMITED = Counter(
 ERRORS = Counter(
     "voiceflow_errors", "Error frames and responses, by contract code.", ["code"]
 )
+SOCKET_SHED = Counter(
+    "voiceflow_socket_shed",
+    "Typing and presence events not sent to a socket whose unread output passed "
+    "VOICEFLOW_SOCKET_SOFT_BYTES, by type.",
+    ["type"],
+)
+SOCKET_OVERFLOW_CLOSED = Counter(
+    "voiceflow_socket_overflow_closed",
+    "Sockets closed with 1013 because their unread output passed "
+    "VOICEFLOW_SOCKET_HARD_BYTES.",
+)
 SWEEP_RUNS = Counter("voiceflow_sweep_runs", "Presence sweeps run.")
 SWEEP_REMOVALS = Counter(
     "voiceflow_sweep_removals", "Dead sockets removed by the presence sweep."

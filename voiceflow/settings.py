@@ -468,4 +468,12 @@ VOICEFLOW = {
     # permessage-deflate costs ~40 KB of zlib state per socket that negotiates it
     # (browsers do) and CPU per frame, to shrink frames of a few hundred bytes.
     "WS_DEFLATE": env_bool("VOICEFLOW_WS_DEFLATE", False),
+    # A socket's output its client has not read yet, in bytes: past the soft cap its
+    # typing and presence events are dropped, past the hard cap it closes with 1013.
+    "SOCKET_SOFT_BYTES": env_int("VOICEFLOW_SOCKET_SOFT_BYTES", 256 * 1024),
+    "SOCKET_HARD_BYTES": env_int("VOICEFLOW_SOCKET_HARD_BYTES", 1024 * 1024),
 }
+if VOICEFLOW["SOCKET_HARD_BYTES"] < VOICEFLOW["SOCKET_SOFT_BYTES"]:
+    raise ImproperlyConfigured(
+        "VOICEFLOW_SOCKET_HARD_BYTES must not be below VOICEFLOW_SOCKET_SOFT_BYTES."
+    )

@@ -6,7 +6,8 @@ copy is one `websocket.send`: a coroutine, a frame built for that socket, and on
 frame is built once per process (`text_frame`), queued on each socket with the
 `voiceflow.frame` ASGI extension, and what a socket got in one loop turn leaves in one
 write; the chat consumer sends its own frames (acks, pongs) the same way. Everything
-else (handshake, pings, closes, sends to a full buffer) is uvicorn's.
+else (handshake, pings, closes, sends to a full buffer) is uvicorn's, except that a
+close never waits behind output the client is not reading (see `send`).
 
 Per socket it also keeps less: uvicorn's asyncio.Queue and Event cost four deques
 (~3 KB) where a list and a future do, and the handshake's headers (~2 KB, kept alive
@@ -25,6 +26,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (
 from websockets.protocol import State
 
 FRAME_EXTENSION = "voiceflow.frame"
+OUTPUT_EXTENSION = "voiceflow.output_bytes"
 
 logger = logging.getLogger(__name__)
 
@@ -149,9 +151,13 @@ _handshake_log = _HandshakeLog(logging.getLogger("uvicorn.error"))
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol; its scope offers `voiceflow.frame`, a callable
     taking a prebuilt frame that returns False when the socket cannot take it now
-    (not open, or its write buffer is full): send it with `websocket.send` then."""
+    (not open, or its write buffer is full): send it with `websocket.send` then; and
+    `voiceflow.output_bytes`, a callable returning the bytes written to the socket
+    that the client has not taken yet (this turn's frames and the transport's buffer).
+    """
 
     broadcast_batch = None  # broadcast frames queued this loop turn
+    batch_bytes = 0  # their size
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -165,6 +171,7 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:  # None: the handshake was refused
             scope["extensions"][FRAME_EXTENSION] = self.broadcast_queue
+            scope["extensions"][OUTPUT_EXTENSION] = self.output_bytes
             # websockets' parser keeps the request alive as long as the socket; the
             # scope has a copy of the headers, and the response is built already.
             event.headers.clear()
@@ -184,6 +191,7 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
             _batched.append(self)
         else:
             self.broadcast_batch.append(frame)
+        self.batch_bytes += len(frame)
         return True
 
     def broadcast_flush(self):
@@ -192,8 +200,13 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         if frames is None:
             return
         self.broadcast_batch = None
+        self.batch_bytes = 0
         if self._open():  # else, as `websocket.send` on a closed socket: dropped
             self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def output_bytes(self):
+        """Bytes written to this socket that the client has not read yet (O(1))."""
+        return self.batch_bytes + self.transport.get_write_buffer_size()
 
     def _open(self):
         # OPEN from the accept until a close frame goes either way (or the handshake
@@ -203,11 +216,33 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message):
         # What was queued before this send goes out before it: one order per socket.
         self.broadcast_flush()
+        kind = message["type"]
+        if kind == "websocket.close":
+            if self.handshake_complete and not self.writable.is_set():
+                # A socket closed for not reading its output would never see room in
+                # its buffer: the close frame goes after what is buffered, and the
+                # sends waiting for room are released (and dropped, below).
+                self.writable.set()
+        elif not self.writable.is_set():
+            await self.writable.wait()
+            if self.close_sent:
+                return  # closed while this frame waited for room: dropped
         await super().send(message)
-        if message["type"] == "websocket.accept":
+        if kind == "websocket.accept":
             # uvicorn keeps the handshake's request and response, headers and all, as
             # long as the socket lives; nothing reads them after the accept.
             self.request = self.response = None
+        elif (
+            kind == "websocket.close"
+            and self.close_timer is not None
+            and self.transport.get_write_buffer_size()
+        ):
+            # uvicorn's close timer closes the transport, which first writes out its
+            # buffer: never, for a client that does not read. Drop the buffer then.
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(
+                self.close_timeout, self.transport.abort
+            )
 
     def shutdown(self):
         self.broadcast_flush()

@@ -15,7 +15,7 @@ class FakeSocket:
         self.frames = []
         self.user_events = []
 
-    def deliver(self, text, frame):
+    def deliver(self, text, frame, ephemeral=None):
         assert frame == text_frame(text.encode())
         self.frames.append(text)
 

@@ -78,10 +78,15 @@ async def test_health_reports_the_contract_shape_and_this_process_s_sockets(
                 "memoryUsage": {
                     "rss": body["metrics"]["sockets"]["memoryUsage"]["rss"]
                 },
+                "outputBytes": 0,  # every client read all it was sent
+                "structures": body["metrics"]["sockets"]["structures"],
             },
         },
     }
     assert body["metrics"]["sockets"]["memoryUsage"]["rss"] > 10_000_000
+    structures = body["metrics"]["sockets"]["structures"]
+    assert structures["hubSockets"] >= 3 and structures["hubRooms"] >= 1
+    assert all(isinstance(size, int) for size in structures.values())
     for tab in tabs:
         await tab.disconnect()
     after = (await AsyncClient().get("/health")).json()["metrics"]["sockets"]

@@ -84,6 +84,8 @@ def test_every_operations_metric_is_exposed(db):
         "voiceflow_errors",
         "voiceflow_sweep_runs",
         "voiceflow_sweep_removals",
+        "voiceflow_socket_shed",
+        "voiceflow_socket_overflow_closed",
     } <= families
 
 

@@ -1,0 +1,111 @@
+"""A socket whose client reads slower than its rooms talk: past the soft cap of unread
+output it misses typing and presence, past the hard cap it is closed with 1013."""
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from prometheus_client import REGISTRY
+
+from chat.tickets import ticket_issue
+from voiceflow.asgi import application
+from voiceflow.websocket import OUTPUT_EXTENSION
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SOFT, HARD = 2_000, 10_000
+
+
+class Unread:
+    """Stands in for the server's count of a socket's output not read yet."""
+
+    def __init__(self):
+        self.bytes = 0
+
+    def __call__(self):
+        return self.bytes
+
+
+@pytest.fixture(autouse=True)
+def caps(presence_conf, lobby):
+    presence_conf(SOCKET_SOFT_BYTES=SOFT, SOCKET_HARD_BYTES=HARD)
+
+
+async def connect(user, unread=None):
+    ticket = await sync_to_async(ticket_issue)(user.pk)
+    socket = WebsocketCommunicator(application, f"/ws/chat/?ticket={ticket}")
+    if unread is not None:
+        socket.scope["extensions"] = {OUTPUT_EXTENSION: unread}
+    assert (await socket.connect())[0]
+    assert (await socket.receive_json_from())["type"] == "hello"
+    await socket.send_json_to({"type": "join", "room": "lobby"})
+    while (await socket.receive_json_from())["type"] != "joined":
+        pass
+    return socket
+
+
+async def frames(socket, quiet=0.2):
+    got = []
+    while not await socket.receive_nothing(timeout=quiet):
+        got.append(await socket.receive_json_from())
+    return got
+
+
+def counted(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0
+
+
+async def post(socket, body, client_id):
+    await socket.send_json_to(
+        {"type": "message", "room": "lobby", "body": body, "client_id": client_id}
+    )
+
+
+async def test_past_the_soft_cap_typing_and_presence_are_shed_messages_kept(
+    alice, bob
+):
+    unread = Unread()
+    reader = await connect(bob, unread)
+    writer = await connect(alice)
+    await frames(reader)
+    await frames(writer)
+    shed_typing = counted("voiceflow_socket_shed_total", type="typing")
+    shed_presence = counted("voiceflow_socket_shed_total", type="presence")
+
+    unread.bytes = SOFT + 1
+    await writer.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
+    await writer.send_json_to({"type": "status", "status": "away"})
+    await post(writer, "still delivered", "m1")
+    got = await frames(reader)
+
+    assert [f["type"] for f in got] == ["message"]
+    assert got[0]["body"] == "still delivered"
+    # Typing start, and the stop the message sent on alice's behalf.
+    assert counted("voiceflow_socket_shed_total", type="typing") == shed_typing + 2
+    assert counted("voiceflow_socket_shed_total", type="presence") > shed_presence
+
+    unread.bytes = 0  # caught up: ephemeral events flow again
+    await writer.send_json_to({"type": "status", "status": "online"})
+    got = await frames(reader)
+    assert {"type": "presence", "user": "alice", "status": "online"} in got
+    await reader.disconnect()
+    await writer.disconnect()
+
+
+async def test_past_the_hard_cap_the_socket_closes_with_1013(alice, bob):
+    unread = Unread()
+    reader = await connect(bob, unread)
+    writer = await connect(alice)
+    await frames(reader)
+    closed_before = counted("voiceflow_socket_overflow_closed_total")
+
+    unread.bytes = HARD - 50  # the next message's frame does not fit
+    await post(writer, "x" * 100, "m1")
+
+    assert await reader.receive_output(timeout=2) == {
+        "type": "websocket.close",
+        "code": 1013,
+    }
+    assert counted("voiceflow_socket_overflow_closed_total") == closed_before + 1
+    # The poster is not affected.
+    assert "ack" in [f["type"] for f in await frames(writer)]
+    await writer.disconnect()
