@@ -108,4 +108,5 @@ async def test_past_the_hard_cap_the_socket_closes_with_1013(alice, bob):
     assert counted("voiceflow_socket_overflow_closed_total") == closed_before + 1
     # The poster is not affected.
     assert "ack" in [f["type"] for f in await frames(writer)]
+    await reader.disconnect()  # the client's side of the close
     await writer.disconnect()

@@ -7,7 +7,12 @@ import uvicorn
 import websockets
 from websockets.frames import Frame, Opcode
 
-from voiceflow.websocket import FRAME_EXTENSION, BatchingWebSocketProtocol, text_frame
+from voiceflow.websocket import (
+    FRAME_EXTENSION,
+    OUTPUT_EXTENSION,
+    BatchingWebSocketProtocol,
+    text_frame,
+)
 
 from .servers import free_port
 
@@ -139,6 +144,36 @@ async def test_a_close_sends_what_was_queued_first_and_refuses_what_comes_after(
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await client.recv()
     assert closed.value.rcvd.code == 4000
+
+
+async def test_a_close_does_not_wait_behind_a_full_buffer(served):
+    client, queue, send, _ = await opened(served)
+    protocol = queue.__self__
+
+    protocol.pause_writing()  # as when the client stopped reading
+    waiting = asyncio.ensure_future(send({"type": "websocket.send", "text": "stuck"}))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(send({"type": "websocket.close", "code": 1013}), 1)
+    await asyncio.wait_for(waiting, 1)  # released and dropped, without an error
+
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await client.recv()
+    assert closed.value.rcvd.code == 1013
+
+
+async def test_unread_output_counts_this_turns_frames_and_the_write_buffer(served):
+    client, queue, _, _ = await opened(served)
+    protocol = queue.__self__
+    unread = protocol.scope["extensions"][OUTPUT_EXTENSION]
+    frame = text_frame(b"x" * 1000)
+
+    assert unread() == 0
+    queue(frame)
+    queue(frame)
+    assert unread() == 2 * len(frame)
+    assert await received(client, 2) == ["x" * 1000] * 2
+    assert unread() == 0
+    await client.close()
 
 
 async def test_frames_for_a_client_that_left_are_dropped_quietly(served):
