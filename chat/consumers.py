@@ -125,6 +125,9 @@ async def _resume(coro, waiting):
             if waiting is None:
                 await asyncio.sleep(0)
             else:
+                # As a Task does with what a coroutine yields: a future still marked
+                # blocking refuses another await ("await wasn't used with future").
+                waiting._asyncio_future_blocking = False
                 try:
                     await waiting
                 except Exception:
@@ -568,13 +571,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         Past the soft cap of unread output, `ephemeral` events (their type: typing,
         presence) are dropped; past the hard cap the socket closes with 1013 and its
-        client recovers by seq.
+        client recovers by seq. The server's batched writes take a frame only while
+        the socket keeps up (below its write buffer's high-water mark and 64 KiB of
+        frames this turn), so only a socket behind pays for checking the caps.
         """
         if self.close_code is not None:
             return  # closed by us: uvicorn raises on a send after close
-        queued = self.pending_bytes
-        if self.output_bytes is not None:
-            queued += self.output_bytes()
+        if not self.holds and self.frame_queue is not None and self.frame_queue(frame):
+            return
+        queued = self.queued_bytes()
         if queued > self.soft_bytes:
             if ephemeral is not None:
                 metrics.SOCKET_SHED.labels(ephemeral).inc()

@@ -27,6 +27,9 @@ from websockets.protocol import State
 
 FRAME_EXTENSION = "voiceflow.frame"
 OUTPUT_EXTENSION = "voiceflow.output_bytes"
+# Most bytes of frames queued on one socket in one loop turn (the transport's default
+# high-water mark): past it they go through `websocket.send`, which waits for room.
+BATCH_BYTES_MAX = 65536
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +154,8 @@ _handshake_log = _HandshakeLog(logging.getLogger("uvicorn.error"))
 class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol; its scope offers `voiceflow.frame`, a callable
     taking a prebuilt frame that returns False when the socket cannot take it now
-    (not open, or its write buffer is full): send it with `websocket.send` then; and
+    (not open, its write buffer full, or BATCH_BYTES_MAX queued this turn): send it
+    with `websocket.send` then; and
     `voiceflow.output_bytes`, a callable returning the bytes written to the socket
     that the client has not taken yet (this turn's frames and the transport's buffer).
     """
@@ -178,7 +182,11 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def broadcast_queue(self, frame):
         """Queue `frame` to leave with the socket's other frames of this loop turn."""
-        if not self.writable.is_set() or not self._open():
+        if (
+            not self.writable.is_set()
+            or self.batch_bytes >= BATCH_BYTES_MAX
+            or not self._open()
+        ):
             return False
         if self.broadcast_batch is None:
             self.broadcast_batch = [frame]

@@ -1,14 +1,17 @@
 """A socket whose client reads slower than its rooms talk: past the soft cap of unread
 output it misses typing and presence, past the hard cap it is closed with 1013."""
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from prometheus_client import REGISTRY
 
+from chat.consumers import _start_eagerly
 from chat.tickets import ticket_issue
 from voiceflow.asgi import application
-from voiceflow.websocket import OUTPUT_EXTENSION
+from voiceflow.websocket import OUTPUT_EXTENSION, _Flag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -119,3 +122,19 @@ async def test_past_the_hard_cap_the_socket_closes_with_1013(alice, bob):
     assert "ack" in [f["type"] for f in await frames(writer)]
     await reader.disconnect()  # the client's side of the close
     await writer.disconnect()
+
+
+async def test_a_broadcast_waiting_for_buffer_room_goes_out_once_there_is_room():
+    # A write to a full buffer suspends on the server's flag; it must resume then
+    # (not fail, which would drop the broadcast).
+    flag = _Flag(asyncio.get_running_loop())
+
+    async def send():
+        await flag.wait()
+        return "sent"
+
+    writing = _start_eagerly(send())
+    assert writing is not None
+    await asyncio.sleep(0.01)
+    flag.set()
+    assert await asyncio.wait_for(writing, 1) == "sent"

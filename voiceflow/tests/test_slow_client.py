@@ -14,7 +14,9 @@ from .servers import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-SOFT, HARD = 16 * 1024, 64 * 1024
+# Above what a socket that keeps up may hold (its write buffer's 64 KiB high-water
+# mark plus a loop turn's 64 KiB of frames), where the caps are checked.
+SOFT, HARD = 144 * 1024, 256 * 1024
 
 
 @pytest.fixture
@@ -92,7 +94,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_recovers(
         largest = max(largest, output_bytes(server))
 
     # The server held up to the hard cap (plus a frame) for it, never more.
-    assert SOFT < largest <= HARD + 8 * 1024
+    assert 64 * 1024 < largest <= HARD + 8 * 1024
     # Reading again, the client gets what was sent before the close, in order, and
     # then the close: 1013, "try again later".
     seqs = []

@@ -161,6 +161,17 @@ async def test_a_close_does_not_wait_behind_a_full_buffer(served):
     assert closed.value.rcvd.code == 1013
 
 
+async def test_a_turn_takes_64_kib_of_frames_then_refuses_so_the_caller_waits(served):
+    client, queue, send, _ = await opened(served)
+    text = "y" * 20_000
+
+    assert [queue(text_frame(text.encode())) for _ in range(5)] == [True] * 4 + [False]
+    await send({"type": "websocket.send", "text": "after"})  # as the caller would
+
+    assert await received(client, 5) == [text] * 4 + ["after"]
+    await client.close()
+
+
 async def test_unread_output_counts_this_turns_frames_and_the_write_buffer(served):
     client, queue, _, _ = await opened(served)
     protocol = queue.__self__
