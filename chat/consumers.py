@@ -571,14 +571,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         Past the soft cap of unread output, `ephemeral` events (their type: typing,
         presence) are dropped; past the hard cap the socket closes with 1013 and its
-        client recovers by seq. The server's batched writes take a frame only while
-        the socket keeps up (below its write buffer's high-water mark and 64 KiB of
-        frames this turn), so only a socket behind pays for checking the caps.
+        client recovers by seq. O(1): the server's count plus `pending_bytes`.
         """
         if self.close_code is not None:
             return  # closed by us: uvicorn raises on a send after close
-        if not self.holds and self.frame_queue is not None and self.frame_queue(frame):
-            return
         queued = self.queued_bytes()
         if queued > self.soft_bytes:
             if ephemeral is not None:

@@ -14,8 +14,8 @@ from .servers import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-# Above what a socket that keeps up may hold (its write buffer's 64 KiB high-water
-# mark plus a loop turn's 64 KiB of frames), where the caps are checked.
+# Above what a socket that keeps up holds (its write buffer's 64 KiB high-water mark
+# plus up to 64 KiB of frames queued in one loop turn).
 SOFT, HARD = 144 * 1024, 256 * 1024
 
 
