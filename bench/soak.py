@@ -39,8 +39,9 @@ from load import _post, rooms_create, tokens_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Entries that end with the clock (rate-limit windows), not when their user leaves.
-TIMED = {"rateLimitKeys", "tickets"}
+# Entries that end with the clock (rate-limit windows, tickets, when presence events
+# last went out), not when their user leaves.
+TIMED = {"rateLimitKeys", "tickets", "presenceEventKeys"}
 
 
 def health(base):

@@ -416,7 +416,14 @@ async def _sweep_forever():
 def process_sizes():
     """How many entries this process's presence state holds (for /health): typing
     debounces and timers in flight, and the in-memory store's (embedded mode)."""
-    sizes = {"typingDebounces": SocketTyping.debounces(), "presenceTasks": len(_tasks)}
+    sizes = {
+        "typingDebounces": SocketTyping.debounces(),
+        "presenceTasks": len(_tasks),
+        "presenceEventKeys": len(_events.last),
+        "presenceFlushes": len(_events.flushes),
+        "presenceLeaves": len(_leaves),
+        "presenceSettling": len(_settling),
+    }
     store = presence_store()
     if hasattr(store, "sizes"):
         sizes.update(store.sizes())

@@ -30,7 +30,9 @@ class Unread:
 
 @pytest.fixture(autouse=True)
 def caps(presence_conf, lobby):
-    presence_conf(SOCKET_SOFT_BYTES=SOFT, SOCKET_HARD_BYTES=HARD)
+    presence_conf(
+        SOCKET_SOFT_BYTES=SOFT, SOCKET_HARD_BYTES=HARD, PRESENCE_EVENT_INTERVAL=0
+    )
 
 
 async def connect(user, unread=None):
