@@ -1,20 +1,26 @@
 // Renders the message list: one <li class="message"> per message, kept in seq order,
-// with pending/failed local messages (no seq yet) after all stored ones.
+// with pending/failed local messages (no seq yet) after all stored ones. Own stored
+// messages get Edit (inside the edit window) and Delete (after an in-page confirm).
 
+import { renderBody } from './format.js';
 import { fullTime, parseTime, relativeTime } from './relative-time.js';
 
 const GROUP_WINDOW_MS = 5 * 60_000; // same author within 5 min: one visual group
 const NEAR_BOTTOM_PX = 120;
 
 export class MessageView {
-  constructor({ list, scroller, empty, me, onEdit }) {
+  constructor({ list, scroller, empty, me, onEdit, onDelete, onSaveEdit, editWindowMs = 0 }) {
     this.list = list;
     this.scroller = scroller;
     this.empty = empty;
     this.me = me;
     this.onEdit = onEdit; // (body) => void, for a failed message's "Edit" button
+    this.onDelete = onDelete; // (id) => bool (sent), after the reader confirmed
+    this.onSaveEdit = onSaveEdit; // (id, body) => bool (sent), from the inline editor
+    this.editWindowMs = editWindowMs; // 0: no editing from the page
     this.byId = new Map(); // message id -> li
     this.byClientId = new Map(); // client_id -> li, while pending or failed
+    this.messages = new WeakMap(); // li -> the message it shows (raw body included)
   }
 
   // Drop all stored messages (keeping local pending/failed ones), e.g. before a reload.
@@ -60,7 +66,27 @@ export class MessageView {
 
   // The text of a pending message, e.g. to build the stored message from an ack.
   pendingBody(clientId) {
-    return this.byClientId.get(clientId)?.querySelector('.message-body').textContent ?? null;
+    const li = this.byClientId.get(clientId);
+    return li ? this.messages.get(li).body : null;
+  }
+
+  // The li showing stored message `id`, if loaded.
+  element(id) {
+    return this.byId.get(id) ?? null;
+  }
+
+  // The edit of message `id` was applied (message_edited came back): close its editor.
+  editSaved(id) {
+    const li = this.byId.get(id);
+    if (li?.querySelector('.message-editor[data-saving]')) this.#closeEditor(li);
+  }
+
+  // The server refused an edit: editors waiting for an answer become editable again.
+  // Returns whether any was waiting.
+  editFailed(text) {
+    const waiting = this.list.querySelectorAll('.message-editor[data-saving]');
+    for (const form of waiting) this.#editorIdle(form, text);
+    return waiting.length > 0;
   }
 
   hasPending(clientId) {
@@ -102,6 +128,11 @@ export class MessageView {
       const date = parseTime(time.dateTime);
       if (date) time.textContent = relativeTime(date, now);
     }
+    // The Edit button goes once a message is older than the edit window.
+    for (const button of this.list.querySelectorAll('.message-tools [data-action="edit"]')) {
+      const msg = this.messages.get(button.closest('li.message'));
+      if (msg && !this.#editable(msg, now)) button.remove();
+    }
   }
 
   #create() {
@@ -123,7 +154,11 @@ export class MessageView {
     status.className = 'message-status';
     status.hidden = true;
 
-    li.append(meta, body, status);
+    const tools = document.createElement('div');
+    tools.className = 'message-tools';
+    tools.hidden = true;
+
+    li.append(meta, body, status, tools);
     return li;
   }
 
@@ -149,8 +184,180 @@ export class MessageView {
     time.title = fullTime(date);
     time.textContent = relativeTime(date);
 
-    // textContent only: message bodies are user data and never parsed as HTML.
-    li.querySelector('.message-body').textContent = msg.deleted ? 'message deleted' : msg.body ?? '';
+    // Text nodes and safe elements only: bodies are user data, never parsed as HTML.
+    const previous = this.messages.get(li);
+    this.messages.set(li, msg);
+    const body = li.querySelector('.message-body');
+    if (msg.deleted) {
+      body.textContent = 'message deleted';
+      li.querySelector('.message-editor')?.remove();
+      li.classList.remove('message--editing');
+      body.hidden = false;
+    } else if (!previous || previous.body !== msg.body || previous.edited_at !== msg.edited_at) {
+      body.replaceChildren(renderBody(msg.body ?? ''));
+      const editedAt = parseTime(msg.edited_at ?? '');
+      if (msg.edited_at && editedAt) {
+        const marker = document.createElement('span');
+        marker.className = 'message-edited';
+        marker.textContent = '(edited)';
+        marker.title = `Edited ${fullTime(editedAt)}`;
+        body.append(' ', marker);
+      }
+    }
+    this.#fillTools(li, msg, stored);
+  }
+
+  // Edit and Delete for the reader's own stored messages.
+  #fillTools(li, msg, stored) {
+    const tools = li.querySelector('.message-tools');
+    const own = stored && !msg.deleted && msg.user === this.me;
+    if (!own) {
+      tools.hidden = true;
+      tools.replaceChildren();
+      return;
+    }
+    if (tools.dataset.confirming) return; // keep an open "Delete this message?" as it is
+    const buttons = [];
+    if (this.#editable(msg)) buttons.push(this.#toolButton('Edit', 'edit', () => this.#openEditor(li)));
+    buttons.push(this.#toolButton('Delete', 'delete', () => this.#confirmDelete(li)));
+    tools.replaceChildren(...buttons);
+    tools.hidden = false;
+  }
+
+  #editable(msg, now = Date.now()) {
+    if (!this.editWindowMs || !this.onSaveEdit || msg.deleted) return false;
+    const created = parseTime(msg.created_at);
+    return created !== null && now - created.getTime() < this.editWindowMs;
+  }
+
+  #toolButton(label, action, onClick) {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'link-button message-tool';
+    button.dataset.action = action;
+    button.textContent = label;
+    button.setAttribute('aria-label', `${label} message`);
+    button.addEventListener('click', onClick);
+    return button;
+  }
+
+  #confirmDelete(li) {
+    const tools = li.querySelector('.message-tools');
+    tools.dataset.confirming = 'true';
+    const question = document.createElement('span');
+    question.className = 'message-confirm';
+    question.textContent = 'Delete this message?';
+    const done = () => {
+      delete tools.dataset.confirming;
+      const msg = this.messages.get(li);
+      this.#fillTools(li, msg, Number.isInteger(msg.id));
+    };
+    const yes = this.#toolButton('Delete', 'confirm-delete', () => {
+      const msg = this.messages.get(li);
+      done();
+      if (!msg.deleted) this.onDelete?.(msg.id);
+    });
+    yes.classList.add('message-tool--danger');
+    yes.setAttribute('aria-label', 'Yes, delete this message');
+    const no = this.#toolButton('Cancel', 'cancel-delete', () => {
+      done();
+      tools.querySelector('[data-action="delete"]')?.focus();
+    });
+    no.setAttribute('aria-label', 'Keep this message');
+    tools.replaceChildren(question, ' ', yes, ' ', no);
+    tools.addEventListener('keydown', function onKey(event) {
+      if (event.key !== 'Escape' || !tools.dataset.confirming) return;
+      tools.removeEventListener('keydown', onKey);
+      no.click();
+    });
+    no.focus();
+  }
+
+  #openEditor(li) {
+    const msg = this.messages.get(li);
+    if (!msg || li.querySelector('.message-editor')) return;
+    const form = document.createElement('form');
+    form.className = 'message-editor';
+    const textarea = document.createElement('textarea');
+    textarea.className = 'message-editor__input';
+    textarea.rows = Math.min(8, (msg.body.match(/\n/g)?.length ?? 0) + 1);
+    textarea.value = msg.body;
+    textarea.setAttribute('aria-label', 'Edit message');
+    const note = document.createElement('p');
+    note.className = 'message-editor__note muted';
+    note.textContent = 'Enter to save, Esc to cancel';
+    const save = document.createElement('button');
+    save.type = 'submit';
+    save.className = 'button button--primary button--small';
+    save.textContent = 'Save';
+    const cancel = document.createElement('button');
+    cancel.type = 'button';
+    cancel.className = 'button button--quiet button--small';
+    cancel.textContent = 'Cancel';
+    const row = document.createElement('div');
+    row.className = 'message-editor__row';
+    row.append(note, cancel, save);
+    form.append(textarea, row);
+
+    const submit = () => {
+      if (form.dataset.saving) return;
+      const body = textarea.value.trim();
+      const current = this.messages.get(li);
+      if (body === '' || current.deleted) return;
+      if (body === current.body) {
+        this.#closeEditor(li);
+        return;
+      }
+      if (!this.onSaveEdit(current.id, body)) {
+        this.#editorIdle(form, 'Not connected: try again in a moment.');
+        return;
+      }
+      form.dataset.saving = 'true';
+      textarea.readOnly = true;
+      save.disabled = true;
+      note.textContent = 'saving…';
+    };
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      submit();
+    });
+    textarea.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape') {
+        event.preventDefault();
+        this.#closeEditor(li);
+      } else if (event.key === 'Enter' && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+        event.preventDefault();
+        submit();
+      }
+    });
+    cancel.addEventListener('click', () => this.#closeEditor(li));
+
+    li.querySelector('.message-body').hidden = true;
+    li.querySelector('.message-tools').hidden = true;
+    li.classList.add('message--editing');
+    li.querySelector('.message-body').after(form);
+    textarea.focus();
+    textarea.setSelectionRange(textarea.value.length, textarea.value.length);
+  }
+
+  #editorIdle(form, text) {
+    delete form.dataset.saving;
+    form.querySelector('textarea').readOnly = false;
+    form.querySelector('[type="submit"]').disabled = false;
+    const note = form.querySelector('.message-editor__note');
+    note.textContent = text;
+    note.classList.add('message-editor__note--error');
+  }
+
+  #closeEditor(li) {
+    const form = li.querySelector('.message-editor');
+    const hadFocus = form?.contains(document.activeElement);
+    form?.remove();
+    li.classList.remove('message--editing');
+    li.querySelector('.message-body').hidden = false;
+    const msg = this.messages.get(li);
+    this.#fillTools(li, msg, Number.isInteger(msg.id));
+    if (hadFocus) li.querySelector('[data-action="edit"]')?.focus();
   }
 
   // Move li so stored messages stay in seq order, ahead of any pending ones.
@@ -171,7 +378,7 @@ export class MessageView {
     edit.className = 'link-button';
     edit.textContent = 'Edit';
     edit.addEventListener('click', () => {
-      this.onEdit?.(li.querySelector('.message-body').textContent);
+      this.onEdit?.(this.messages.get(li).body);
       this.#removeLocal(clientId, li);
     });
 

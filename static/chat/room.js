@@ -25,6 +25,7 @@ const MAX_BODY = 4000;
 const OLDER_TRIGGER_PX = 80;
 const WAITING_NOTE = 'waiting for connection…';
 const ANNOUNCE_LOSS_AFTER_MS = 3000; // a blip that heals faster is not worth announcing
+const EDIT_WINDOW_S = Number.isFinite(config.editWindow) ? config.editWindow : 24 * 3600;
 
 const $ = (id) => document.getElementById(id);
 const scroller = $('message-scroller');
@@ -42,6 +43,9 @@ const view = new MessageView({
   empty: $('message-empty'),
   me: ME,
   onEdit: (body) => composer.setText(body),
+  onDelete: (id) => sendOrWarn({ type: 'delete', room: ROOM, id }),
+  onSaveEdit: (id, body) => joined && conn.send({ type: 'edit', room: ROOM, id, body }),
+  editWindowMs: EDIT_WINDOW_S * 1000,
 });
 const members = new MemberList({ list: $('member-list'), count: $('member-count'), empty: $('member-empty'), me: ME });
 const typingIndicator = new TypingIndicator($('typing-indicator'), ME);
@@ -79,6 +83,7 @@ let lossAnnounced = false;
 // Merge messages into the timeline and the list. `source` ('older' | 'live' | 'catchup')
 // decides scrolling and unread counting.
 function addMessages(messages, source) {
+  const fresh = new Set(messages.filter((m) => !timeline.has(m?.id)).map((m) => m.id));
   const changed = timeline.merge(messages);
   if (changed.length === 0) return;
 
@@ -96,7 +101,7 @@ function addMessages(messages, source) {
   }
 
   if ((source === 'live' || source === 'catchup') && document.hidden) {
-    unread += changed.filter((m) => m.user !== ME && !m.deleted).length;
+    unread += changed.filter((m) => fresh.has(m.id) && m.user !== ME && !m.deleted).length;
     updateTitle();
   }
   scheduleGapCheck();
@@ -287,6 +292,13 @@ function failLocal(clientId, text) {
   announce(`Your message was not sent: ${text}`);
 }
 
+// Delete frames go out only on a joined socket; otherwise say why nothing happened.
+function sendOrWarn(frame) {
+  if (joined && conn.send(frame)) return true;
+  alerts.show('Not connected: try again in a moment.', { timeout: 5000 });
+  return false;
+}
+
 // Polite news for screen readers that the message log does not carry by itself.
 function announce(text) {
   $('announcer').textContent = text;
@@ -322,6 +334,7 @@ function onError(frame) {
   }
   // Typing is best effort; its refusals (e.g. while muted) would only be noise.
   if (request === 'typing' || request === 'ping' || request === 'status') return;
+  if (request === 'edit' && view.editFailed(text)) return;
   if (request === 'join' && (code === 'rate_limited' || code === 'unavailable')) {
     setTimeout(() => conn.rejoin(ROOM), retryAfter * 1000);
     return;
@@ -358,6 +371,13 @@ function handleFrame(frame) {
       if (frame.room !== ROOM) return;
       const tombstone = timeline.markDeleted(frame.id);
       if (tombstone) view.upsert([tombstone]);
+      break;
+    }
+    case 'message_edited': {
+      if (frame.room !== ROOM || !isMessage(frame.message)) return;
+      const edited = timeline.markEdited(frame.message);
+      if (edited) view.upsert([edited]);
+      view.editSaved(frame.message.id);
       break;
     }
     case 'ack':
@@ -399,7 +419,7 @@ function withoutType(frame) {
   return message;
 }
 
-const BUFFERED_BEFORE_HISTORY = new Set(['message', 'offline_messages', 'message_deleted']);
+const BUFFERED_BEFORE_HISTORY = new Set(['message', 'offline_messages', 'message_deleted', 'message_edited']);
 
 conn.addEventListener('frame', (event) => {
   const frame = event.detail;

@@ -55,15 +55,15 @@ export class Timeline {
     if (next === null) this.highestSeen = this.lastSeq;
   }
 
-  // Add or update messages; returns the ones that are new or changed (tombstoned).
+  // Add or update messages; returns the ones that are new or changed (tombstoned, edited).
   merge(messages) {
     const changed = [];
     for (const msg of messages) {
       if (!isMessage(msg) || msg.room !== this.room) continue;
       const known = this.byId.get(msg.id);
-      if (known && Boolean(known.deleted) === Boolean(msg.deleted)) continue;
       // A tombstone never turns back into a live message.
       if (known && known.deleted) continue;
+      if (known && !msg.deleted && !isNewerEdit(msg, known)) continue;
       this.byId.set(msg.id, msg);
       changed.push(msg);
       this.noteLastSeq(msg.seq);
@@ -82,12 +82,29 @@ export class Timeline {
     return tombstone;
   }
 
+  // Apply a message_edited event's message; returns it, or null if not loaded or stale.
+  markEdited(msg) {
+    const known = this.byId.get(msg?.id);
+    if (!known || known.deleted || msg.room !== this.room || !isNewerEdit(msg, known)) return null;
+    const edited = { ...known, body: msg.body, edited_at: msg.edited_at };
+    this.byId.set(msg.id, edited);
+    return edited;
+  }
+
   #advance() {
     if (this.lastSeq === null) return;
     const seqs = new Set();
     for (const msg of this.byId.values()) if (msg.seq > this.lastSeq) seqs.add(msg.seq);
     while (seqs.has(this.lastSeq + 1)) this.lastSeq += 1;
   }
+}
+
+// True if `msg` carries a later edit than `known` (a late copy must not undo an edit).
+function isNewerEdit(msg, known) {
+  if (typeof msg.body !== 'string' || !msg.edited_at) return false;
+  const next = Date.parse(msg.edited_at);
+  const prev = known.edited_at ? Date.parse(known.edited_at) : -Infinity;
+  return next > prev;
 }
 
 export function isMessage(value) {

@@ -1,0 +1,181 @@
+"""Fixing and finding messages in a real browser: formatting, delete, edit, search."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from chat.models import Message
+
+from .browsers import PHONE, in_db_thread, screenshot
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+# Each of these must show as the very text that was sent, with nothing run.
+HOSTILE_BODIES = [
+    "<img src=x onerror=alert(1)>",
+    "javascript:alert(1)",
+    "[x](javascript:alert(1)) and [y](data:text/html,<script>alert(2)</script>)",
+    "<script>alert(3)</script>",
+    "**<b onmouseover=alert(4)>bold</b>** `<i>code</i>`",
+]
+
+
+def render(page, body):
+    """format.js's renderBody(body) in the page, as HTML text to assert on."""
+    return page.evaluate(
+        """async (body) => {
+            const src = document.querySelector('script[src*="chat/room.js"]').src;
+            const { renderBody } = await import(new URL('./format.js', src));
+            const box = document.createElement('div');
+            box.append(renderBody(body));
+            return box.innerHTML;
+        }""",
+        body,
+    )
+
+
+def test_formatting_renders_links_code_and_quotes_and_markup_stays_text(people):
+    alice = people("alice")
+    bob = people("bob", viewport=PHONE)
+    bob.type_and_send(
+        "> can someone check the build?\n"
+        "**Done**, see https://example.com/builds/42 and *also* www.example.org.\n"
+        "Run `make test` or:\n```\nmake test && echo **ok**\n```\nsnake_case_stays"
+    )
+    for body in HOSTILE_BODIES:
+        bob.type_and_send(body)
+
+    for person in (alice, bob):
+        page = person.page
+        expect(person.sent_messages).to_have_count(1 + len(HOSTILE_BODIES))
+        formatted = person.message("can someone check").locator(".message-body")
+        expect(formatted.locator("blockquote")).to_have_text(
+            "can someone check the build?"
+        )
+        expect(formatted.locator("strong")).to_have_text("Done")
+        expect(formatted.locator("em")).to_have_text("also")
+        expect(formatted.locator("code.md-code")).to_have_text("make test")
+        expect(formatted.locator("pre")).to_have_text("make test && echo **ok**")
+        expect(formatted).to_contain_text("snake_case_stays")
+        link = formatted.get_by_role("link", name="https://example.com/builds/42")
+        expect(link).to_have_attribute("href", "https://example.com/builds/42")
+        expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
+        expect(link).to_have_attribute("target", "_blank")
+        expect(formatted.get_by_role("link", name="www.example.org")).to_have_attribute(
+            "href", "https://www.example.org/"
+        )
+
+        bodies = page.locator("#message-list .message-body")
+        for body in HOSTILE_BODIES[:4]:
+            exact = re.compile(f"^{re.escape(body)}$")
+            expect(bodies.filter(has_text=exact)).to_have_count(1)
+        last = person.message("onmouseover").locator(".message-body")
+        expect(last.locator("strong")).to_have_text("<b onmouseover=alert(4)>bold</b>")
+        expect(last.locator("code")).to_have_text("<i>code</i>")
+        # Nothing from a body became an element it did not ask for, nor a bad link.
+        for tag in ("img", "script", "b", "i"):
+            expect(page.locator(f"#message-list .message-body {tag}")).to_have_count(0)
+        hrefs = page.locator("#message-list a").evaluate_all(
+            "links => links.map(a => a.getAttribute('href'))"
+        )
+        assert hrefs and all(re.match(r"https?://", href) for href in hrefs), hrefs
+
+    alice.page.reload()  # from history (REST) too
+    alice.wait_connected()
+    expect(alice.page.locator("#message-list .message-body img")).to_have_count(0)
+    expect(alice.message("can someone check").locator("a")).to_have_count(2)
+    alice.page.wait_for_timeout(500)  # an onerror handler would have fired by now
+    assert alice.dialogs == [] and bob.dialogs == []
+    screenshot(alice.page, "20-formatting")
+    screenshot(bob.page, "21-formatting-bob")
+
+
+def test_the_renderer_builds_elements_and_stays_fast_on_hostile_bodies(people):
+    page = people("alice").page
+    assert render(page, "a *b* **c** _d_ `e` snake_case x*y") == (
+        "a <em>b</em> <strong>c</strong> <em>d</em> "
+        '<code class="md-code">e</code> snake_case x*y'
+    )
+    assert render(page, "see http://a.example/x_(y)). [z](javascript:alert(1))") == (
+        'see <a href="http://a.example/x_(y)" rel="noopener noreferrer nofollow" '
+        'target="_blank">http://a.example/x_(y)</a>). [z](javascript:alert(1))'
+    )
+    assert render(page, "<img src=x onerror=alert(1)>") == (
+        "&lt;img src=x onerror=alert(1)&gt;"
+    )
+    assert render(page, "```\n<b>x</b>\n```") == (
+        '<pre class="md-pre"><code>&lt;b&gt;x&lt;/b&gt;</code></pre>'
+    )
+    # Bodies at the length limit built to make a naive parser backtrack or go
+    # quadratic: each renders far below anything a reader would notice.
+    timings = page.evaluate(
+        """async () => {
+            const src = document.querySelector('script[src*="chat/room.js"]').src;
+            const { renderBody } = await import(new URL('./format.js', src));
+            const bodies = {
+                stars: '*'.repeat(4000),
+                openers: '*a'.repeat(2000),
+                underscores: '_a '.repeat(1333),
+                backticks: '` '.repeat(2000),
+                mixed: '*_`'.repeat(1333),
+                urls: 'http://'.repeat(571),
+                parens: 'https://a.example/' + '('.repeat(3980) + '.',
+                fences: '```\\n'.repeat(1000),
+                quotes: '> **'.repeat(1000),
+            };
+            const out = {};
+            for (const [name, body] of Object.entries(bodies)) {
+                const start = performance.now();
+                for (let i = 0; i < 5; i++) renderBody(body);
+                out[name] = (performance.now() - start) / 5;
+            }
+            return out;
+        }"""
+    )
+    slow = {name: ms for name, ms in timings.items() if ms > 100}
+    assert not slow, f"pathological bodies render slowly (ms): {slow}"
+
+
+def stored(body):
+    return in_db_thread(
+        lambda: list(Message.objects.filter(body=body).values("id", "deleted_at"))
+    )
+
+
+def test_an_author_deletes_their_message_and_everyone_sees_it_go(people):
+    alice = people("alice")
+    bob = people("bob")
+    alice.type_and_send("oops, wrong room")
+    bob.type_and_send("bob's own words")
+    mine = alice.message("oops, wrong room")
+    expect(bob.message("oops, wrong room")).to_have_attribute("data-state", "sent")
+    expect(alice.message("bob's own words")).to_have_attribute("data-state", "sent")
+
+    # Only one's own messages offer Delete.
+    expect(alice.message("bob's own words").locator(".message-tools button")).to_have_count(0)
+    expect(bob.message("oops").get_by_role("button", name="Delete message")).to_have_count(0)
+
+    mine_id = mine.get_attribute("data-id")
+    mine.hover()
+    mine.get_by_role("button", name="Delete message").click()
+    confirm = mine.get_by_role("button", name="Yes, delete this message")
+    expect(confirm).to_be_visible()
+    expect(mine.locator(".message-tools")).to_contain_text("Delete this message?")
+    screenshot(alice.page, "22-delete-confirm")
+    alice.page.keyboard.press("Escape")  # changed her mind: nothing happens
+    expect(confirm).to_have_count(0)
+    expect(mine.get_by_role("button", name="Delete message")).to_be_focused()
+    alice.page.wait_for_timeout(300)
+    expect(bob.message("oops, wrong room")).to_have_count(1)
+
+    mine.get_by_role("button", name="Delete message").click()
+    mine.get_by_role("button", name="Yes, delete this message").click()
+    for person in (alice, bob):
+        tombstone = person.page.locator(f'#message-list li[data-id="{mine_id}"]')
+        expect(tombstone).to_have_class(re.compile(r"\bmessage--deleted\b"))
+        expect(tombstone.locator(".message-body")).to_have_text("message deleted")
+        expect(tombstone.locator(".message-tools button")).to_have_count(0)
+    assert stored("oops, wrong room")[0]["deleted_at"] is not None
+    screenshot(bob.page, "23-deleted-seen-by-bob")
+    assert alice.dialogs == [] and bob.dialogs == []
