@@ -7,6 +7,7 @@ import { ChatConnection } from './connection.js';
 import { MemberList } from './members.js';
 import { MessageView } from './message-view.js';
 import { Outbox } from './outbox.js';
+import { SearchPanel } from './search.js';
 import { Timeline, isMessage } from './timeline.js';
 import { TypingIndicator, TypingSender } from './typing.js';
 
@@ -26,11 +27,16 @@ const OLDER_TRIGGER_PX = 80;
 const WAITING_NOTE = 'waiting for connection…';
 const ANNOUNCE_LOSS_AFTER_MS = 3000; // a blip that heals faster is not worth announcing
 const EDIT_WINDOW_S = Number.isFinite(config.editWindow) ? config.editWindow : 24 * 3600;
+const AROUND = 25; // messages loaded each side of a search result
+const NEWER_TRIGGER_PX = 80;
+// ?at=<seq>: open the room at that message (from a search result) instead of the end.
+const AT_SEQ = Number.parseInt(new URLSearchParams(location.search).get('at') ?? '', 10);
 
 const $ = (id) => document.getElementById(id);
 const scroller = $('message-scroller');
 const log = $('message-log');
 const loadOlderButton = $('load-older');
+const loadNewerButton = $('load-newer');
 const jumpButton = $('jump-latest');
 const baseTitle = document.title;
 
@@ -71,6 +77,11 @@ let earlyFrames = []; // message frames that arrive before the first history pag
 let joined = false; // our join for this room has been answered on the current socket
 let hasOlder = false;
 let loadingOlder = false;
+// Showing a stretch of the past that does not reach the newest message (opened at a
+// search result): live messages are only counted until the reader scrolls down to them.
+let detached = false;
+let loadingNewer = false;
+let newestLoaded = 0; // highest seq loaded while detached: where the next page starts
 let fillingGap = false;
 let gapTimer = null;
 let flushTimer = null;
@@ -92,6 +103,8 @@ function addMessages(messages, source) {
 
   if (source === 'older') {
     quietly(() => view.keepScrollPosition(() => view.upsert(changed)));
+  } else if (source === 'newer') {
+    quietly(() => view.upsert(changed)); // below the reader: nothing moves
   } else {
     const stick = view.isNearBottom();
     view.upsert(changed);
@@ -118,7 +131,8 @@ function quietly(change) {
 async function loadInitial() {
   for (let attempt = 0; ; attempt += 1) {
     try {
-      showNewestPage(await fetchMessages(config.messagesUrl, { limit: PAGE_SIZE }));
+      if (AT_SEQ > 0) await showAround(AT_SEQ);
+      else showNewestPage(await fetchMessages(config.messagesUrl, { limit: PAGE_SIZE }));
       break;
     } catch (err) {
       if (redirectIfLoggedOut(err)) return;
@@ -130,10 +144,72 @@ async function loadInitial() {
   $('message-loading').hidden = true;
   updateHistoryEdge();
   view.scrollToBottom();
+  if (AT_SEQ > 0) showTarget(AT_SEQ);
   for (const frame of earlyFrames) handleFrame(frame);
   earlyFrames = [];
-  // Join only now, so `since` covers everything after the page we just rendered.
-  conn.join(ROOM, () => timeline.lastSeq);
+  // Join only now, so `since` covers everything after the page we just rendered. While
+  // detached from the present, no `missed`: the reader pages forward instead.
+  conn.join(ROOM, () => (detached ? null : timeline.lastSeq));
+}
+
+// Load the messages on both sides of `seq` (the message itself included).
+async function showAround(seq) {
+  const [older, newer] = await Promise.all([
+    fetchMessages(config.messagesUrl, { before: seq + 1, limit: AROUND + 1 }),
+    fetchMessages(config.messagesUrl, { after: seq, limit: AROUND }),
+  ]);
+  const results = [...older.results, ...newer.results];
+  showNewestPage({ results, hasMore: older.hasMore });
+  detached = newer.hasMore;
+  newestLoaded = Math.max(seq, ...results.map((m) => m.seq).filter(Number.isInteger));
+}
+
+function showTarget(seq) {
+  const li = view.list.querySelector(`li.message[data-seq="${seq}"]`);
+  if (!li) {
+    alerts.show('That message is not in this room (any more).', { timeout: 8000 });
+    return;
+  }
+  li.classList.add('message--target');
+  li.scrollIntoView({ block: 'center' });
+  const author = li.querySelector('.message-author').textContent;
+  announce(`Showing the message from ${author} you searched for.`);
+}
+
+// Page forward from a stretch of the past; reaching the newest message re-attaches.
+async function loadNewer() {
+  if (loadingNewer || !detached || !historyLoaded) return;
+  loadingNewer = true;
+  loadNewerButton.disabled = true;
+  loadNewerButton.textContent = 'Loading…';
+  try {
+    const page = await fetchMessages(config.messagesUrl, { after: newestLoaded, limit: PAGE_SIZE });
+    addMessages(page.results, 'newer');
+    for (const msg of page.results) if (msg.seq > newestLoaded) newestLoaded = msg.seq;
+    if (!page.hasMore) {
+      detached = false;
+      jumpButton.hidden = true;
+      fillGap(); // whatever arrived live meanwhile
+    }
+  } catch (err) {
+    if (!redirectIfLoggedOut(err)) alerts.show('Could not load newer messages.', { timeout: 8000 });
+  } finally {
+    loadingNewer = false;
+    loadNewerButton.disabled = false;
+    loadNewerButton.textContent = 'Load newer messages';
+    updateHistoryEdge();
+  }
+}
+
+// Leave a stretch of the past for the newest page, as a room normally opens.
+async function jumpToPresent() {
+  detached = false;
+  history.replaceState(null, '', location.pathname);
+  try {
+    await reloadNewest();
+  } catch (err) {
+    if (!redirectIfLoggedOut(err)) alerts.show('Could not load the newest messages.', { timeout: 8000 });
+  }
 }
 
 // Start the list over from a page of the newest messages.
@@ -166,13 +242,14 @@ async function loadOlder() {
 }
 
 function updateHistoryEdge() {
+  loadNewerButton.hidden = !detached;
   loadOlderButton.hidden = !hasOlder;
   $('history-start').hidden = hasOlder || timeline.size === 0;
 }
 
 // A seq jump may just be out-of-order delivery: wait a moment, then fetch what is missing.
 function scheduleGapCheck(delay = GAP_WAIT_MS) {
-  if (!timeline.hasGap || gapTimer !== null || fillingGap) return;
+  if (detached || !timeline.hasGap || gapTimer !== null || fillingGap) return;
   gapTimer = setTimeout(() => {
     gapTimer = null;
     if (timeline.hasGap) fillGap();
@@ -180,7 +257,7 @@ function scheduleGapCheck(delay = GAP_WAIT_MS) {
 }
 
 async function fillGap() {
-  if (fillingGap || !historyLoaded) return;
+  if (fillingGap || !historyLoaded || detached) return;
   fillingGap = true;
   clearTimeout(gapTimer);
   gapTimer = null;
@@ -229,6 +306,7 @@ async function loadPresence() {
 
 function sendMessage(body) {
   if ([...body].length > MAX_BODY) return;
+  if (detached) jumpToPresent(); // a reply belongs under the newest message
   const item = outbox.add(body);
   view.addPending(item);
   view.scrollToBottom();
@@ -360,10 +438,15 @@ function handleFrame(frame) {
     case 'message':
       if (frame.room !== ROOM || !isMessage(frame)) return;
       typingIndicator.clear(frame.user);
+      if (detached) {
+        timeline.noteLastSeq(frame.seq);
+        jumpButton.hidden = false;
+        return;
+      }
       addMessages([withoutType(frame)], 'live');
       break;
     case 'offline_messages':
-      if (Array.isArray(frame.messages)) {
+      if (Array.isArray(frame.messages) && !detached) {
         addMessages(frame.messages.filter((m) => m?.room === ROOM), 'catchup');
       }
       break;
@@ -499,15 +582,34 @@ scroller.addEventListener(
   'scroll',
   () => {
     if (scroller.scrollTop < OLDER_TRIGGER_PX && scroller.scrollHeight > scroller.clientHeight) loadOlder();
-    if (view.isNearBottom()) jumpButton.hidden = true;
+    const toBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
+    if (detached && toBottom < NEWER_TRIGGER_PX && scroller.scrollHeight > scroller.clientHeight) loadNewer();
+    if (view.isNearBottom() && !detached) jumpButton.hidden = true;
   },
   { passive: true },
 );
 loadOlderButton.addEventListener('click', loadOlder);
-jumpButton.addEventListener('click', () => {
+loadNewerButton.addEventListener('click', loadNewer);
+jumpButton.addEventListener('click', async () => {
+  if (detached) await jumpToPresent();
   view.scrollToBottom();
   jumpButton.hidden = true;
   $('composer').focus();
+});
+
+new SearchPanel({
+  form: $('search-form'),
+  input: $('search-input'),
+  scope: $('search-scope'),
+  panel: $('search-panel'),
+  heading: $('search-heading'),
+  list: $('search-results'),
+  status: $('search-status'),
+  more: $('search-more'),
+  close: $('search-close'),
+  url: config.searchUrl || '/api/search/',
+  room: ROOM,
+  onError: redirectIfLoggedOut,
 });
 
 // Resend anything whose ack is overdue; refresh "3 min ago" labels.

@@ -56,19 +56,22 @@ def launch(playwright):
 def screenshot(page, name, scroll="bottom"):
     """Save the page at desktop and phone sizes as artifacts/screenshots/<name>-*.png.
 
-    After each resize the message list is scrolled to `scroll` ("bottom" or "top"),
-    as a reader of that state would see it.
+    After each resize the message list is scrolled to `scroll` ("bottom", "top", or
+    a CSS selector of a message to centre), as a reader of that state would see it.
     """
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     original = page.viewport_size
     for label, size in (("desktop", DESKTOP), ("phone", PHONE)):
         page.set_viewport_size(size)
         page.evaluate(
-            """(top) => {
+            """(scroll) => {
                 const scroller = document.getElementById('message-scroller');
-                if (scroller) scroller.scrollTop = top ? 0 : scroller.scrollHeight;
+                if (!scroller) return;
+                if (scroll === 'top') scroller.scrollTop = 0;
+                else if (scroll === 'bottom') scroller.scrollTop = scroller.scrollHeight;
+                else document.querySelector(scroll)?.scrollIntoView({block: 'center'});
             }""",
-            scroll == "top",
+            scroll,
         )
         page.wait_for_timeout(150)  # let layout settle
         page.screenshot(path=SCREENSHOTS / f"{name}-{label}.png")

@@ -179,3 +179,85 @@ def test_an_author_deletes_their_message_and_everyone_sees_it_go(people):
     assert stored("oops, wrong room")[0]["deleted_at"] is not None
     screenshot(bob.page, "23-deleted-seen-by-bob")
     assert alice.dialogs == [] and bob.dialogs == []
+
+
+def seed_history(username, count):
+    def seed():
+        from django.contrib.auth import get_user_model
+
+        from chat import services
+        from chat.models import Room
+
+        user = get_user_model().objects.get(username=username)
+        lobby = Room.objects.get(slug="lobby")
+        for n in range(1, count + 1):
+            services.message_post(user=user, room=lobby, body=f"history message {n}")
+
+    in_db_thread(seed)
+
+
+def in_view(page, locator):
+    box = locator.bounding_box()
+    frame = page.locator("#message-scroller").bounding_box()
+    return (
+        frame["y"] <= box["y"]
+        and box["y"] + box["height"] <= frame["y"] + frame["height"]
+    )
+
+
+def test_opening_a_room_at_a_message_shows_its_surroundings_then_pages_to_now(
+    people, browser_server
+):
+    carol = browser_server.register("carol")
+    seed_history("carol", 120)
+    alice = people("alice")
+    page = alice.page
+    page.goto(f"{browser_server.base}/rooms/lobby/?at=40")
+    alice.wait_connected()
+
+    target = page.locator('#message-list li[data-seq="40"]')
+    expect(target).to_have_class(re.compile(r"\bmessage--target\b"))
+    assert alice.seqs() == list(range(15, 66))  # 25 each side of it
+    assert in_view(page, target)
+    expect(page.locator("#load-newer")).to_be_visible()
+    expect(page.locator("#load-older")).to_be_visible()
+    screenshot(page, "24-opened-at-a-message", scroll=".message--target")
+
+    # News while reading the past is offered, not appended after message 65.
+    status, _ = browser_server.request(
+        "POST", "/api/rooms/lobby/messages/", {"body": "something new"}, carol
+    )
+    assert status == 201
+    expect(page.get_by_role("button", name="New messages")).to_be_visible()
+    page.wait_for_timeout(300)
+    expect(alice.message("something new")).to_have_count(0)
+
+    # Scrolling down pages forward until the present, then live messages flow again.
+    page.locator("#message-scroller").hover()
+    for _ in range(40):
+        if alice.message("something new").count():
+            break
+        page.mouse.wheel(0, 3000)
+        page.wait_for_timeout(150)
+    expect(alice.message("something new")).to_have_count(1)
+    assert alice.seqs() == list(range(15, 122))
+    expect(page.locator("#load-newer")).to_be_hidden()
+    status, _ = browser_server.request(
+        "POST", "/api/rooms/lobby/messages/", {"body": "and live again"}, carol
+    )
+    expect(alice.message("and live again")).to_have_count(1)
+    assert alice.seqs()[-1] == 122
+
+    # The jump button leaves the past for the newest page at once.
+    page.goto(f"{browser_server.base}/rooms/lobby/?at=10")
+    alice.wait_connected()
+    expect(page.locator('#message-list li[data-seq="10"]')).to_have_class(
+        re.compile("message--target")
+    )
+    browser_server.request(
+        "POST", "/api/rooms/lobby/messages/", {"body": "newest of all"}, carol
+    )
+    page.get_by_role("button", name="New messages").click()
+    expect(alice.message("newest of all")).to_have_count(1)
+    expect(alice.messages).to_have_count(50)
+    assert page.evaluate("location.search") == ""
