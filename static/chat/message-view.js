@@ -212,6 +212,7 @@ export class MessageView {
     const tools = li.querySelector('.message-tools');
     const own = stored && !msg.deleted && msg.user === this.me;
     if (!own) {
+      delete tools.dataset.confirming;
       tools.hidden = true;
       tools.replaceChildren();
       return;
@@ -247,7 +248,9 @@ export class MessageView {
     const question = document.createElement('span');
     question.className = 'message-confirm';
     question.textContent = 'Delete this message?';
+    const keys = new AbortController();
     const done = () => {
+      keys.abort();
       delete tools.dataset.confirming;
       const msg = this.messages.get(li);
       this.#fillTools(li, msg, Number.isInteger(msg.id));
@@ -265,11 +268,13 @@ export class MessageView {
     });
     no.setAttribute('aria-label', 'Keep this message');
     tools.replaceChildren(question, ' ', yes, ' ', no);
-    tools.addEventListener('keydown', function onKey(event) {
-      if (event.key !== 'Escape' || !tools.dataset.confirming) return;
-      tools.removeEventListener('keydown', onKey);
-      no.click();
-    });
+    tools.addEventListener(
+      'keydown',
+      (event) => {
+        if (event.key === 'Escape') no.click();
+      },
+      { signal: keys.signal },
+    );
     no.focus();
   }
 

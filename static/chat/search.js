@@ -1,6 +1,7 @@
 // Message search from the room header: GET /api/search/ (newest first, `before` for
 // more), results listed in a panel over the messages; each result links to its room at
-// that message (`?at=<seq>`). A "from:name" word in the query filters by author.
+// that message (`?at=<seq>`). A "from:name" word in the query filters by author; the
+// rest goes to the server as typed ("quoted phrase", or, -word on PostgreSQL).
 
 import { getJSON } from './api.js';
 import { fullTime, parseTime, relativeTime } from './relative-time.js';
@@ -48,8 +49,8 @@ export class SearchPanel {
 
   search() {
     const { q, from } = parseQuery(this.input.value);
-    if (!q && !from) {
-      this.input.focus();
+    if (!q) {
+      this.input.focus(); // from:name alone is not a search: the server wants words
       return;
     }
     this.params = { q, from, room: this.scope.value === 'room' ? this.room : '' };
@@ -126,9 +127,14 @@ export class SearchPanel {
   }
 }
 
-// Text nodes with each query word's occurrences wrapped in <mark>.
+// Text nodes with each query word's occurrences wrapped in <mark>. Quotes, "or" and
+// -excluded words are search syntax, not words to mark.
 export function highlight(text, q) {
-  const words = q.toLowerCase().split(' ').filter(Boolean);
+  const words = q
+    .toLowerCase()
+    .replace(/"/g, ' ')
+    .split(' ')
+    .filter((word) => word && word !== 'or' && !word.startsWith('-'));
   const lower = text.toLowerCase();
   // Case folding that changes lengths would misplace the marks: leave such text plain.
   if (words.length === 0 || lower.length !== text.length) return [text];
