@@ -54,7 +54,7 @@ export class ChatConnection extends EventTarget {
     this.loginUrl = loginUrl;
     this.backoff = new Backoff();
     this.heartbeat = new Heartbeat(() => this.#beat());
-    this.rooms = new Map(); // slug -> () => since (last seq seen) or null
+    this.rooms = new Map(); // slug -> () => {since, changes_since} (each a number or null)
     this.ws = null;
     this.ready = false;
     this.stopped = false;
@@ -82,10 +82,11 @@ export class ChatConnection extends EventTarget {
     return true;
   }
 
-  // Subscribe to a room now and after every reconnect; `getSince` returns the last seq
-  // seen in that room (or null), so each re-join asks for exactly what was missed.
-  join(room, getSince = () => null) {
-    this.rooms.set(room, getSince);
+  // Subscribe to a room now and after every reconnect; `getPosition` returns the last
+  // seq seen in that room and the last change applied ({since, changes_since}, each a
+  // number or null), so each re-join asks for exactly what was missed.
+  join(room, getPosition = () => ({})) {
+    this.rooms.set(room, getPosition);
     if (this.ready) this.#sendJoin(room);
   }
 
@@ -99,9 +100,10 @@ export class ChatConnection extends EventTarget {
   }
 
   #sendJoin(room) {
-    const since = this.rooms.get(room)();
+    const { since, changes_since: changesSince } = this.rooms.get(room)();
     const frame = { type: 'join', room };
     if (Number.isInteger(since)) frame.since = since;
+    if (Number.isInteger(since) && Number.isInteger(changesSince)) frame.changes_since = changesSince;
     this.send(frame);
   }
 

@@ -82,6 +82,9 @@ let loadingOlder = false;
 let detached = false;
 let loadingNewer = false;
 let newestLoaded = 0; // highest seq loaded while detached: where the next page starts
+// The room's change counter (edits and deletions) up to which this page is current: a
+// re-join asks for the changes after it, to messages it already shows.
+let lastChange = null;
 let fillingGap = false;
 let gapTimer = null;
 let flushTimer = null;
@@ -149,7 +152,7 @@ async function loadInitial() {
   earlyFrames = [];
   // Join only now, so `since` covers everything after the page we just rendered. While
   // detached from the present, no `missed`: the reader pages forward instead.
-  conn.join(ROOM, () => (detached ? null : timeline.lastSeq));
+  conn.join(ROOM, () => (detached ? {} : { since: timeline.lastSeq, changes_since: lastChange }));
 }
 
 // Load the messages on both sides of `seq` (the message itself included).
@@ -428,6 +431,9 @@ function handleFrame(frame) {
       if (Array.isArray(frame.members)) members.setAll(frame.members);
       else loadPresence(); // a server without members in `joined`: ask the REST endpoint
       timeline.noteLastSeq(frame.last_seq);
+      if (Array.isArray(frame.changed)) applyChanges(frame.changed);
+      if (Number.isInteger(frame.last_change)) lastChange = frame.last_change;
+      if (frame.changed_truncated) fetchChanges();
       addMessages(Array.isArray(frame.missed) ? frame.missed : [], 'catchup');
       flushOutbox({ force: true });
       if (frame.truncated || timeline.hasGap) fillGap();
@@ -454,6 +460,7 @@ function handleFrame(frame) {
       if (frame.room !== ROOM) return;
       const tombstone = timeline.markDeleted(frame.id);
       if (tombstone) view.upsert([tombstone]);
+      noteChange(frame.change);
       break;
     }
     case 'message_edited': {
@@ -461,6 +468,7 @@ function handleFrame(frame) {
       const edited = timeline.markEdited(frame.message);
       if (edited) view.upsert([edited]);
       view.editSaved(frame.message.id);
+      noteChange(frame.change);
       break;
     }
     case 'ack':
@@ -494,6 +502,40 @@ function handleFrame(frame) {
       break;
     default:
       break; // hello and future frame types
+  }
+}
+
+// Edits and deletions from `joined.changed` or a changed_after page, for loaded messages.
+function applyChanges(messages) {
+  const changed = [];
+  for (const msg of messages) {
+    if (!isMessage(msg) || msg.room !== ROOM) continue;
+    const next = msg.deleted ? timeline.markDeleted(msg.id) : timeline.markEdited(msg);
+    if (next) changed.push(next);
+  }
+  if (changed.length) view.upsert(changed);
+}
+
+// Changes arrive in counter order; one missed (e.g. while reconnecting) stops the count,
+// so the next join asks again from there. Replaying a change is harmless.
+function noteChange(change) {
+  if (Number.isInteger(change) && lastChange !== null && change === lastChange + 1) lastChange = change;
+}
+
+// More changes than `joined` carries: page through them over REST.
+async function fetchChanges() {
+  try {
+    for (let pages = 0; pages < MAX_GAP_PAGES; pages += 1) {
+      const url = new URL(config.messagesUrl, location.origin);
+      url.searchParams.set('changed_after', String(lastChange));
+      url.searchParams.set('limit', String(GAP_PAGE_SIZE));
+      const data = await getJSON(url.pathname + url.search);
+      applyChanges(Array.isArray(data?.results) ? data.results : []);
+      if (Number.isInteger(data?.last_change)) lastChange = data.last_change;
+      if (!data?.has_more) break;
+    }
+  } catch (err) {
+    redirectIfLoggedOut(err); // otherwise the next join asks again
   }
 }
 
