@@ -5,7 +5,7 @@ import re
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection
-from django.db.models import Count
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
@@ -14,6 +14,7 @@ from voiceflow.db import on_loop, socket_connection, socket_database_sync_to_asy
 from .errors import Invalid, NotFound
 from .models import SLUG_PATTERN, Membership, Message, Mute, OfflineMark, Room
 from .payloads import timestamp
+from .validators import text_clean
 
 _slug_re = re.compile(SLUG_PATTERN)
 
@@ -108,6 +109,11 @@ def _room_last_seqs(slugs):
 def is_member(user, slug):
     """True if `user` has a stored membership of the room with this slug."""
     return Membership.objects.filter(user=user, room__slug=slug).exists()
+
+
+def room_queryset_visible(*, user) -> QuerySet[Room]:
+    """The rooms `user` may see: search (and any cross-room read) stays in them."""
+    return Room.objects.all()
 
 
 def room_list():
@@ -221,3 +227,80 @@ def offline_messages(user, since, *, limit, max_age, now=None):
         rows.filter(created_at__gt=now - max_age).order_by("-created_at", "-id")[:limit]
     )
     return newest[::-1], rows.count() - len(newest)
+
+
+def messages_changed(room_id, *, since, changes_since, through, limit):
+    """Messages up to seq `since` changed after `changes_since` (up to `through`).
+
+    Oldest change first; returns (up to `limit` of them, whether more exist). What a
+    rejoining client, holding seqs 1…`since` as of change `changes_since`, must
+    replace; `through` is the room's change counter read before, so that the
+    client's next `changes_since` covers exactly what it was sent.
+    """
+    rows = list(
+        _messages(room_id)
+        .filter(
+            change_seq__gt=changes_since, change_seq__lte=through, seq__lte=since
+        )
+        .filter(change_seq__gt=0)  # lets PostgreSQL use the partial index
+        .order_by("change_seq")[: limit + 1]
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def messages_changed_after(room_id, change, limit):
+    """Messages whose latest edit or deletion came after change `change`.
+
+    Oldest change first; returns (up to `limit` of them, whether more exist).
+    """
+    rows = list(
+        _messages(room_id)
+        .filter(change_seq__gt=max(change, 0))
+        .order_by("change_seq")[: limit + 1]
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def search_query_clean(value):
+    """A search query from a query parameter: stripped, 1–max characters, or Invalid."""
+    limit = settings.VOICEFLOW["SEARCH_QUERY_MAX_CHARS"]
+    return text_clean(value, field="q", limit=limit)
+
+
+def _search_terms(query):
+    """SQLite's fallback: the query's words (quotes dropped), each matched as is."""
+    return [term for term in query.replace('"', " ").split() if term]
+
+
+def messages_search(*, user, query, room=None, author=None, before=None, limit):
+    """Live messages matching `query` in rooms `user` may see, newest first.
+
+    `room` (a slug) and `author` (a username) narrow it; `before` is a message id
+    cursor. Returns (up to `limit` messages, whether older matches exist).
+    PostgreSQL: full-text search on the 'simple' configuration (no stemming; web
+    search syntax: "quoted phrase", or, -word), served by the GIN index on that
+    expression. SQLite: every word must appear in the body (case-insensitive).
+    """
+    rooms = room_queryset_visible(user=user)
+    if room is not None:
+        rooms = rooms.filter(slug=room)
+    rows = Message.objects.filter(room__in=rooms, deleted_at__isnull=True)
+    if author is not None:
+        rows = rows.filter(user__username=author)
+    if before is not None:
+        rows = rows.filter(id__lt=before)
+    if connection.vendor == "postgresql":
+        from django.contrib.postgres.search import SearchQuery, SearchVector
+
+        # The very expression of the index built in migration 0005.
+        document = SearchVector("body", config="simple")
+        parsed = SearchQuery(query, config="simple", search_type="websearch")
+        rows = rows.annotate(document=document).filter(document=parsed)
+    else:
+        terms = _search_terms(query)
+        if not terms:
+            return [], False
+        for term in terms:
+            rows = rows.filter(body__icontains=term)
+    rows = list(rows.select_related("user", "room").order_by("-id")[: limit + 1])
+    return rows[:limit], len(rows) > limit
