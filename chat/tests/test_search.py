@@ -1,5 +1,6 @@
 """Search: GET /api/search/ over the messages of rooms the user may see."""
 
+import orjson
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -160,10 +161,39 @@ def test_postgresql_search_is_served_by_the_gin_index(alice, lobby):
     )
     with CaptureQueriesContext(connection) as queries:
         selectors.messages_search(user=alice, query="note 42", limit=50)
-    sql = next(q["sql"] for q in queries.captured_queries if "to_tsvector" in q["sql"])
+    sql = queries.captured_queries[-1]["sql"]  # the search (after its estimate)
+    assert "to_tsvector" in sql
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
         cursor.execute("SET LOCAL enable_indexscan = off")  # not the pkey walk
         cursor.execute(f"EXPLAIN {sql}")
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "message_body_search" in plan, plan
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL picks between two orders"
+)
+@pytest.mark.parametrize("estimate", [1, 30, 10**6])
+def test_every_way_of_reading_matches_gives_the_same_pages(
+    alice, lobby, monkeypatch, estimate
+):
+    """Few matches estimated: read through the index; many: walked from the newest;
+    wildly too many: the bounded walk falls short and the rest is read."""
+    ids = [post(alice, lobby, f"retro item {i}")["id"] for i in range(7)]
+    for i in range(30):
+        post(alice, lobby, f"filler {i}")
+    real_explain = type(Message.objects.all()).explain
+
+    def explain(queryset, **options):
+        plan = orjson.loads(real_explain(queryset, **options))
+        plan[0]["Plan"]["Plan Rows"] = estimate
+        return orjson.dumps(plan).decode()
+
+    monkeypatch.setattr(type(Message.objects.all()), "explain", explain)
+    monkeypatch.setattr(selectors, "_table_rows_estimate", lambda model: 37)
+    first = search(alice, q="retro", limit=3)
+    second = search(alice, q="retro", limit=3, before=first["results"][-1]["id"])
+    assert [m["id"] for m in first["results"] + second["results"]] == ids[:-7:-1]
+    assert (first["has_more"], second["has_more"]) == (True, True)
+    assert bodies(search(alice, q='"item 3"')) == ["retro item 3"]
