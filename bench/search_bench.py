@@ -50,7 +50,7 @@ QUERIES = [
     ("two words", "w2 w40", None),
     ("phrase", '"w1 w2"', None),
     ("common + room", "w1", "bench-7"),
-    ("rare + room", RARE_WORD, "bench-7"),
+    ("rare + room", RARE_WORD, "bench-0"),
     ("no match", "nosuchword", None),
 ]
 
