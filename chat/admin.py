@@ -9,7 +9,7 @@ from django.contrib.auth.admin import UserAdmin
 
 from . import services
 from .forms import AdminLoginForm, AdminUserAddForm, AdminUserEditForm, RoomAdminForm
-from .models import Membership, Message, ModerationAction, Mute, Room
+from .models import Membership, Message, MessageEdit, ModerationAction, Mute, Room
 
 User = get_user_model()
 
@@ -74,6 +74,28 @@ class DeletedFilter(admin.SimpleListFilter):
         return queryset
 
 
+class MessageEditInline(admin.TabularInline):
+    """The edit history: each earlier body, when it was replaced and by whom."""
+
+    model = MessageEdit
+    fields = ["edited_at", "editor", "previous_body"]
+    readonly_fields = fields
+    ordering = ["edited_at", "id"]
+    extra = 0
+    can_delete = False
+    verbose_name = "earlier version"
+    verbose_name_plural = "edit history (earlier bodies, oldest first)"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("editor")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     # Built for 100,000s of rows: newest first by primary key, no full counts, room
@@ -85,6 +107,7 @@ class MessageAdmin(admin.ModelAdmin):
         "user",
         "short_body",
         "created_at",
+        "edited_at",
         "deleted_at",
     ]
     list_filter = [DeletedFilter]
@@ -101,8 +124,10 @@ class MessageAdmin(admin.ModelAdmin):
         "body",
         "client_id",
         "created_at",
+        "edited_at",
         "deleted_at",
     ]
+    inlines = [MessageEditInline]
     show_full_result_count = False
     actions = ["delete_messages"]
 

@@ -28,6 +28,7 @@ from .auth import header, host_allowed, token_user
 from .errors import ChatError, Invalid
 from .payloads import message_data
 from .serializers import (
+    MessageEditSerializer,
     MessagePostSerializer,
     RegisterSerializer,
     RoomCreateSerializer,
@@ -238,6 +239,9 @@ class RoomMessagesView(APIView):
     def get(self, request, slug):
         room = selectors.room_get(slug)
         limit = selectors.history_limit(request.query_params.get("limit"))
+        changed_after = _seq_param(request, "changed_after")
+        if changed_after is not None:
+            return self._changed(room, changed_after, limit)
         after = _seq_param(request, "after")
         before = _seq_param(request, "before")
         if after is not None:
@@ -251,6 +255,20 @@ class RoomMessagesView(APIView):
         results = [message_data(m, room_slug=room.slug) for m in rows]
         return Response({"results": results, "has_more": has_more})
 
+    def _changed(self, room, changed_after, limit):
+        rows, has_more = selectors.messages_changed_after(
+            room.id, changed_after, limit
+        )
+        # What the reply is complete up to: the next page's changed_after, else the
+        # room's counter (read before the rows, which commit in counter order).
+        last_change = max(room.last_change, rows[-1].change_seq if rows else 0)
+        if has_more:
+            last_change = rows[-1].change_seq
+        results = [message_data(m, room_slug=room.slug) for m in rows]
+        return Response(
+            {"results": results, "has_more": has_more, "last_change": last_change}
+        )
+
     def post(self, request, slug):
         room = selectors.room_get(slug)
         serializer = MessagePostSerializer(data=request.data)
@@ -263,10 +281,42 @@ class RoomMessagesView(APIView):
 
 
 class RoomMessageView(APIView):
+    def patch(self, request, slug, message_id):
+        room = selectors.room_get(slug)
+        serializer = MessageEditSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = async_to_sync(services.message_edit)(
+            user=request.user,
+            room=room,
+            message_id=message_id,
+            body=serializer.validated_data["body"],
+        )
+        return Response(result.event["message"])
+
     def delete(self, request, slug, message_id):
         room = selectors.room_get(slug)
         services.message_delete_own(user=request.user, room=room, message_id=message_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SearchView(APIView):
+    def get(self, request):
+        params = request.query_params
+        query = selectors.search_query_clean(params.get("q"))
+        limit = selectors.history_limit(params.get("limit"))
+        room = params.get("room") or None
+        if room is not None and not selectors.is_room_slug(room):
+            raise Invalid("room must be a room slug.", field="room")
+        rows, has_more = selectors.messages_search(
+            user=request.user,
+            query=query,
+            room=room,
+            author=params.get("from") or None,
+            before=_seq_param(request, "before"),
+            limit=limit,
+        )
+        results = [message_data(m) for m in rows]
+        return Response({"results": results, "has_more": has_more})
 
 
 class MembershipView(APIView):

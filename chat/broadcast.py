@@ -236,6 +236,11 @@ async def message_deleted(event):
     await _to_room(event["room"], {"type": "message_deleted", **event})
 
 
+async def message_edited(event):
+    """Tell a room's sockets a message's new body (the whole message object)."""
+    await _to_room(event["room"], {"type": "message_edited", **event})
+
+
 async def room_lock_changed(slug, locked):
     """Tell a room's sockets that posting there was switched off or on."""
     await _to_room(slug, {"type": "room_locked", "room": slug, "locked": locked})

@@ -5,6 +5,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
@@ -69,30 +70,68 @@ def _frame_ref(frame):
     return None
 
 
-async def _join(user, slug, since):
+@dataclass(frozen=True)
+class Joined:
+    """What a join read: the `joined` frame's data; whether a membership began."""
+
+    room: Room
+    last_seq: int
+    missed: list
+    truncated: bool
+    last_change: int
+    changed: list
+    changed_truncated: bool
+    became_member: bool
+
+
+async def _join(user, slug, since, changes_since):
     """Membership plus what the socket missed, in one trip to the database.
 
-    Returns (room, last_seq, missed, truncated, became_member). A first join (no
-    `since`) on PostgreSQL is one statement on the loop; the rest go to a thread.
+    A first join (no `since`) on PostgreSQL is one statement on the loop; the rest
+    go to a thread.
     """
     if since is None and on_loop():
         room, became_member = await services.room_join_on_loop(user=user, slug=slug)
-        return room, room.last_seq, [], False, became_member
-    return await _join_with_missed(user, slug, since)
+        return Joined(
+            room, room.last_seq, [], False, room.last_change, [], False, became_member
+        )
+    return await _join_with_missed(user, slug, since, changes_since)
 
 
 @socket_database_sync_to_async
-def _join_with_missed(user, slug, since):
+def _join_with_missed(user, slug, since, changes_since):
     room = selectors.room_get(slug)
     became_member = services.room_join(user=user, room=room)
+    limit = settings.VOICEFLOW["MISSED_LIMIT"]
     missed, truncated = [], False
-    if since is not None:
-        rows, truncated = selectors.messages_after(
-            room.id, since, settings.VOICEFLOW["MISSED_LIMIT"]
+    changed, changed_truncated = [], False
+    last_change = room.last_change
+    if since is not None and changes_since is not None:
+        # Read before `missed`: what `missed` shows is at least as new.
+        rows, changed_truncated = selectors.messages_changed(
+            room.id,
+            since=since,
+            changes_since=changes_since,
+            through=last_change,
+            limit=limit,
         )
+        changed = [message_data(m, room_slug=room.slug) for m in rows]
+        if changed_truncated:
+            last_change = rows[-1].change_seq  # complete up to here: fetch the rest
+    if since is not None:
+        rows, truncated = selectors.messages_after(room.id, since, limit)
         missed = [message_data(m, room_slug=room.slug) for m in rows]
     last_seq = max(room.last_seq, missed[-1]["seq"] if missed else 0)
-    return room, last_seq, missed, truncated, became_member
+    return Joined(
+        room,
+        last_seq,
+        missed,
+        truncated,
+        last_change,
+        changed,
+        changed_truncated,
+        became_member,
+    )
 
 
 @socket_database_sync_to_async
@@ -441,6 +480,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def frame_join(self, frame):
         slug = _room_slug(frame)
         since = _optional_seq(frame, "since")
+        changes_since = _optional_seq(frame, "changes_since")
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
         if slug in self.rooms:  # a re-join on this socket (a reconnect's is free)
@@ -449,24 +489,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Subscribe before reading what was missed, so nothing falls in between.
         await self.hub.room_add(slug, self)
         try:
-            room, last_seq, missed, truncated, new = await _join(self.user, slug, since)
+            join = await _join(self.user, slug, since, changes_since)
         except Exception:
             if slug not in self.rooms:
                 await self.hub.room_remove(slug, self)
             raise
         if slug not in self.rooms:
             sockets.room_joined(slug)
-        if hit and not new:
+        if hit and not join.became_member:
             await ratelimit.rate_refund(hit)  # a re-join never counts
-        self.rooms[slug] = room
+        self.rooms[slug] = join.room
         await self.send_frame(
             {
                 "type": "joined",
                 "room": slug,
-                "last_seq": last_seq,
+                "last_seq": join.last_seq,
                 "members": await self._presence_room_enter(slug),
-                "missed": missed,
-                "truncated": truncated,
+                "missed": join.missed,
+                "truncated": join.truncated,
+                "last_change": join.last_change,
+                "changed": join.changed,
+                "changed_truncated": join.changed_truncated,
             }
         )
 
@@ -533,6 +576,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not result.deleted:
             await self.send_frame({"type": "message_deleted", **result.event})
 
+    async def frame_edit(self, frame):
+        room = await self._joined_room(frame)
+        result = await services.message_edit(
+            user=self.user,
+            room=room,
+            message_id=frame.get("id"),
+            body=frame.get("body"),
+        )
+        # No ack: the room hears `message_edited` after the commit, this socket
+        # too; an edit that changes nothing is confirmed to the sender alone.
+        if not result.edited:
+            await self.send_frame({"type": "message_edited", **result.event})
+
     async def frame_ping(self, frame):
         ts = frame.get("ts")
         if isinstance(ts, bool) or not isinstance(ts, (int, float)):
@@ -561,6 +617,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         "ping": frame_ping,
         "status": frame_status,
         "delete": frame_delete,
+        "edit": frame_edit,
     }
 
     # Events from the hub

@@ -27,6 +27,9 @@ class Room(models.Model):
     is_locked = models.BooleanField(default=False)
     # The room's latest seq; bumped under the row lock in the insert's transaction.
     last_seq = models.BigIntegerField(default=0, editable=False)
+    # The room's change counter: bumped under the same row lock for every edit and
+    # deletion of one of its messages, which takes the new value as its change_seq.
+    last_change = models.BigIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["slug"]
@@ -62,6 +65,10 @@ class Message(models.Model):
     client_id = models.CharField(max_length=64, null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    edited_at = models.DateTimeField(null=True, blank=True)
+    # The room's change counter at this message's latest edit or deletion (0: never
+    # changed). A database default: the raw-SQL inserts leave it out.
+    change_seq = models.BigIntegerField(default=0, db_default=0, editable=False)
 
     class Meta:
         ordering = ["room", "seq"]
@@ -74,6 +81,15 @@ class Message(models.Model):
                 name="message_user_client_id",
             ),
         ]
+        indexes = [
+            # "Changed after N" reads; only changed messages are in it, so it stays
+            # small and costs nothing on insert.
+            models.Index(
+                fields=["room", "change_seq"],
+                condition=Q(change_seq__gt=0),
+                name="message_room_change",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.room_id}#{self.seq}"
@@ -81,6 +97,28 @@ class Message(models.Model):
     @property
     def is_deleted(self):
         return self.deleted_at is not None
+
+
+class MessageEdit(models.Model):
+    """A message's body before one of its edits: the edit history, for moderators."""
+
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="edits"
+    )
+    previous_body = models.TextField()
+    edited_at = models.DateTimeField(default=timezone.now)
+    editor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["message", "edited_at", "id"]
+
+    def __str__(self):
+        return f"{self.message_id} edited at {self.edited_at}"
 
 
 class Mute(models.Model):

@@ -16,6 +16,7 @@ def message_data(message, *, room_slug=None, username=None):
         "body": "" if message.deleted_at else message.body,
         "created_at": timestamp(message.created_at),
         "client_id": message.client_id,
+        "edited_at": message.edited_at and timestamp(message.edited_at),
     }
     if message.deleted_at:
         data["deleted"] = True

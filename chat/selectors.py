@@ -2,10 +2,11 @@
 
 import re
 
+import orjson
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection
-from django.db.models import Count
+from django.db.models import Count, F, Max, QuerySet
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
@@ -14,6 +15,7 @@ from voiceflow.db import on_loop, socket_connection, socket_database_sync_to_asy
 from .errors import Invalid, NotFound
 from .models import SLUG_PATTERN, Membership, Message, Mute, OfflineMark, Room
 from .payloads import timestamp
+from .validators import text_clean
 
 _slug_re = re.compile(SLUG_PATTERN)
 
@@ -108,6 +110,11 @@ def _room_last_seqs(slugs):
 def is_member(user, slug):
     """True if `user` has a stored membership of the room with this slug."""
     return Membership.objects.filter(user=user, room__slug=slug).exists()
+
+
+def room_queryset_visible(*, user) -> QuerySet[Room]:
+    """The rooms `user` may see: search (and any cross-room read) stays in them."""
+    return Room.objects.all()
 
 
 def room_list():
@@ -221,3 +228,129 @@ def offline_messages(user, since, *, limit, max_age, now=None):
         rows.filter(created_at__gt=now - max_age).order_by("-created_at", "-id")[:limit]
     )
     return newest[::-1], rows.count() - len(newest)
+
+
+def messages_changed(room_id, *, since, changes_since, through, limit):
+    """Messages up to seq `since` changed after `changes_since` (up to `through`).
+
+    Oldest change first; returns (up to `limit` of them, whether more exist). What a
+    rejoining client, holding seqs 1…`since` as of change `changes_since`, must
+    replace; `through` is the room's change counter read before, so that the
+    client's next `changes_since` covers exactly what it was sent.
+    """
+    rows = list(
+        _messages(room_id)
+        .filter(
+            change_seq__gt=changes_since, change_seq__lte=through, seq__lte=since
+        )
+        .filter(change_seq__gt=0)  # lets PostgreSQL use the partial index
+        .order_by("change_seq")[: limit + 1]
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def messages_changed_after(room_id, change, limit):
+    """Messages whose latest edit or deletion came after change `change`.
+
+    Oldest change first; returns (up to `limit` of them, whether more exist).
+    """
+    rows = list(
+        _messages(room_id)
+        .filter(change_seq__gt=max(change, 0))
+        .order_by("change_seq")[: limit + 1]
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def search_query_clean(value):
+    """A search query from a query parameter: stripped, 1–max characters, or Invalid."""
+    limit = settings.VOICEFLOW["SEARCH_QUERY_MAX_CHARS"]
+    return text_clean(value, field="q", limit=limit)
+
+
+def _search_terms(query):
+    """SQLite's fallback: the query's words (quotes dropped), each matched as is."""
+    return [term for term in query.replace('"', " ").split() if term]
+
+
+def messages_search(*, user, query, room=None, author=None, before=None, limit):
+    """Live messages matching `query` in rooms `user` may see, newest first.
+
+    `room` (a slug) and `author` (a username) narrow it; `before` is a message id
+    cursor. Returns (up to `limit` messages, whether older matches exist).
+    PostgreSQL: full-text search on the 'simple' configuration (no stemming; web
+    search syntax: "quoted phrase", or, -word), served by the GIN index on that
+    expression. SQLite: every word must appear in the body (case-insensitive).
+    """
+    rooms = room_queryset_visible(user=user)
+    if room is not None:
+        rooms = rooms.filter(slug=room)
+    rows = Message.objects.filter(room__in=rooms, deleted_at__isnull=True)
+    if author is not None:
+        rows = rows.filter(user__username=author)
+    if before is not None:
+        rows = rows.filter(id__lt=before)
+    if connection.vendor == "postgresql":
+        from django.contrib.postgres.search import SearchQuery, SearchVector
+
+        # The very expression of the index built in migration 0005.
+        document = SearchVector("body", config="simple")
+        parsed = SearchQuery(query, config="simple", search_type="websearch")
+        rows = rows.alias(document=document).filter(document=parsed)
+        found = _search_newest(rows, limit + 1, before=before, phrase='"' in query)
+    else:
+        terms = _search_terms(query)
+        if not terms:
+            return [], False
+        for term in terms:
+            rows = rows.filter(body__icontains=term)
+        found = list(_with_authors(rows).order_by("-id")[: limit + 1])
+    return found[:limit], len(found) > limit
+
+
+def _with_authors(rows):
+    return rows.select_related("user", "room")
+
+
+def _search_newest(rows, wanted, *, before, phrase):
+    """PostgreSQL: the newest `wanted` of `rows` (filtered by a full-text match).
+
+    Two ways: walk ids down from the newest, computing each body's tsvector, until
+    `wanted` match (quick when matches are dense), or read every match through the
+    GIN index and sort them (quick when they are few). PostgreSQL's planner prices
+    the walk's per-row work too low, so the choice is made here, from its estimate N
+    of the matches: the walk when N² ≥ 4 · wanted · table rows, and never for a
+    phrase (its estimate is a guess). The walk is bounded to 8 times the span of ids
+    expected to hold a page; what it does not find is then read the other way.
+    """
+    plan = orjson.loads(rows.order_by().explain(format="json"))
+    matches = max(plan[0]["Plan"]["Plan Rows"], 1)
+    table_rows = max(_table_rows_estimate(Message), 1)
+    found = []
+    if not phrase and matches * matches >= 4 * wanted * table_rows:
+        top = before - 1 if before is not None else _message_id_newest()
+        floor = top - int(8 * wanted * table_rows / matches)
+        found = list(
+            _with_authors(rows.filter(id__gt=floor)).order_by("-id")[:wanted]
+        )
+        if len(found) == wanted:
+            return found
+        rows = rows.filter(id__lte=floor)
+    # An order the id index cannot give: PostgreSQL reads the matches through the
+    # GIN index and sorts them.
+    rest = _with_authors(rows.alias(newest=F("id") + 0)).order_by("-newest")
+    return found + list(rest[: wanted - len(found)])
+
+
+def _table_rows_estimate(model):
+    """PostgreSQL's estimate of the table's rows (from its last ANALYZE)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
+            [model._meta.db_table],
+        )
+        return cursor.fetchone()[0]
+
+
+def _message_id_newest():
+    return Message.objects.aggregate(newest=Max("id"))["newest"] or 0

@@ -36,6 +36,10 @@ class MessagePostSerializer(serializers.Serializer):
     client_id = serializers.JSONField(required=False, allow_null=True)
 
 
+class MessageEditSerializer(serializers.Serializer):
+    body = serializers.JSONField()  # the rules: chat.services.clean_body
+
+
 class RoomSerializer(serializers.ModelSerializer):
     member_count = serializers.IntegerField(read_only=True)
     online_count = serializers.SerializerMethodField()

@@ -26,9 +26,17 @@ from voiceflow.db import (
 
 from . import broadcast, ratelimit, selectors
 from .errors import Forbidden, Invalid, NotFound, Unavailable
-from .models import Membership, Message, ModerationAction, Mute, OfflineMark, Room
+from .models import (
+    Membership,
+    Message,
+    MessageEdit,
+    ModerationAction,
+    Mute,
+    OfflineMark,
+    Room,
+)
 from .payloads import message_data
-from .validators import CONTROL_CHARS, validate_name_text
+from .validators import CONTROL_CHARS, text_clean, validate_name_text
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,14 @@ class DeleteResult:
 
 
 @dataclass(frozen=True)
+class EditResult:
+    """The `message_edited` data; `edited` is False if the body was that already."""
+
+    event: dict
+    edited: bool
+
+
+@dataclass(frozen=True)
 class PostResult:
     """A stored message in wire form; `created` is False for an idempotent replay."""
 
@@ -51,17 +67,7 @@ class PostResult:
 
 def clean_body(body):
     """The body stripped of surrounding whitespace, or Invalid."""
-    if not isinstance(body, str):
-        raise Invalid("body must be a string.", field="body")
-    body = body.strip()
-    limit = settings.VOICEFLOW["MAX_BODY_CHARS"]
-    if not body:
-        raise Invalid("body is empty.", field="body")
-    if len(body) > limit:
-        raise Invalid(f"body is longer than {limit} characters.", field="body")
-    if CONTROL_CHARS.search(body):
-        raise Invalid("body contains control characters.", field="body")
-    return body
+    return text_clean(body, field="body", limit=settings.VOICEFLOW["MAX_BODY_CHARS"])
 
 
 def clean_client_id(client_id):
@@ -75,6 +81,13 @@ def clean_client_id(client_id):
     if CONTROL_CHARS.search(client_id):
         raise Invalid("client_id contains control characters.", field="client_id")
     return client_id
+
+
+def clean_message_id(message_id):
+    """A message id from a frame or request (an integer, not a bool), else Invalid."""
+    if isinstance(message_id, bool) or not isinstance(message_id, int):
+        raise Invalid("id must be an integer.", field="id")
+    return message_id
 
 
 def user_register(*, username, password):
@@ -146,13 +159,23 @@ def _room_next_seq(room_id, user_id, now):
     Returns (seq, is_locked, id of the poster's current mute or None), or None if the
     room is gone: the mute is read in the same statement, so checking it is free.
     """
+    return _room_counter_take(room_id, "last_seq", 1, user_id, now)
+
+
+def _room_counter_take(room_id, counter, count, user_id, now):
+    """Add `count` to the room's `counter` column under its row lock.
+
+    Returns (its new value, is_locked, id of the user's current mute or None), or
+    None if the room is gone. The lock is held to the commit, so what takes numbers
+    from one room's counter commits in their order.
+    """
     rooms, mutes = Room._meta.db_table, Mute._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {rooms} SET last_seq = last_seq + 1 WHERE id = %s "
-            f"RETURNING last_seq, is_locked, (SELECT id FROM {mutes} "
+            f"UPDATE {rooms} SET {counter} = {counter} + %s WHERE id = %s "
+            f"RETURNING {counter}, is_locked, (SELECT id FROM {mutes} "
             "WHERE user_id = %s AND until > %s ORDER BY until DESC LIMIT 1)",
-            [room_id, user_id, connection.ops.adapt_datetimefield_value(now)],
+            [count, room_id, user_id, connection.ops.adapt_datetimefield_value(now)],
         )
         return cursor.fetchone()
 
@@ -486,7 +509,25 @@ def _record(actor, kind, *, reason="", **targets):
 
 
 def _deleted_event(message, room_slug):
-    return {"room": room_slug, "id": message.id, "seq": message.seq}
+    return {
+        "room": room_slug,
+        "id": message.id,
+        "seq": message.seq,
+        "change": message.change_seq,
+    }
+
+
+def _edited_event(message, room_slug, username):
+    return {
+        "room": room_slug,
+        "message": message_data(message, room_slug=room_slug, username=username),
+        "change": message.change_seq,
+    }
+
+
+def _room_changes_take(room_id, count, user_id, now):
+    """Take `count` numbers of the room's change counter (see _room_counter_take)."""
+    return _room_counter_take(room_id, "last_change", count, user_id, now)
 
 
 def messages_delete(*, actor, messages, reason=""):
@@ -494,18 +535,25 @@ def messages_delete(*, actor, messages, reason=""):
 
     Each becomes a tombstone in history, and its room's sockets get `message_deleted`.
     """
-    count = 0
+    now = timezone.now()
     with transaction.atomic():
-        rows = (
-            Message.objects.select_for_update()
+        rows = list(
+            # Message rows only: their rooms are locked below, in id order.
+            Message.objects.select_for_update(of=("self",))
             .filter(pk__in=[m.pk for m in messages], deleted_at__isnull=True)
             .select_related("room")
             .order_by("pk")
         )
+        by_room = {}
         for message in rows:
-            _soft_delete(actor, message, message.room.slug, reason)
-            count += 1
-    return count
+            by_room.setdefault(message.room_id, []).append(message)
+        # Rooms in id order, so that two bulk deletions cannot deadlock.
+        for room_id in sorted(by_room):
+            in_room = by_room[room_id]
+            last = _room_changes_take(room_id, len(in_room), actor.pk, now)[0]
+            for change, message in enumerate(in_room, start=last - len(in_room) + 1):
+                _soft_delete(actor, message, message.room.slug, reason, change, now)
+    return len(rows)
 
 
 def message_delete_own(*, user, room, message_id):
@@ -514,27 +562,37 @@ def message_delete_own(*, user, room, message_id):
     Unknown (or in another room) → NotFound; someone else's → Forbidden. Deleting a
     tombstone again changes nothing and broadcasts nothing.
     """
-    if isinstance(message_id, bool) or not isinstance(message_id, int):
-        raise Invalid("id must be an integer.", field="id")
+    message_id = clean_message_id(message_id)
     with transaction.atomic():
-        message = (
-            Message.objects.select_for_update()
-            .filter(pk=message_id, room_id=room.id)
-            .first()
-        )
-        if message is None:
-            raise NotFound(f"No message {message_id} in {room.slug!r}.", field="id")
-        if message.user_id != user.id:
-            raise Forbidden("Only its author or a moderator can delete a message.")
+        message = _own_message_locked(user, room, message_id, "delete")
         deleted = message.deleted_at is None
         if deleted:
-            _soft_delete(user, message, room.slug, "by its author")
+            now = timezone.now()
+            change = _room_changes_take(room.id, 1, user.id, now)[0]
+            _soft_delete(user, message, room.slug, "by its author", change, now)
     return DeleteResult(_deleted_event(message, room.slug), deleted)
 
 
-def _soft_delete(actor, message, room_slug, reason):
-    message.deleted_at = timezone.now()
-    message.save(update_fields=["deleted_at"])
+def _own_message_locked(user, room, message_id, verb):
+    """`user`'s message `message_id` in `room`, row-locked; NotFound or Forbidden."""
+    message = (
+        Message.objects.select_for_update()
+        .filter(pk=message_id, room_id=room.id)
+        .first()
+    )
+    if message is None:
+        raise NotFound(f"No message {message_id} in {room.slug!r}.", field="id")
+    if message.user_id != user.id:
+        if verb == "delete":
+            raise Forbidden("Only its author or a moderator can delete a message.")
+        raise Forbidden(f"Only its author can {verb} a message.")
+    return message
+
+
+def _soft_delete(actor, message, room_slug, reason, change, now):
+    message.deleted_at = now
+    message.change_seq = change
+    message.save(update_fields=["deleted_at", "change_seq"])
     _record(
         actor,
         ModerationAction.Kind.MESSAGE_DELETE,
@@ -544,6 +602,71 @@ def _soft_delete(actor, message, room_slug, reason):
         target_user_id=message.user_id,
     )
     _publish_on_commit(broadcast.message_deleted, _deleted_event(message, room_slug))
+
+
+def message_edit_store(*, user, room, message_id, body, now=None):
+    """The author replaces their message's body (an EditResult); `body` is clean.
+
+    Refused like a post (Forbidden: the room locked, the user muted) and also for
+    someone else's message, a tombstone, or one older than the edit window; NotFound
+    for an unknown id or one of another room. The previous body is kept as a
+    MessageEdit; the room hears `message_edited` once the transaction commits. The
+    same body again changes nothing and broadcasts nothing.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        message = _own_message_locked(user, room, message_id, "edit")
+        if message.deleted_at is not None:
+            raise Forbidden("A deleted message cannot be edited.", field="id")
+        window = settings.VOICEFLOW["EDIT_WINDOW"]
+        if now - message.created_at > timedelta(seconds=window):
+            raise Forbidden(
+                f"Messages can be edited for {window:g} s after they are posted; "
+                "this one no longer can be.",
+                field="id",
+            )
+        if message.body == body:
+            return EditResult(_edited_event(message, room.slug, user.username), False)
+        taken = _room_changes_take(room.id, 1, user.id, now)
+        if taken is None:
+            raise Forbidden("This room no longer exists.", field="room")
+        change, room.is_locked, mute_id = taken
+        muted_until = None
+        if mute_id is not None:
+            muted_until = Mute.objects.get(pk=mute_id).until
+        refusal = selectors.post_refusal(user, room, muted_until=muted_until, now=now)
+        if refusal:
+            raise Forbidden(refusal, field="room")
+        MessageEdit.objects.create(
+            message=message, previous_body=message.body, edited_at=now, editor=user
+        )
+        message.body, message.edited_at, message.change_seq = body, now, change
+        message.save(update_fields=["body", "edited_at", "change_seq"])
+        event = _edited_event(message, room.slug, user.username)
+        _publish_on_commit(broadcast.message_edited, event)
+    return EditResult(event, True)
+
+
+async def message_edit(*, user, room, message_id, body) -> EditResult:
+    """Rate-limit, then edit (message_edit_store) on the room's writer thread.
+
+    An edit counts against the user's message limit; one refused (or one changing
+    nothing) is refunded, as a failed post is.
+    """
+    message_id, body = clean_message_id(message_id), clean_body(body)
+    decision = await ratelimit.rate_hit("message", user.pk)
+    if not decision.allowed:
+        raise decision.refusal("messages")
+    try:
+        result = await room_database_sync_to_async(room.id)(message_edit_store)(
+            user=user, room=room, message_id=message_id, body=body
+        )
+    except BaseException:
+        await ratelimit.rate_refund(decision)
+        raise
+    if not result.edited:
+        await ratelimit.rate_refund(decision)
+    return result
 
 
 def room_lock_set(*, actor, room, locked, reason=""):

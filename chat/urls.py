@@ -19,6 +19,7 @@ api_urlpatterns = [
         api.RoomMessageView.as_view(),
         name="api-room-message",
     ),
+    path("search/", api.SearchView.as_view(), name="api-search"),
     path(
         "rooms/<str:slug>/presence/",
         api.RoomPresenceView.as_view(),

@@ -4,6 +4,8 @@ import re
 
 from django.core.exceptions import ValidationError
 
+from .errors import Invalid
+
 # Message bodies: C0 and C1 control characters, except tab (\x09) and newline (\x0a).
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Names: every control character, the bidi marks, embeddings, overrides and isolates
@@ -13,6 +15,23 @@ CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 NAME_UNSAFE_CHARS = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]"
 )
+
+
+def text_clean(value, *, field, limit):
+    """`value` stripped: a string of 1–`limit` characters without CONTROL_CHARS.
+
+    Else Invalid naming `field` (message bodies, search queries).
+    """
+    if not isinstance(value, str):
+        raise Invalid(f"{field} must be a string.", field=field)
+    value = value.strip()
+    if not value:
+        raise Invalid(f"{field} is empty.", field=field)
+    if len(value) > limit:
+        raise Invalid(f"{field} is longer than {limit} characters.", field=field)
+    if CONTROL_CHARS.search(value):
+        raise Invalid(f"{field} contains control characters.", field=field)
+    return value
 
 
 def validate_name_text(value):

@@ -30,6 +30,7 @@ FRAME_TYPES = frozenset(
         "ping",
         "status",
         "delete",
+        "edit",
         "hello",
         "offline_messages",
         "joined",
@@ -40,6 +41,7 @@ FRAME_TYPES = frozenset(
         "member_joined",
         "member_left",
         "message_deleted",
+        "message_edited",
         "room_locked",
         "error",
     }

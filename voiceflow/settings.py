@@ -408,6 +408,10 @@ VOICEFLOW = {
     "HISTORY_LIMIT_DEFAULT": 50,
     "HISTORY_LIMIT_MAX": 200,
     "MISSED_LIMIT": env_int("VOICEFLOW_MISSED_LIMIT", 100),
+    # Seconds after posting during which the author may edit a message.
+    "EDIT_WINDOW": env_float("VOICEFLOW_EDIT_WINDOW", 86400),
+    # The longest search query (characters) GET /api/search/ accepts.
+    "SEARCH_QUERY_MAX_CHARS": env_int("VOICEFLOW_SEARCH_QUERY_MAX_CHARS", 200),
     "TICKET_TTL": env_int("VOICEFLOW_TICKET_TTL", 30),
     "HEARTBEAT_INTERVAL": env_float("VOICEFLOW_HEARTBEAT_INTERVAL", 25),
     # A pong's `last_seq` values are read at most this many seconds before it is sent

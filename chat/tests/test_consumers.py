@@ -208,6 +208,9 @@ async def test_join_makes_a_member_and_reports_the_last_seq(alice, room):
         "members": reply["members"],
         "missed": [],
         "truncated": False,
+        "last_change": 0,
+        "changed": [],
+        "changed_truncated": False,
     }
     assert await sync_to_async(
         Membership.objects.filter(user=alice, room=room).exists
@@ -724,6 +727,7 @@ CONTRACT_FRAME_TYPES = {
     "member_joined",
     "member_left",
     "message_deleted",
+    "message_edited",
     "error",
 }
 ERROR_CODES = {"invalid", "not_found", "forbidden", "rate_limited", "unavailable"}
@@ -746,7 +750,7 @@ json_values = st.recursive(
 fuzz_frames = st.fixed_dictionaries(
     {
         "type": st.sampled_from(
-            ["join", "leave", "message", "typing", "ping", "status"]
+            ["join", "leave", "message", "typing", "ping", "status", "edit"]
         )
         | json_values
     },
@@ -756,6 +760,8 @@ fuzz_frames = st.fixed_dictionaries(
         "body": st.text(max_size=60) | json_values,
         "client_id": st.text(max_size=70) | json_values,
         "since": st.integers(min_value=-3, max_value=40) | json_values,
+        "changes_since": st.integers(min_value=-3, max_value=40) | json_values,
+        "id": st.integers(min_value=-3, max_value=40) | json_values,
         "ts": json_values,
         "state": st.sampled_from(["start", "stop"]) | json_values,
         "status": st.sampled_from(["online", "away"]) | json_values,
@@ -766,7 +772,7 @@ fuzz_frames = st.fixed_dictionaries(
 plausible_frames = st.fixed_dictionaries(
     {
         "type": st.sampled_from(
-            ["join", "leave", "message", "typing", "ping", "status"]
+            ["join", "leave", "message", "typing", "ping", "status", "edit"]
         ),
         "room": st.sampled_from(["lobby", "side"]),
     },
@@ -774,6 +780,8 @@ plausible_frames = st.fixed_dictionaries(
         "body": st.text(max_size=60),
         "client_id": st.none() | st.text(max_size=70),
         "since": st.integers(min_value=0, max_value=40),
+        "changes_since": st.integers(min_value=0, max_value=40),
+        "id": st.integers(min_value=0, max_value=40),
         "ts": st.integers(min_value=0, max_value=2**53) | st.floats(allow_nan=False),
         "state": st.sampled_from(["start", "stop"]),
         "status": st.sampled_from(["online", "away"]),

@@ -97,8 +97,20 @@ async def test_a_moderator_bulk_delete_reaches_every_socket_and_leaves_tombstone
     for socket in (sender, listener):
         events = [await socket.receive_json_from() for _ in range(2)]
         assert sorted(events, key=lambda e: e["seq"]) == [
-            {"type": "message_deleted", "room": "lobby", "id": first["id"], "seq": 1},
-            {"type": "message_deleted", "room": "lobby", "id": second["id"], "seq": 2},
+            {
+                "type": "message_deleted",
+                "room": "lobby",
+                "id": first["id"],
+                "seq": 1,
+                "change": 1,
+            },
+            {
+                "type": "message_deleted",
+                "room": "lobby",
+                "id": second["id"],
+                "seq": 2,
+                "change": 2,
+            },
         ]
     late = await joined(bob, since=0)  # `missed` shows tombstones in their place
     history = await api_call(bob, "get", "/api/rooms/lobby/messages/")
@@ -138,7 +150,13 @@ async def test_the_author_deletes_over_the_socket_and_the_room_hears_it(
     ack = await posted(sender, "typo")
     await listener.receive_json_from()
     await sender.send_json_to({"type": "delete", "room": "lobby", "id": ack["id"]})
-    expected = {"type": "message_deleted", "room": "lobby", "id": ack["id"], "seq": 1}
+    expected = {
+        "type": "message_deleted",
+        "room": "lobby",
+        "id": ack["id"],
+        "seq": 1,
+        "change": 1,
+    }
     assert await sender.receive_json_from() == expected
     assert await listener.receive_json_from() == expected
     # Deleting a tombstone again is confirmed to the sender only.
@@ -199,6 +217,7 @@ async def test_rest_delete_is_for_the_author_only(alice, bob, room):
         "room": "lobby",
         "id": ack["id"],
         "seq": 1,
+        "change": 1,
     }
     assert (await api_call(alice, "delete", path)).status_code == 204  # idempotent
     assert await listener.receive_nothing()

@@ -39,6 +39,7 @@ def test_a_stored_message_has_the_contract_shape(alice, lobby):
         "body",
         "created_at",
         "client_id",
+        "edited_at",
     }
     assert message["room"] == "lobby"
     assert message["user"] == "alice"
@@ -235,6 +236,7 @@ def test_an_author_deletes_their_message_but_not_others(alice, bob, lobby):
         "room": "lobby",
         "id": mine["id"],
         "seq": 1,
+        "change": 1,
     }
     again = services.message_delete_own(user=alice, room=lobby, message_id=mine["id"])
     assert not again.deleted and again.event == result.event
