@@ -98,7 +98,9 @@ def room(request, slug):
         "wsPath": "/ws/chat/",
         "messagesUrl": reverse("api-room-messages", args=[room.slug]),
         "presenceUrl": reverse("api-room-presence", args=[room.slug]),
+        "searchUrl": reverse("api-search"),
         "heartbeatInterval": settings.VOICEFLOW["HEARTBEAT_INTERVAL"],
+        "editWindow": settings.VOICEFLOW["EDIT_WINDOW"],
     }
     return render(
         request, "chat/room.html", {"room": room, "client_config": client_config}

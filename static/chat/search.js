@@ -88,7 +88,8 @@ export class SearchPanel {
       this.more.hidden = !(data?.has_more && results.length);
     } catch (err) {
       if (params !== this.params) return;
-      this.status.textContent = err?.status === 400 && err.message ? err.message : 'Search failed. Try again.';
+      this.status.textContent =
+        err?.status === 400 ? 'The server cannot search for that: try other words.' : 'Search failed. Try again.';
       this.onError?.(err);
     } finally {
       this.busy = false;

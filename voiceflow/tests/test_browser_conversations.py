@@ -261,3 +261,143 @@ def test_opening_a_room_at_a_message_shows_its_surroundings_then_pages_to_now(
     expect(alice.message("newest of all")).to_have_count(1)
     expect(alice.messages).to_have_count(50)
     assert page.evaluate("location.search") == ""
+
+
+def test_an_author_edits_a_message_and_everyone_sees_the_new_text(people):
+    alice = people("alice")
+    bob = people("bob", viewport=PHONE)
+    alice.type_and_send("see you at 5")
+    bob.type_and_send("ok")
+    mine = alice.message("see you at 5")
+    expect(bob.message("see you at 5")).to_have_attribute("data-state", "sent")
+    expect(alice.message("ok")).to_have_attribute("data-state", "sent")
+    mine_id = mine.get_attribute("data-id")
+    expect(alice.message("ok").get_by_role("button", name="Edit message")).to_have_count(
+        0
+    )
+
+    # Esc leaves the message as it was.
+    mine.hover()
+    mine.get_by_role("button", name="Edit message").click()
+    editor = alice.page.get_by_role("textbox", name="Edit message")
+    expect(editor).to_be_focused()
+    expect(editor).to_have_value("see you at 5")
+    editor.fill("never sent")
+    editor.press("Escape")
+    expect(editor).to_have_count(0)
+    expect(mine.locator(".message-body")).to_have_text("see you at 5")
+
+    mine.hover()
+    mine.get_by_role("button", name="Edit message").click()
+    editor.fill("see you at *6*, not 5")
+    screenshot(alice.page, "25-editing")
+    editor.press("Enter")
+    expect(editor).to_have_count(0)
+    for person in (alice, bob):
+        edited = person.page.locator(f'#message-list li[data-id="{mine_id}"]')
+        body = edited.locator(".message-body")
+        expect(body).to_contain_text("see you at 6, not 5")
+        expect(body.locator("em")).to_have_text("6")
+        marker = body.locator(".message-edited")
+        expect(marker).to_have_text("(edited)")
+        expect(marker).to_have_attribute("title", re.compile(r"^Edited \w"))
+    screenshot(bob.page, "26-edited-seen-by-bob")
+    stored_body = in_db_thread(
+        lambda: Message.objects.get(pk=int(mine_id)).body  # raw text, as typed
+    )
+    assert stored_body == "see you at *6*, not 5"
+
+    # From history too, and once the edit window has passed, Edit is gone.
+    def age_it():
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        Message.objects.filter(pk=int(mine_id)).update(
+            created_at=timezone.now() - timedelta(hours=25)
+        )
+
+    in_db_thread(age_it)
+    alice.page.reload()
+    alice.wait_connected()
+    old = alice.page.locator(f'#message-list li[data-id="{mine_id}"]')
+    expect(old.locator(".message-edited")).to_have_text("(edited)")
+    expect(old.get_by_role("button", name="Delete message")).to_have_count(1)
+    expect(old.get_by_role("button", name="Edit message")).to_have_count(0)
+
+
+def test_search_finds_messages_across_rooms_and_jumps_to_one_in_its_history(
+    people, browser_server
+):
+    carol = browser_server.register("carol")
+
+    def seed():
+        from django.contrib.auth import get_user_model
+
+        from chat import services
+        from chat.models import Room
+
+        user = get_user_model().objects.get(username="carol")
+        lobby = Room.objects.get(slug="lobby")
+        ops = Room.objects.create(slug="ops", name="Ops")
+        for n in range(1, 61):
+            body = f"history message {n}"
+            if n == 30:
+                body = "the deploy key is in the vault"
+            if n == 45:
+                body = "<img src=x onerror=alert(1)> deploy notes"
+            services.message_post(user=user, room=lobby, body=body)
+        services.message_post(user=user, room=ops, body="deploy finished fine")
+
+    in_db_thread(seed)
+    alice = people("alice", viewport=PHONE)
+    page = alice.page
+    status, _ = browser_server.request(
+        "POST", "/api/rooms/lobby/messages/", {"body": "who has the deploy key?"}, carol
+    )
+    assert status == 201
+
+    page.get_by_role("searchbox", name="Search messages").fill("deploy")
+    page.get_by_role("searchbox", name="Search messages").press("Enter")
+    results = page.locator("#search-results li")
+    expect(results).to_have_count(3)  # this room only, newest first
+    expect(results.first).to_contain_text("who has the deploy key?")
+    expect(results.nth(2)).to_contain_text("the deploy key is in the vault")
+    expect(results.first.locator("mark")).to_have_text("deploy")
+    expect(results.nth(1)).to_contain_text("<img src=x onerror=alert(1)> deploy notes")
+    expect(page.locator("#search-results img")).to_have_count(0)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    screenshot(page, "27-search-results")
+
+    page.get_by_label("Where to search").select_option("all")
+    expect(results).to_have_count(4)
+    expect(results.filter(has_text="#ops")).to_contain_text("deploy finished fine")
+    page.get_by_role("searchbox", name="Search messages").fill("vault from:carol")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(results).to_have_count(1)
+    page.get_by_role("searchbox", name="Search messages").fill("vault from:alice")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator("#search-status")).to_have_text("No messages found.")
+
+    page.get_by_role("searchbox", name="Search messages").fill("deploy")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(results).to_have_count(4)
+    results.filter(has_text="in the vault").get_by_role("link").click()
+    page.wait_for_url("**/rooms/lobby/?at=30")
+    alice.wait_connected()
+    target = alice.message("the deploy key is in the vault")
+    expect(target).to_have_class(re.compile(r"\bmessage--target\b"))
+    assert alice.seqs() == list(range(5, 56))
+    assert in_view(page, target)
+    screenshot(page, "28-jumped-to-a-result", scroll=".message--target")
+
+    page.get_by_role("searchbox", name="Search messages").fill("finished")
+    page.get_by_label("Where to search").select_option("all")
+    page.get_by_role("button", name="Search", exact=True).click()
+    results.first.get_by_role("link").click()
+    page.wait_for_url("**/rooms/ops/?at=1")
+    alice.wait_connected()
+    expect(alice.message("deploy finished fine")).to_have_class(
+        re.compile("message--target")
+    )
+    assert alice.dialogs == []
