@@ -7,7 +7,7 @@ from playwright.sync_api import expect
 
 from chat.models import Message
 
-from .browsers import PHONE, in_db_thread, screenshot
+from .browsers import PHONE, SocketProxy, in_db_thread, screenshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -401,3 +401,51 @@ def test_search_finds_messages_across_rooms_and_jumps_to_one_in_its_history(
         re.compile("message--target")
     )
     assert alice.dialogs == []
+
+
+def test_edits_and_deletions_made_while_a_page_was_disconnected_show_after_it_rejoins(
+    people, browser_server
+):
+    carol = browser_server.register("carol")
+    bob = people("bob", log_in=False)
+    socket = SocketProxy(bob.page)
+    sent = []
+    bob.page.on(
+        "websocket",
+        lambda ws: ws.on("framesent", lambda payload: sent.append(payload)),
+    )
+    bob.log_in()
+    ids = {}
+    for body in ("draft one", "to be removed", "stays as it is"):
+        status, message = browser_server.request(
+            "POST", "/api/rooms/lobby/messages/", {"body": body}, carol
+        )
+        assert status == 201
+        ids[body] = message["id"]
+    expect(bob.sent_messages).to_have_count(3)
+
+    socket.hold()  # bob hears nothing of what follows
+    status, _ = browser_server.request(
+        "PATCH",
+        f"/api/rooms/lobby/messages/{ids['draft one']}/",
+        {"body": "final **one**"},
+        carol,
+    )
+    assert status == 200
+    status, _ = browser_server.request(
+        "DELETE", f"/api/rooms/lobby/messages/{ids['to be removed']}/", None, carol
+    )
+    assert status == 204
+    bob.page.wait_for_timeout(500)
+    socket.held.clear()  # lost with the connection
+    socket.release()
+    socket.to_page.close(code=1012)  # "server restarting": the page reconnects
+
+    edited = bob.page.locator(f'#message-list li[data-id="{ids["draft one"]}"]')
+    expect(edited.locator(".message-body strong")).to_have_text("one", timeout=15_000)
+    expect(edited.locator(".message-edited")).to_have_text("(edited)")
+    gone = bob.page.locator(f'#message-list li[data-id="{ids["to be removed"]}"]')
+    expect(gone.locator(".message-body")).to_have_text("message deleted")
+    expect(bob.message("stays as it is")).to_have_count(1)
+    joins = [frame for frame in sent if '"join"' in frame]
+    assert len(joins) >= 2 and '"changes_since"' in joins[-1], joins
