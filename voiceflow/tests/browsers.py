@@ -67,8 +67,8 @@ def screenshot(page, name, scroll="bottom"):
             """(scroll) => {
                 const scroller = document.getElementById('message-scroller');
                 if (!scroller) return;
-                if (scroll === 'top') scroller.scrollTop = 0;
-                else if (scroll === 'bottom') scroller.scrollTop = scroller.scrollHeight;
+                const ends = {top: 0, bottom: scroller.scrollHeight};
+                if (scroll in ends) scroller.scrollTop = ends[scroll];
                 else document.querySelector(scroll)?.scrollIntoView({block: 'center'});
             }""",
             scroll,
