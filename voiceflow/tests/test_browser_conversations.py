@@ -450,3 +450,31 @@ def test_edits_and_deletions_made_while_a_page_was_disconnected_show_after_it_re
     expect(bob.message("stays as it is")).to_have_count(1)
     joins = [frame for frame in sent if '"join"' in frame]
     assert len(joins) >= 2 and '"changes_since"' in joins[-1], joins
+
+
+def test_a_refused_edit_keeps_the_editor_open_with_the_reason(people):
+    from chat.models import Room
+
+    alice = people("alice")
+    alice.type_and_send("first try")
+    mine = alice.message("first try")
+    expect(mine).to_have_attribute("data-state", "sent")
+    in_db_thread(lambda: Room.objects.filter(slug="lobby").update(is_locked=True))
+
+    mine.hover()
+    mine.get_by_role("button", name="Edit message").click()
+    editor = alice.page.get_by_role("textbox", name="Edit message")
+    editor.fill("second try")
+    editor.press("Enter")
+    note = mine.locator(".message-editor__note")
+    expect(note).to_contain_text("locked")
+    expect(editor).to_be_editable()
+    expect(editor).to_have_value("second try")  # nothing typed is lost
+    expect(mine.locator(".message-body")).to_have_text("first try")
+    screenshot(alice.page, "29-edit-refused")
+
+    in_db_thread(lambda: Room.objects.filter(slug="lobby").update(is_locked=False))
+    editor.press("Enter")
+    expect(editor).to_have_count(0)
+    expect(mine).to_have_count(0)  # its body is no longer "first try"
+    expect(alice.message("second try").locator(".message-edited")).to_have_count(1)
