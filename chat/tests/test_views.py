@@ -83,13 +83,18 @@ def test_user_strings_are_escaped_in_pages(client, alice):
         assert "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
-def test_the_room_page_gives_the_client_its_configuration(client, alice, lobby):
+def test_the_room_page_gives_the_client_its_configuration(
+    client, alice, lobby, settings
+):
+    settings.VOICEFLOW = {**settings.VOICEFLOW, "EDIT_WINDOW": 600}
     client.force_login(alice)
     html = client.get("/rooms/lobby/").content.decode()
     config = json.loads(re.search(r'id="vf-config"[^>]*>(.*?)</script>', html).group(1))
     assert config["room"] == "lobby" and config["user"] == "alice"
     assert config["wsPath"] == "/ws/chat/"
     assert config["messagesUrl"] == "/api/rooms/lobby/messages/"
+    assert config["searchUrl"] == "/api/search/"
+    assert config["editWindow"] == 600  # the page offers Edit only inside the window
     assert "room.js" in html
 
 
