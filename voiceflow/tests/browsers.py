@@ -38,6 +38,33 @@ def in_db_thread(fn, *args, **kwargs):
     return SyncToAsync.single_thread_executor.submit(fn, *args, **kwargs).result()
 
 
+def seed_history(username, count):
+    """`username` posts "history message 1" … "history message <count>" in the lobby."""
+
+    def seed():
+        from django.contrib.auth import get_user_model
+
+        from chat import services
+        from chat.models import Room
+
+        user = get_user_model().objects.get(username=username)
+        lobby = Room.objects.get(slug="lobby")
+        for n in range(1, count + 1):
+            services.message_post(user=user, room=lobby, body=f"history message {n}")
+
+    in_db_thread(seed)
+
+
+def in_view(page, locator):
+    """True if `locator` is inside the message scroller's visible area."""
+    box = locator.bounding_box()
+    frame = page.locator("#message-scroller").bounding_box()
+    return (
+        frame["y"] <= box["y"]
+        and box["y"] + box["height"] <= frame["y"] + frame["height"]
+    )
+
+
 def launch(playwright):
     """Debian's Chromium (never a downloaded build) with a fresh, throwaway profile.
 

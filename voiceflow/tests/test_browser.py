@@ -7,7 +7,6 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from chat import services
 from chat.models import Message, Room
 
 from .browsers import (
@@ -15,7 +14,9 @@ from .browsers import (
     PHONE,
     SocketProxy,
     in_db_thread,
+    in_view,
     screenshot,
+    seed_history,
     set_tab_hidden,
 )
 from .servers import ServerProcess
@@ -201,28 +202,6 @@ def test_a_message_typed_while_the_server_restarts_is_delivered_once(
         assert stored_count("typed while the server was down") == 1
     finally:
         restarted.stop()
-
-
-def seed_history(username, count):
-    def seed():
-        from django.contrib.auth import get_user_model
-
-        user = get_user_model().objects.get(username=username)
-        lobby = Room.objects.get(slug="lobby")
-        for n in range(1, count + 1):
-            services.message_post(user=user, room=lobby, body=f"history message {n}")
-
-    in_db_thread(seed)
-
-
-def in_view(page, locator):
-    """True if `locator` is inside the message scroller's visible area."""
-    box = locator.bounding_box()
-    frame = page.locator("#message-scroller").bounding_box()
-    return (
-        frame["y"] <= box["y"]
-        and box["y"] + box["height"] <= frame["y"] + frame["height"]
-    )
 
 
 def test_scrolling_back_loads_older_history(people, browser_server):

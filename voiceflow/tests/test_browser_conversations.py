@@ -7,7 +7,14 @@ from playwright.sync_api import expect
 
 from chat.models import Message
 
-from .browsers import PHONE, SocketProxy, in_db_thread, screenshot
+from .browsers import (
+    PHONE,
+    SocketProxy,
+    in_db_thread,
+    in_view,
+    screenshot,
+    seed_history,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -181,30 +188,6 @@ def test_an_author_deletes_their_message_and_everyone_sees_it_go(people):
     assert stored("oops, wrong room")[0]["deleted_at"] is not None
     screenshot(bob.page, "23-deleted-seen-by-bob")
     assert alice.dialogs == [] and bob.dialogs == []
-
-
-def seed_history(username, count):
-    def seed():
-        from django.contrib.auth import get_user_model
-
-        from chat import services
-        from chat.models import Room
-
-        user = get_user_model().objects.get(username=username)
-        lobby = Room.objects.get(slug="lobby")
-        for n in range(1, count + 1):
-            services.message_post(user=user, room=lobby, body=f"history message {n}")
-
-    in_db_thread(seed)
-
-
-def in_view(page, locator):
-    box = locator.bounding_box()
-    frame = page.locator("#message-scroller").bounding_box()
-    return (
-        frame["y"] <= box["y"]
-        and box["y"] + box["height"] <= frame["y"] + frame["height"]
-    )
 
 
 def test_opening_a_room_at_a_message_shows_its_surroundings_then_pages_to_now(
