@@ -516,14 +516,21 @@ function applyChanges(messages) {
   if (changed.length) view.upsert(changed);
 }
 
-// Changes arrive in counter order; one missed (e.g. while reconnecting) stops the count,
-// so the next join asks again from there. Replaying a change is harmless.
+// Changes arrive in counter order: a jump means one was missed, so the count stays
+// and the missing ones are fetched. Replaying a change is harmless.
 function noteChange(change) {
-  if (Number.isInteger(change) && lastChange !== null && change === lastChange + 1) lastChange = change;
+  if (!Number.isInteger(change) || lastChange === null || change <= lastChange) return;
+  if (change === lastChange + 1) lastChange = change;
+  else fetchChanges();
 }
 
-// More changes than `joined` carries: page through them over REST.
+let fetchingChanges = false;
+
+// Changes this page has not applied (more than `joined` carries, or a missed event):
+// page through them over REST.
 async function fetchChanges() {
+  if (fetchingChanges || lastChange === null) return;
+  fetchingChanges = true;
   try {
     for (let pages = 0; pages < MAX_GAP_PAGES; pages += 1) {
       const url = new URL(config.messagesUrl, location.origin);
@@ -536,6 +543,8 @@ async function fetchChanges() {
     }
   } catch (err) {
     redirectIfLoggedOut(err); // otherwise the next join asks again
+  } finally {
+    fetchingChanges = false;
   }
 }
 

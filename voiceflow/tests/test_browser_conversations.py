@@ -463,3 +463,39 @@ def test_a_refused_edit_keeps_the_editor_open_with_the_reason(people):
     expect(editor).to_have_count(0)
     expect(mine).to_have_count(0)  # its body is no longer "first try"
     expect(alice.message("second try").locator(".message-edited")).to_have_count(1)
+
+
+def test_a_missed_edit_is_fetched_when_the_next_change_skips_its_number(
+    people, browser_server
+):
+    carol = browser_server.register("carol")
+    bob = people("bob", log_in=False)
+    socket = SocketProxy(bob.page)
+    bob.log_in()
+    ids = []
+    for body in ("first draft", "second draft"):
+        status, message = browser_server.request(
+            "POST", "/api/rooms/lobby/messages/", {"body": body}, carol
+        )
+        assert status == 201
+        ids.append(message["id"])
+    expect(bob.sent_messages).to_have_count(2)
+
+    def edit(message_id, body):
+        status, _ = browser_server.request(
+            "PATCH", f"/api/rooms/lobby/messages/{message_id}/", {"body": body}, carol
+        )
+        assert status == 200
+
+    socket.drop("message_edited")  # the first edit never reaches bob
+    edit(ids[0], "first, final")
+    for _ in range(100):  # until the proxy has swallowed it
+        if socket.dropped:
+            break
+        bob.page.wait_for_timeout(50)
+    assert len(socket.dropped) == 1
+    socket.drop(None)
+    edit(ids[1], "second, final")  # its change skips one: bob asks for what he missed
+    expect(bob.message("second, final")).to_have_count(1)
+    expect(bob.message("first, final")).to_have_count(1)
+    expect(bob.message("first draft")).to_have_count(0)
