@@ -231,9 +231,8 @@ async def user_room_removed(user_id, slug):
 
 async def _to_user_frame(user_id, frame):
     """Forward one frame, encoded once, to every socket of a user."""
-    await _to_user(
-        user_id, {"type": "user.frame", "text": encode(frame), "frame_type": frame["type"]}
-    )
+    event = {"type": "user.frame", "text": encode(frame), "frame_type": frame["type"]}
+    await _to_user(user_id, event)
 
 
 async def user_room_added(user_id, slug):

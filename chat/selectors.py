@@ -165,8 +165,10 @@ def rooms_for(*, user):
 
 
 def room_for(*, user, slug):
-    """rooms_for's room with this slug, or NotFound (also when `user` may not see it)."""
-    room = rooms_for(user=user).filter(slug=slug).first() if is_room_slug(slug) else None
+    """rooms_for's room with this slug, or NotFound (also one `user` may not see)."""
+    room = None
+    if is_room_slug(slug):
+        room = rooms_for(user=user).filter(slug=slug).first()
     if room is None:
         raise NotFound(f"No room {slug!r}.", field="room")
     return room

@@ -1,6 +1,5 @@
 """Writes: rooms, memberships and messages. Every event push of a write starts here."""
 
-import hashlib
 import logging
 import re
 import secrets

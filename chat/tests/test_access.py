@@ -159,7 +159,8 @@ async def test_socket_paths(world, kind, role):
         )
         frames = [await socket.receive_json_from() for _ in range(2)]
         assert {f["type"] for f in frames} == {"ack", "message"}
-        await socket.send_json_to({"type": "typing", "room": room.slug, "state": "start"})
+        typing = {"type": "typing", "room": room.slug, "state": "start"}
+        await socket.send_json_to(typing)
         error = await reply_to({"type": "delete", "id": message.id})
         assert error["code"] == "forbidden"  # not the author's, but the room exists
         read = await reply_to({"type": "read", "seq": 1})

@@ -32,7 +32,9 @@ def carol(make_user):
 @pytest.fixture
 def team(alice, bob):
     """A private room of alice's, bob added."""
-    room = services.room_create(user=alice, name="Team", slug="team", visibility="private")
+    room = services.room_create(
+        user=alice, name="Team", slug="team", visibility="private"
+    )
     services.room_member_add(actor=alice, room=room, username="bob")
     return room
 
@@ -50,7 +52,11 @@ def test_a_private_rooms_creator_is_its_first_member(alice):
     )
     assert response.status_code == 201
     room = response.json()
-    assert (room["slug"], room["visibility"], room["kind"]) == ("ops", "private", "room")
+    assert (room["slug"], room["visibility"], room["kind"]) == (
+        "ops",
+        "private",
+        "room",
+    )
     assert (room["member_count"], room["last_read_seq"], room["unread"]) == (1, 0, 0)
     members = client_for(alice).get("/api/rooms/ops/members/").json()
     assert members == {"results": [{"username": "alice"}]}
@@ -64,17 +70,25 @@ def test_rooms_are_public_unless_asked_and_visibility_is_checked(alice):
         "room",
         None,  # not a member yet: no read state
     )
-    bad = client.post("/api/rooms/", {"name": "X", "visibility": "secret"}, format="json")
+    bad = client.post(
+        "/api/rooms/", {"name": "X", "visibility": "secret"}, format="json"
+    )
     assert bad.status_code == 400 and "visibility" in bad.json()
 
 
 def test_members_add_people_and_unknown_users_are_refused(team, alice, bob, carol):
     client = client_for(bob)  # a member, not the creator
-    added = client.post("/api/rooms/team/members/", {"username": "carol"}, format="json")
+
+    def add(username):
+        return client.post(
+            "/api/rooms/team/members/", {"username": username}, format="json"
+        )
+
+    added = add("carol")
     assert (added.status_code, added.json()) == (201, {"username": "carol"})
-    again = client.post("/api/rooms/team/members/", {"username": "carol"}, format="json")
+    again = add("carol")
     assert again.status_code == 200
-    unknown = client.post("/api/rooms/team/members/", {"username": "zed"}, format="json")
+    unknown = add("zed")
     assert unknown.status_code == 400 and "username" in unknown.json()
     assert room_object(carol, "team")["slug"] == "team"
     # Only the creator (or staff) removes someone else; anyone removes themselves.
@@ -97,7 +111,8 @@ async def test_a_removed_members_sockets_lose_the_room_at_once(team, alice, bob)
     assert await bob_first.receive_json_from() == removed
     assert await bob_second.receive_json_from() == removed
     # Afterwards nothing of the room reaches bob's socket, and it may not use it.
-    await alice_socket.send_json_to({"type": "typing", "room": "team", "state": "start"})
+    typing = {"type": "typing", "room": "team", "state": "start"}
+    await alice_socket.send_json_to(typing)
     await send_message(alice_socket, "after", room="team")
     assert (await alice_socket.receive_json_from())["type"] in ("ack", "message")
     assert await bob_first.receive_nothing(0.3)
@@ -237,7 +252,13 @@ async def test_read_on_one_socket_reaches_the_users_other_sockets(team, alice, b
     first = await joined(alice, "team")
     second = await signed_in(alice)  # another tab, not even in the room
     await first.send_json_to({"type": "read", "room": "team", "seq": 2})
-    state = {"type": "read", "room": "team", "last_read_seq": 2, "unread": 1, "mentions": 0}
+    state = {
+        "type": "read",
+        "room": "team",
+        "last_read_seq": 2,
+        "unread": 1,
+        "mentions": 0,
+    }
     assert await first.receive_json_from() == state
     assert await second.receive_json_from() == state
     # Not moved (back): the sender alone hears the state as it is.
@@ -260,7 +281,8 @@ async def test_a_socket_message_with_a_mention_is_stored_with_it(team, alice, bo
     assert frames["message"]["mentions"] == ["bob"]
     stored = await sync_to_async(Message.objects.get)(pk=frames["ack"]["id"])
     assert stored.mentions == ["bob"]
-    assert await sync_to_async(MessageMention.objects.filter(message=stored).count)() == 1
+    rows = MessageMention.objects.filter(message=stored)
+    assert await sync_to_async(rows.count)() == 1
     await socket.disconnect()
 
 
