@@ -159,6 +159,24 @@ def test_a_dm_is_opened_once_per_set_of_people(alice, bob, carol):
     assert Room.objects.filter(kind="direct").count() == 2
 
 
+async def test_the_other_members_sockets_hear_of_a_new_dm(alice, bob, carol):
+    bob_socket = await signed_in(bob)
+    carol_socket = await signed_in(carol)
+    room, created = await sync_to_async(services.dm_open)(
+        user=alice, usernames=["bob"]
+    )
+    assert created
+    assert await bob_socket.receive_json_from() == {
+        "type": "room_added",
+        "room": room.slug,
+    }
+    await bob_socket.send_json_to({"type": "join", "room": room.slug})
+    assert (await bob_socket.receive_json_from())["type"] == "joined"
+    assert await carol_socket.receive_nothing(0.2)
+    for socket in (bob_socket, carol_socket):
+        await socket.disconnect()
+
+
 @pytest.mark.parametrize(
     "users",
     [[], ["alice"], ["zed"], "bob", [1], [f"u{n}" for n in range(8)]],
