@@ -1,5 +1,7 @@
 """Private rooms, DMs, members, read state and mentions, as a user sees them."""
 
+import asyncio
+
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import IntegrityError, connection, transaction
@@ -9,6 +11,7 @@ from rest_framework.test import APIClient
 from chat import services
 from chat.models import Membership, Message, MessageMention, Room
 from chat.tests.test_consumers import joined, send_message, signed_in
+from voiceflow.db import on_loop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -328,3 +331,20 @@ def test_the_room_list_costs_the_same_queries_for_any_number_of_rooms(alice, bob
     assert {(r["unread"], r["mentions"]) for r in listed if r["kind"] == "room"} == {
         (1, 1)
     }
+
+
+@pytest.mark.skipif(not on_loop(), reason="loop connections: PostgreSQL")
+async def test_one_batch_stores_a_private_rooms_posts_by_members_only(
+    team, alice, bob, carol, lobby
+):
+    posts = [(bob, team, "member"), (carol, team, "outsider"), (carol, lobby, "public")]
+    results = await asyncio.gather(
+        *(
+            services._message_post_on_loop(user, room, body, None)
+            for user, room, body in posts
+        )
+    )
+    stored = [result and result.message["body"] for result in results]
+    assert stored == ["member", None, "public"]
+    team_bodies = Message.objects.filter(room=team).values_list("body", flat=True)
+    assert await sync_to_async(list)(team_bodies) == ["member"]
