@@ -640,7 +640,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self._unsubscribe(slug)
                 try:
                     await presence_services.presence_room_exit(
-                        sid=self.connection_id, username=self.user.username, slug=slug
+                        sid=self.connection_id,
+                        user_id=self.user.id,
+                        username=self.user.username,
+                        slug=slug,
                     )
                 except Exception:
                     logger.warning("presence exit of %s failed", slug, exc_info=True)
