@@ -131,7 +131,10 @@ async def test_a_removed_members_sockets_lose_the_room_at_once(team, alice, bob)
         await socket.disconnect()
 
 
-async def test_a_removed_member_leaves_the_rooms_presence(team, alice, bob):
+async def test_a_removed_member_leaves_the_rooms_presence(
+    team, alice, bob, presence_conf
+):
+    presence_conf(PRESENCE_EVENT_INTERVAL=0)  # member events not coalesced
     bob_socket = await joined(bob, "team")
     await sync_to_async(services.room_member_remove)(
         actor=alice, room=team, username="bob"
