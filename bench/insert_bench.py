@@ -43,11 +43,12 @@ def backend_cpu_seconds(pid):
 
 
 def run(conn, rooms, user_id, posts, size, quiet=False):
+    now = timezone.now
     pid = conn.info.backend_pid
     started, cpu = time.perf_counter(), backend_cpu_seconds(pid)
     for first in range(0, posts, size):
         batch = [
-            (rooms[(first + n) % len(rooms)], user_id, "x" * 100, None, timezone.now())
+            (rooms[(first + n) % len(rooms)], user_id, "x" * 100, None, now(), False)
             for n in range(size)
         ]
         sql, params = _message_insert_many(batch)

@@ -20,18 +20,30 @@ admin.site.login_form = AdminLoginForm
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
     form = RoomAdminForm
-    list_display = ["slug", "name", "is_locked", "last_seq", "created_by", "created_at"]
-    list_filter = ["is_locked", "created_at"]
+    list_display = [
+        "slug",
+        "name",
+        "visibility",
+        "kind",
+        "is_locked",
+        "last_seq",
+        "created_by",
+        "created_at",
+    ]
+    list_filter = ["visibility", "kind", "is_locked", "created_at"]
     search_fields = ["slug", "name"]
     list_select_related = ["created_by"]
-    readonly_fields = ["last_seq", "created_at", "is_locked"]
+    # DMs are opened through the API only (their key and members go together).
+    readonly_fields = ["last_seq", "created_at", "is_locked", "kind"]
     raw_id_fields = ["created_by"]
     show_full_result_count = False
     actions = ["lock_rooms", "unlock_rooms"]
 
     def get_readonly_fields(self, request, obj=None):
-        # Sockets subscribe by slug: renaming a live room would orphan them.
-        return [*self.readonly_fields, "slug"] if obj else self.readonly_fields
+        # Sockets subscribe by slug: renaming a live room would orphan them. Joined
+        # sockets keep the visibility they joined under: it is fixed at creation.
+        fixed = ["slug", "visibility"]
+        return [*self.readonly_fields, *fixed] if obj else self.readonly_fields
 
     @admin.action(
         description="Lock selected rooms (reading still works)", permissions=["change"]

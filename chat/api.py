@@ -23,13 +23,16 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from presence import selectors as presence_selectors
 from voiceflow import metrics
 
-from . import ratelimit, selectors, services
+from . import access, ratelimit, selectors, services
 from .auth import header, host_allowed, token_user
 from .errors import ChatError, Invalid
 from .payloads import message_data
 from .serializers import (
+    DmOpenSerializer,
+    MemberAddSerializer,
     MessageEditSerializer,
     MessagePostSerializer,
+    ReadSerializer,
     RegisterSerializer,
     RoomCreateSerializer,
     RoomSerializer,
@@ -187,22 +190,34 @@ async def _json_send(send, data, status_code, headers):
     await send({"type": "http.response.body", "body": body})
 
 
-def _room_data(rooms, many=False):
-    """Rooms in wire form, `online_count` from presence (as the presence endpoint)."""
-    slugs = [room.slug for room in (rooms if many else [rooms])]
-    counts = async_to_sync(presence_selectors.room_online_counts)(slugs)
-    return RoomSerializer(rooms, many=many, context={"online_counts": counts}).data
+def _room_data(user, rooms, many=False):
+    """Rooms (from selectors.rooms_for) as `user` sees them, `online_count` from
+    presence (as the presence endpoint)."""
+    listed = rooms if many else [rooms]
+    counts = async_to_sync(presence_selectors.room_online_counts)(
+        [room.slug for room in listed]
+    )
+    context = {
+        "online_counts": counts,
+        "dm_names": selectors.dm_names(user=user, rooms=listed),
+    }
+    return RoomSerializer(rooms, many=many, context=context).data
+
+
+def _room_response(user, room, code=status.HTTP_200_OK):
+    room = selectors.room_for(user=user, slug=room.slug)
+    return Response(_room_data(user, room), status=code)
 
 
 class RoomListView(generics.ListAPIView):
     serializer_class = RoomSerializer
 
     def get_queryset(self):
-        return selectors.room_list()
+        return selectors.rooms_for(user=self.request.user)
 
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.get_queryset())
-        return self.get_paginated_response(_room_data(page, many=True))
+        return self.get_paginated_response(_room_data(request.user, page, many=True))
 
     def post(self, request):
         serializer = RoomCreateSerializer(data=request.data)
@@ -216,28 +231,72 @@ class RoomListView(generics.ListAPIView):
         except DjangoValidationError:
             ratelimit.rate_refund_sync(decisions)
             raise
-        room = selectors.room_list().get(pk=room.pk)
-        return Response(_room_data(room), status=status.HTTP_201_CREATED)
+        return _room_response(request.user, room, status.HTTP_201_CREATED)
+
+
+class DmView(APIView):
+    def post(self, request):
+        serializer = DmOpenSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        room, created = services.dm_open(
+            user=request.user, usernames=serializer.validated_data["users"]
+        )
+        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return _room_response(request.user, room, code)
 
 
 class RoomDetailView(APIView):
     def get(self, request, slug):
-        room = selectors.room_list().filter(slug=slug).first()
-        if room is None:
-            selectors.room_get(slug)  # raises NotFound
-        return Response(_room_data(room))
+        room = selectors.room_for(user=request.user, slug=slug)
+        return Response(_room_data(request.user, room))
+
+
+class RoomMembersView(APIView):
+    def get(self, request, slug):
+        room = access.room_get_visible(user=request.user, slug=slug)
+        members = selectors.room_members(room=room)
+        return Response({"results": [{"username": name} for name in members]})
+
+    def post(self, request, slug):
+        room = access.room_get_visible(user=request.user, slug=slug)
+        serializer = MemberAddSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        username = serializer.validated_data["username"]
+        added = services.room_member_add(
+            actor=request.user, room=room, username=username
+        )
+        code = status.HTTP_201_CREATED if added else status.HTTP_200_OK
+        return Response({"username": username}, status=code)
+
+
+class RoomMemberView(APIView):
+    def delete(self, request, slug, username):
+        room = access.room_get_visible(user=request.user, slug=slug)
+        services.room_member_remove(actor=request.user, room=room, username=username)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RoomReadView(APIView):
+    def post(self, request, slug):
+        room = access.room_get_visible(user=request.user, slug=slug)
+        serializer = ReadSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        state, _ = services.membership_read(
+            user=request.user, room=room, seq=serializer.validated_data["seq"]
+        )
+        return Response(state)
 
 
 class RoomPresenceView(APIView):
     def get(self, request, slug):
-        room = selectors.room_get(slug)
+        room = access.room_get_visible(user=request.user, slug=slug)
         users = async_to_sync(presence_selectors.room_presence)(room.slug)
         return Response({"users": users})
 
 
 class RoomMessagesView(APIView):
     def get(self, request, slug):
-        room = selectors.room_get(slug)
+        room = access.room_get_visible(user=request.user, slug=slug)
         limit = selectors.history_limit(request.query_params.get("limit"))
         changed_after = _seq_param(request, "changed_after")
         if changed_after is not None:
@@ -270,7 +329,7 @@ class RoomMessagesView(APIView):
         )
 
     def post(self, request, slug):
-        room = selectors.room_get(slug)
+        room = access.room_get_visible(user=request.user, slug=slug)
         serializer = MessagePostSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         result = async_to_sync(services.message_send)(
@@ -282,7 +341,7 @@ class RoomMessagesView(APIView):
 
 class RoomMessageView(APIView):
     def patch(self, request, slug, message_id):
-        room = selectors.room_get(slug)
+        room = access.room_get_visible(user=request.user, slug=slug)
         serializer = MessageEditSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         result = async_to_sync(services.message_edit)(
@@ -294,7 +353,7 @@ class RoomMessageView(APIView):
         return Response(result.event["message"])
 
     def delete(self, request, slug, message_id):
-        room = selectors.room_get(slug)
+        room = access.room_get_visible(user=request.user, slug=slug)
         services.message_delete_own(user=request.user, room=room, message_id=message_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -321,7 +380,7 @@ class SearchView(APIView):
 
 class MembershipView(APIView):
     def delete(self, request, slug):
-        room = selectors.room_get(slug)
+        room = access.room_get_visible(user=request.user, slug=slug)
         services.membership_end(user=request.user, room=room)
         return Response(status=status.HTTP_204_NO_CONTENT)
 

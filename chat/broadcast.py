@@ -261,3 +261,26 @@ async def user_muted(user_id, until):
 async def user_kicked(user_id):
     """Close every socket of a user (code 4403) in every process."""
     await _to_user(user_id, {"type": "user.kicked"})
+
+
+async def user_room_removed(user_id, slug):
+    """Every socket of a user leaves room `slug` (its group here and everywhere) and
+    gets `room_removed`."""
+    await _to_user(user_id, {"type": "user.room_removed", "room": slug})
+
+
+async def _to_user_frame(user_id, frame):
+    """Forward one frame, encoded once, to every socket of a user."""
+    event = {"type": "user.frame", "text": encode(frame), "frame_type": frame["type"]}
+    await _to_user(user_id, event)
+
+
+async def user_room_added(user_id, slug):
+    """Tell every socket of a user they are now a member of room `slug`."""
+    await _to_user_frame(user_id, {"type": "room_added", "room": slug})
+
+
+async def user_read(user_id, state):
+    """Tell every socket of a user their read state in a room moved (`state` is
+    {"room", "last_read_seq", "unread", "mentions"})."""
+    await _to_user_frame(user_id, {"type": "read", **state})

@@ -21,7 +21,7 @@ from voiceflow import metrics
 from voiceflow.db import on_loop, socket_database_sync_to_async
 from voiceflow.websocket import FRAME_EXTENSION, OUTPUT_EXTENSION, text_frame
 
-from . import broadcast, last_seqs, ratelimit, selectors, services, sockets
+from . import access, broadcast, last_seqs, ratelimit, selectors, services, sockets
 from .auth import origin_allowed, socket_user
 from .errors import ChatError, Forbidden, Invalid, NotFound, Unavailable
 from .models import Room
@@ -100,7 +100,7 @@ async def _join(user, slug, since, changes_since):
 
 @socket_database_sync_to_async
 def _join_with_missed(user, slug, since, changes_since):
-    room = selectors.room_get(slug)
+    room = access.room_get_visible(user=user, slug=slug)
     became_member = services.room_join(user=user, room=room)
     limit = settings.VOICEFLOW["MISSED_LIMIT"]
     missed, truncated = [], False
@@ -135,8 +135,14 @@ def _join_with_missed(user, slug, since, changes_since):
 
 
 @socket_database_sync_to_async
-def _room_exists(slug):
-    return Room.objects.filter(slug=slug).exists()
+def _room_visible(user, slug):
+    return access.room_queryset_visible(user=user).filter(slug=slug).exists()
+
+
+@socket_database_sync_to_async
+def _membership_read(user, slug, seq):
+    room = access.room_get_visible(user=user, slug=slug)
+    return services.membership_read(user=user, room=room, seq=seq)
 
 
 _mute_until = socket_database_sync_to_async(selectors.mute_until)
@@ -588,6 +594,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # too; an edit that changes nothing is confirmed to the sender alone.
         if not result.edited:
             await self.send_frame({"type": "message_edited", **result.event})
+    async def frame_read(self, frame):
+        slug = _room_slug(frame)
+        seq = frame.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise Invalid("seq must be a non-negative integer.", field="seq")
+        if not selectors.is_room_slug(slug):
+            raise NotFound(f"No room {slug!r}.", field="room")
+        state, moved = await _membership_read(self.user, slug, seq)
+        # Moved: every socket of the user hears it (this one too, as its reply) from
+        # the broadcast; not moved: this socket alone gets the state as it is.
+        if not moved:
+            await self.send_frame({"type": "read", **state})
 
     async def frame_ping(self, frame):
         ts = frame.get("ts")
@@ -618,6 +636,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         "status": frame_status,
         "delete": frame_delete,
         "edit": frame_edit,
+        "read": frame_read,
     }
 
     # Events from the hub
@@ -719,6 +738,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.muted_until = until and datetime.fromtimestamp(until, UTC)
         elif event["type"] == "user.kicked":
             asyncio.ensure_future(self._kicked())
+        elif event["type"] == "user.frame":
+            text = event["text"]
+            self.deliver(text, text_frame(text.encode()))
+        elif event["type"] == "user.room_removed":
+            asyncio.ensure_future(self._room_removed(event["room"]))
+
+    async def _room_removed(self, slug):
+        """The user may no longer be in the room: this socket leaves it at once, so no
+        more of its messages, typing or presence reach it, and the client is told."""
+        async with self.dispatching:  # between frames, like a kick
+            if self.close_code is not None or self.released:
+                return
+            if slug in self.rooms:
+                await self.socket_typing.stop(slug)
+                await self._unsubscribe(slug)
+                try:
+                    await presence_services.presence_room_exit(
+                        sid=self.connection_id,
+                        user_id=self.user.id,
+                        username=self.user.username,
+                        slug=slug,
+                    )
+                except Exception:
+                    logger.warning("presence exit of %s failed", slug, exc_info=True)
+            await self.send_frame({"type": "room_removed", "room": slug})
 
     async def _kicked(self):
         logger.info(
@@ -831,7 +875,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         slug = _room_slug(frame)
         room = self.rooms.get(slug)
         if room is None:
-            if not selectors.is_room_slug(slug) or not await _room_exists(slug):
+            if not selectors.is_room_slug(slug) or not await _room_visible(
+                self.user, slug
+            ):
                 raise NotFound(f"No room {slug!r}.", field="room")
             raise Forbidden(f"Join {slug!r} before using it.", field="room")
         return room

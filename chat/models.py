@@ -14,6 +14,14 @@ slug_validator = RegexValidator(
 
 
 class Room(models.Model):
+    class Visibility(models.TextChoices):
+        PUBLIC = "public", "public"
+        PRIVATE = "private", "private"
+
+    class Kind(models.TextChoices):
+        ROOM = "room", "room"
+        DIRECT = "direct", "direct messages"
+
     slug = models.CharField(max_length=50, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=100)
     created_by = models.ForeignKey(
@@ -30,9 +38,23 @@ class Room(models.Model):
     # The room's change counter: bumped under the same row lock for every edit and
     # deletion of one of its messages, which takes the new value as its change_seq.
     last_change = models.BigIntegerField(default=0, editable=False)
+    # Who may see the room: chat.access. A private room and a DM: its members only.
+    visibility = models.CharField(
+        max_length=10, choices=Visibility.choices, default=Visibility.PUBLIC
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.ROOM)
+    # A DM's members' ids, sorted and comma-joined: unique, so one set of people
+    # has one DM even when two of them open it at once. Null for other rooms.
+    dm_key = models.CharField(
+        max_length=200, null=True, blank=True, unique=True, editable=False
+    )
 
     class Meta:
         ordering = ["slug"]
+
+    @property
+    def is_public(self):
+        return self.visibility == self.Visibility.PUBLIC
 
     def __str__(self):
         return self.slug
@@ -44,6 +66,8 @@ class Membership(models.Model):
     )
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
     joined_at = models.DateTimeField(default=timezone.now)
+    # The highest seq the user has read in the room; only ever moves forward.
+    last_read_seq = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         constraints = [
@@ -69,6 +93,8 @@ class Message(models.Model):
     # The room's change counter at this message's latest edit or deletion (0: never
     # changed). A database default: the raw-SQL inserts leave it out.
     change_seq = models.BigIntegerField(default=0, db_default=0, editable=False)
+    # Usernames the body mentions (who may see the room), as stored; null when none.
+    mentions = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["room", "seq"]
@@ -119,6 +145,34 @@ class MessageEdit(models.Model):
 
     def __str__(self):
         return f"{self.message_id} edited at {self.edited_at}"
+class MessageMention(models.Model):
+    """A user mentioned by a message: what counts a member's unread mentions.
+
+    `room` and `seq` repeat the message's, so the count per room after a member's
+    last read seq is a range scan of (user, room, seq).
+    """
+
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="mention_rows"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="+")
+    seq = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["message", "user"], name="message_mention_unique"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["user", "room", "seq"], name="mention_user_room_seq")
+        ]
+
+    def __str__(self):
+        return f"{self.user_id} in {self.room_id}#{self.seq}"
 
 
 class Mute(models.Model):

@@ -20,4 +20,6 @@ def message_data(message, *, room_slug=None, username=None):
     }
     if message.deleted_at:
         data["deleted"] = True
+    elif message.mentions:  # absent when the message mentions no one
+        data["mentions"] = message.mentions
     return data

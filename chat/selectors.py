@@ -6,14 +6,24 @@ import orjson
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, connection
-from django.db.models import Count, F, Max, QuerySet
+from django.db.models import Count, F, IntegerField, Max, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from voiceflow.db import on_loop, socket_connection, socket_database_sync_to_async
 
+from . import access
 from .errors import Invalid, NotFound
-from .models import SLUG_PATTERN, Membership, Message, Mute, OfflineMark, Room
+from .models import (
+    SLUG_PATTERN,
+    Membership,
+    Message,
+    MessageMention,
+    Mute,
+    OfflineMark,
+    Room,
+)
 from .payloads import timestamp
 from .validators import text_clean
 
@@ -112,14 +122,94 @@ def is_member(user, slug):
     return Membership.objects.filter(user=user, room__slug=slug).exists()
 
 
-def room_queryset_visible(*, user) -> QuerySet[Room]:
-    """The rooms `user` may see: search (and any cross-room read) stays in them."""
-    return Room.objects.all()
-
-
 def room_list():
-    """All rooms with their member counts, by slug."""
+    """All rooms with their member counts, by slug (admin; users see rooms_for)."""
     return Room.objects.annotate(member_count=Count("memberships")).order_by("slug")
+
+
+def room_queryset_visible(*, user) -> QuerySet[Room]:
+    """The rooms `user` may see (chat.access's rule), as a Room queryset."""
+    return access.room_queryset_visible(user=user)
+
+
+def _count(rows):
+    """A correlated COUNT(*) of `rows` (one group per outer room), 0 when none."""
+    counted = rows.order_by().values("room_id").annotate(n=Count("*")).values("n")
+    return Coalesce(Subquery(counted[:1], output_field=IntegerField()), 0)
+
+
+def rooms_for(*, user):
+    """The rooms `user` may see, by slug, annotated for their room objects.
+
+    `member_count`, and for the user's own rooms `last_read_seq` (None elsewhere),
+    `unread` (others' live messages after it) and `unread_mentions`. One statement
+    whatever the number of rooms: the counts are correlated subqueries that range-
+    scan (room, seq) and (user, room, seq) from the last read seq on.
+    """
+    members = Membership.objects.filter(room_id=OuterRef("pk"))
+    mine = members.filter(user_id=user.pk).values("last_read_seq")[:1]
+    after = {"room_id": OuterRef("pk"), "seq__gt": OuterRef("last_read_seq")}
+    unread = Message.objects.filter(deleted_at__isnull=True, **after).exclude(
+        user_id=user.pk
+    )
+    mentions = MessageMention.objects.filter(
+        user_id=user.pk, message__deleted_at__isnull=True, **after
+    ).exclude(message__user_id=user.pk)
+    return (
+        room_queryset_visible(user=user)
+        .annotate(
+            member_count=_count(members),
+            last_read_seq=Subquery(mine),
+        )
+        .annotate(unread=_count(unread), unread_mentions=_count(mentions))
+        .order_by("slug")
+    )
+
+
+def room_for(*, user, slug):
+    """rooms_for's room with this slug, or NotFound (also one `user` may not see)."""
+    room = None
+    if is_room_slug(slug):
+        room = rooms_for(user=user).filter(slug=slug).first()
+    if room is None:
+        raise NotFound(f"No room {slug!r}.", field="room")
+    return room
+
+
+def dm_names(*, user, rooms):
+    """{room id: the other members' usernames, sorted} for the DMs among `rooms`."""
+    ids = [room.pk for room in rooms if room.kind == Room.Kind.DIRECT]
+    names = {room_id: [] for room_id in ids}
+    if ids:
+        rows = (
+            Membership.objects.filter(room_id__in=ids)
+            .exclude(user_id=user.pk)
+            .values_list("room_id", "user__username")
+            .order_by("user__username")
+        )
+        for room_id, username in rows:
+            names[room_id].append(username)
+    return names
+
+
+def room_members(*, room):
+    """The room's members' usernames, sorted."""
+    return list(
+        Membership.objects.filter(room_id=room.pk)
+        .order_by("user__username")
+        .values_list("user__username", flat=True)
+    )
+
+
+def membership_state(*, user, room):
+    """{"room", "last_read_seq", "unread", "mentions"} of `user` in `room`."""
+    state = rooms_for(user=user).filter(pk=room.pk).first()
+    return {
+        "room": room.slug,
+        "last_read_seq": state.last_read_seq,
+        "unread": state.unread,
+        "mentions": state.unread_mentions,
+    }
 
 
 def post_refusal(user, room, *, muted_until=None, now=None):
@@ -219,7 +309,10 @@ def offline_messages(user, since, *, limit, max_age, now=None):
     now = now or timezone.now()
     rows = (
         Message.objects.filter(
-            room__memberships__user=user, created_at__gt=since, deleted_at__isnull=True
+            access.room_visible_q(user=user, prefix="room__"),
+            room__memberships__user=user,
+            created_at__gt=since,
+            deleted_at__isnull=True,
         )
         .exclude(user=user)
         .select_related("user", "room")

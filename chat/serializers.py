@@ -28,6 +28,22 @@ class RegisterSerializer(serializers.Serializer):
 class RoomCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100, validators=[validate_name_text])
     slug = serializers.CharField(max_length=50, required=False, allow_blank=True)
+    visibility = serializers.ChoiceField(
+        Room.Visibility.choices, default=Room.Visibility.PUBLIC
+    )
+
+
+class DmOpenSerializer(serializers.Serializer):
+    # The list's rules live in chat.services.dm_open.
+    users = serializers.JSONField()
+
+
+class MemberAddSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+
+
+class ReadSerializer(serializers.Serializer):
+    seq = serializers.IntegerField(min_value=0)
 
 
 class MessagePostSerializer(serializers.Serializer):
@@ -41,8 +57,18 @@ class MessageEditSerializer(serializers.Serializer):
 
 
 class RoomSerializer(serializers.ModelSerializer):
+    """A room as its viewer sees it (chat.selectors.rooms_for's annotations).
+
+    A DM's `name` is its other members' usernames; `last_read_seq`, `unread` and
+    `mentions` are the viewer's, null in a room they are not a member of.
+    """
+
+    name = serializers.SerializerMethodField()
     member_count = serializers.IntegerField(read_only=True)
     online_count = serializers.SerializerMethodField()
+    last_read_seq = serializers.IntegerField(read_only=True, allow_null=True)
+    unread = serializers.SerializerMethodField()
+    mentions = serializers.SerializerMethodField()
 
     class Meta:
         model = Room
@@ -51,9 +77,24 @@ class RoomSerializer(serializers.ModelSerializer):
             "name",
             "created_at",
             "is_locked",
+            "visibility",
+            "kind",
             "member_count",
             "online_count",
+            "last_read_seq",
+            "unread",
+            "mentions",
         ]
+
+    def get_name(self, room):
+        others = self.context.get("dm_names", {}).get(room.pk)
+        return ", ".join(others) if others else room.name
 
     def get_online_count(self, room):
         return self.context.get("online_counts", {}).get(room.slug, 0)
+
+    def get_unread(self, room):
+        return None if room.last_read_seq is None else room.unread
+
+    def get_mentions(self, room):
+        return None if room.last_read_seq is None else room.unread_mentions

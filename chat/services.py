@@ -1,6 +1,8 @@
 """Writes: rooms, memberships and messages. Every event push of a write starts here."""
 
 import logging
+import re
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,6 +14,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
@@ -24,12 +27,13 @@ from voiceflow.db import (
     socket_connection,
 )
 
-from . import broadcast, ratelimit, selectors
+from . import access, broadcast, ratelimit, selectors
 from .errors import Forbidden, Invalid, NotFound, Unavailable
 from .models import (
     Membership,
     Message,
     MessageEdit,
+    MessageMention,
     ModerationAction,
     Mute,
     OfflineMark,
@@ -88,6 +92,50 @@ def clean_message_id(message_id):
     if isinstance(message_id, bool) or not isinstance(message_id, int):
         raise Invalid("id must be an integer.", field="id")
     return message_id
+# `@name` where name follows the username rule (letters, digits and @.+-_), not
+# preceded by one of those characters (so an e-mail address is not a mention).
+MENTION = re.compile(r"(?<![\w.@+-])@([\w.@+-]{1,150})")
+
+
+def mention_names(body: str) -> set[str]:
+    """The lowercased names a body may mention (also without trailing punctuation)."""
+    if "@" not in body:
+        return set()
+    names = set()
+    for match in MENTION.finditer(body):
+        name = match.group(1).lower()
+        names.update((name, name.rstrip(".-+@")))
+    names.discard("")
+    return names
+
+
+def _mentions_resolve(room, body):
+    """[(user id, username)] of the users `body` mentions who may see `room`."""
+    names = mention_names(body)
+    if not names:
+        return []
+    return list(
+        access.room_audience(room=room)
+        .annotate(lowered=Lower("username"))
+        .filter(lowered__in=names)
+        .order_by("username")
+        .values_list("pk", "username")
+    )
+
+
+def _mentions_store(message, mentioned):
+    """Record the mentions of a just-inserted message (in its transaction)."""
+    message.mentions = [username for _, username in mentioned]
+    Message.objects.filter(pk=message.pk).update(mentions=message.mentions)
+    MessageMention.objects.bulk_create(
+        MessageMention(
+            message_id=message.pk,
+            user_id=user_id,
+            room_id=message.room_id,
+            seq=message.seq,
+        )
+        for user_id, _ in mentioned
+    )
 
 
 def user_register(*, username, password):
@@ -102,23 +150,123 @@ def user_register(*, username, password):
         raise ValidationError({"username": ["This username is taken."]}) from None
 
 
-def room_create(*, user, name, slug=None):
-    """Create a room; the slug defaults to one made from the name."""
+def room_create(*, user, name, slug=None, visibility=Room.Visibility.PUBLIC):
+    """Create a room; the slug defaults to one made from the name.
+
+    A private room's creator becomes its first member (who may see it, add others).
+    """
     try:
         validate_name_text(name)
     except ValidationError as error:
         raise ValidationError({"name": error.messages}) from None
     slug = slug or slugify(name)[:50].strip("-")
-    room = Room(name=name, slug=slug, created_by=user)
+    room = Room(name=name, slug=slug, created_by=user, visibility=visibility)
     room.full_clean()
     try:
         with transaction.atomic():
             room.save()
+            if not room.is_public:
+                Membership.objects.create(user=user, room=room)
     except IntegrityError:
         raise ValidationError(
             {"slug": ["A room with this slug already exists."]}
         ) from None
     return room
+
+
+DM_MAX_OTHERS = 7
+
+
+def dm_open(*, user, usernames) -> tuple[Room, bool]:
+    """The DM of `user` and the users named (1–7 others): (room, whether it is new).
+
+    One set of people has one DM: its key (the sorted member ids) is unique, so of
+    two concurrent opens one creates it and the other gets it.
+    """
+    if not isinstance(usernames, list) or not all(
+        isinstance(name, str) for name in usernames
+    ):
+        raise Invalid("users must be a list of usernames.", field="users")
+    names = {name for name in usernames if name != user.username}
+    if not 1 <= len(names) <= DM_MAX_OTHERS:
+        raise Invalid(
+            f"users must name 1–{DM_MAX_OTHERS} other users.", field="users"
+        )
+    others = list(
+        get_user_model().objects.filter(username__in=names, is_active=True)
+    )
+    unknown = names - {other.username for other in others}
+    if unknown:
+        raise Invalid(f"No user {sorted(unknown)[0]!r}.", field="users")
+    people = sorted([user, *others], key=lambda person: person.pk)
+    key = ",".join(str(person.pk) for person in people)
+    for _ in range(3):  # a random slug taken already: try another
+        existing = Room.objects.filter(dm_key=key).first()
+        if existing is not None:
+            return existing, False
+        room = Room(
+            slug=f"dm-{secrets.token_hex(8)}",
+            name=", ".join(sorted(p.username for p in people))[:100],
+            created_by=user,
+            visibility=Room.Visibility.PRIVATE,
+            kind=Room.Kind.DIRECT,
+            dm_key=key,
+        )
+        try:
+            with transaction.atomic():
+                room.save()
+                Membership.objects.bulk_create(
+                    [Membership(user=person, room=room) for person in people]
+                )
+        except IntegrityError:
+            continue
+        for other in others:
+            _publish_on_commit(broadcast.user_room_added, other.pk, room.slug)
+        return room, True
+    raise Unavailable("Could not open the conversation; retry.")
+
+
+def _member_target(room, username):
+    if not isinstance(username, str) or not username:
+        raise Invalid("username is required.", field="username")
+    target = get_user_model().objects.filter(username=username, is_active=True).first()
+    if target is None:
+        raise Invalid(f"No user {username!r}.", field="username")
+    return target
+
+
+def room_member_add(*, actor, room, username) -> bool:
+    """A member (or staff) adds a user to `room`; True if they were not a member.
+
+    A DM never gains members (a new set of people is a new DM).
+    """
+    if room.kind == Room.Kind.DIRECT:
+        raise Forbidden("No one can be added to a direct conversation.")
+    if not actor.is_staff and not selectors.is_member(actor, room.slug):
+        raise Forbidden("Only members can add people to this room.")
+    target = _member_target(room, username)
+    with transaction.atomic():
+        added = room_join(user=target, room=room)
+        if added:
+            _publish_on_commit(broadcast.user_room_added, target.pk, room.slug)
+    return added
+
+
+def room_member_remove(*, actor, room, username) -> None:
+    """The room's creator or staff ends someone's membership (anyone, their own).
+
+    Their live sockets lose the room at once if they may no longer see it, or if it
+    was someone else who removed them. Not a member → NotFound.
+    """
+    target = get_user_model().objects.filter(username=username).first()
+    if target is None or not selectors.is_member(target, room.slug):
+        raise NotFound(f"{username!r} is not a member of {room.slug!r}.")
+    if target.pk != actor.pk:
+        if room.kind == Room.Kind.DIRECT:
+            raise Forbidden("No one can be removed from a direct conversation.")
+        if not actor.is_staff and room.created_by_id != actor.pk:
+            raise Forbidden("Only the room's creator or staff can remove members.")
+    membership_end(user=target, room=room, removed=target.pk != actor.pk)
 
 
 def room_join(*, user, room):
@@ -129,28 +277,58 @@ def room_join(*, user, room):
 async def room_join_on_loop(*, user, slug):
     """(room, whether `user` just became a member): one statement on the loop.
 
-    PostgreSQL only: the room's row and an upserted membership (ON CONFLICT DO
-    NOTHING, so a member's join writes nothing). NotFound for an unknown slug.
+    PostgreSQL only: the room's row if `user` may see it (chat.access, checked in
+    the statement) and an upserted membership (ON CONFLICT DO NOTHING, so a member's
+    join writes nothing). NotFound for an unknown slug or a room they may not see.
     """
     select, names = selectors.columns(Room)
     memberships = Membership._meta.db_table
+    visible, visible_params = access.room_visible_sql(user=user, alias="r")
     row = await socket_connection().fetchone(
-        f"WITH room AS (SELECT {select} FROM {Room._meta.db_table} WHERE slug = %s), "
+        f"WITH room AS (SELECT {select} FROM {Room._meta.db_table} r "
+        f"WHERE slug = %s AND {visible}), "
         f"joined AS (INSERT INTO {memberships} (user_id, room_id, joined_at) "
         "SELECT %s, id, %s FROM room ON CONFLICT (room_id, user_id) DO NOTHING "
         "RETURNING 1) "
         "SELECT room.*, EXISTS (SELECT 1 FROM joined) FROM room",
-        [slug, user.id, timezone.now()],
+        [slug, *visible_params, user.id, timezone.now()],
     )
     if row is None:
         raise NotFound(f"No room {slug!r}.", field="room")
     return Room.from_db(DEFAULT_DB_ALIAS, names, row[:-1]), row[-1]
 
 
-def membership_end(*, user, room):
-    """End `user`'s membership of `room`; True if there was one."""
-    deleted, _ = Membership.objects.filter(user=user, room=room).delete()
+def membership_end(*, user, room, removed=False):
+    """End `user`'s membership of `room`; True if there was one.
+
+    If they may no longer see the room (private, a DM) or were `removed` by someone
+    else, every socket of theirs leaves it, on every process (`room_removed`).
+    """
+    with transaction.atomic():
+        deleted, _ = Membership.objects.filter(user=user, room=room).delete()
+        if deleted and (removed or not access.room_can_see(user=user, room=room)):
+            _publish_on_commit(broadcast.user_room_removed, user.pk, room.slug)
     return bool(deleted)
+
+
+def membership_read(*, user, room, seq) -> tuple[dict, bool]:
+    """Move `user`'s last read seq in `room` forward to `seq` (never back, at most the
+    room's last seq): (their state {"room", "last_read_seq", "unread", "mentions"},
+    whether it moved). Every socket of theirs is told when it moved. Not a member →
+    Forbidden."""
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise Invalid("seq must be a non-negative integer.", field="seq")
+    last_seq = Room.objects.filter(pk=room.pk).values_list("last_seq", flat=True)
+    target = min(seq, last_seq.first() or 0)
+    with transaction.atomic():
+        mine = Membership.objects.filter(user_id=user.pk, room_id=room.pk)
+        moved = mine.filter(last_read_seq__lt=target).update(last_read_seq=target)
+        if not moved and not mine.exists():
+            raise Forbidden(f"Join {room.slug!r} before marking it read.", field="room")
+        state = selectors.membership_state(user=user, room=room)
+        if moved:
+            _publish_on_commit(broadcast.user_read, user.pk, state)
+    return state, bool(moved)
 
 
 def _room_next_seq(room_id, user_id, now):
@@ -183,26 +361,36 @@ def _room_counter_take(room_id, counter, count, user_id, now):
 def _message_insert_many(posts):
     """PostgreSQL: bump the seqs and insert messages, one statement for all `posts`.
 
-    `posts` are (room_id, user_id, body, client_id, created_at). A post is stored only
-    in an unlocked room by a poster who is not muted; rows are (index in `posts`, id,
-    seq) for the stored ones, with seqs in `posts` order per room. A post with no row
-    was refused, or its room is gone: the checked path then says why.
+    `posts` are (room_id, user_id, body, client_id, created_at, private). A post is
+    stored only in an unlocked room by a poster who is not muted and, in a private
+    room, is a member; rows are (index in `posts`, id, seq) for the stored ones, with
+    seqs in `posts` order per room. A post with no row was refused, or its room is
+    gone: the checked path then says why (and applies chat.access in full).
     """
     if len(posts) == 1:
         # A third cheaper for PostgreSQL than the general statement with one post.
         return _message_insert_one(*posts[0])
     rooms, mutes = Room._meta.db_table, Mute._meta.db_table
-    messages = Message._meta.db_table
+    messages, memberships = Message._meta.db_table, Membership._meta.db_table
     # Rooms are locked in id order (`locked`), so that batches of several rooms from
     # several processes cannot deadlock; the bump then updates rows already locked.
     # The posts travel as one JSON array: orjson encodes it in C, where psycopg
     # builds each of six array parameters element by element in Python.
+    # A batch of public rooms' posts alone runs without the membership check.
+    private = any(post[5] for post in posts)
+    member = (
+        f" AND (NOT post.private OR EXISTS (SELECT 1 FROM {memberships} vm "
+        "WHERE vm.room_id = post.room_id AND vm.user_id = post.user_id))"
+        if private
+        else ""
+    )
     sql = (
         "WITH post AS (SELECT * FROM json_to_recordset(%s::json) AS p(ord int, "
         "room_id bigint, user_id bigint, body text, client_id text, "
-        "created_at timestamptz)), "
+        f"created_at timestamptz{', private boolean' if private else ''})), "
         "allowed AS (SELECT * FROM post WHERE NOT EXISTS (SELECT 1 FROM "
-        f"{mutes} m WHERE m.user_id = post.user_id AND m.until > post.created_at)), "
+        f"{mutes} m WHERE m.user_id = post.user_id AND m.until > post.created_at)"
+        f"{member}), "
         "counted AS (SELECT room_id, count(*) AS n FROM allowed GROUP BY room_id), "
         f"locked AS (SELECT id FROM {rooms} WHERE id IN (SELECT room_id FROM counted) "
         "AND NOT is_locked ORDER BY id FOR UPDATE), "
@@ -226,27 +414,38 @@ def _message_insert_many(posts):
             "body": body,
             "client_id": client_id,
             "created_at": created_at,
+            **({"private": is_private} if private else {}),
         }
-        for index, (room_id, user_id, body, client_id, created_at) in enumerate(posts)
+        for index, (room_id, user_id, body, client_id, created_at, is_private) in (
+            enumerate(posts)
+        )
     ]
     return sql, [orjson.dumps(rows).decode()]
 
 
-def _message_insert_one(room_id, user_id, body, client_id, now):
+def _message_insert_one(room_id, user_id, body, client_id, now, private):
     """_message_insert_many for one post: the bump matches an unlocked room whose
-    poster is not muted, and the insert takes its seq."""
+    poster is not muted (and a member, if `private`), and the insert takes its seq."""
     rooms, mutes = Room._meta.db_table, Mute._meta.db_table
     messages = Message._meta.db_table
+    params = [room_id, user_id, now]
+    member = ""
+    if private:  # public rooms' statement stays as it was
+        member = (
+            f"AND EXISTS (SELECT 1 FROM {Membership._meta.db_table} "
+            "WHERE room_id = %s AND user_id = %s) "
+        )
+        params += [room_id, user_id]
     sql = (
         f"WITH bump AS (UPDATE {rooms} SET last_seq = last_seq + 1 "
         "WHERE id = %s AND NOT is_locked AND NOT EXISTS "
-        f"(SELECT 1 FROM {mutes} WHERE user_id = %s AND until > %s) "
+        f"(SELECT 1 FROM {mutes} WHERE user_id = %s AND until > %s) {member}"
         "RETURNING last_seq) "
         f"INSERT INTO {messages} (room_id, seq, user_id, body, client_id, "
         "created_at) SELECT %s, last_seq, %s, %s, %s, %s FROM bump "
         "RETURNING 0, id, seq"
     )
-    return sql, [room_id, user_id, now, room_id, user_id, body, client_id, now]
+    return sql, [*params, room_id, user_id, body, client_id, now]
 
 
 def _inserted(row, room_id, user, body, client_id, now):
@@ -264,10 +463,13 @@ def _inserted(row, room_id, user, body, client_id, now):
     )
 
 
-def _message_insert_fast(room_id, user, body, client_id, now):
+def _message_insert_fast(room, user, body, client_id, now):
     """The fast insert on this thread's connection: the new Message, or None."""
+    room_id = room.id
     stamp = connection.ops.adapt_datetimefield_value(now)
-    sql, params = _message_insert_one(room_id, user.id, body, client_id, stamp)
+    sql, params = _message_insert_one(
+        room_id, user.id, body, client_id, stamp, not room.is_public
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -289,7 +491,10 @@ def _stored_by_client_id(user, client_id):
 
 
 def _message_insert_checked(room, user, body, client_id, now):
-    """Bump the seq, check lock and mute (Forbidden), insert; the new Message."""
+    """Check access (NotFound), bump the seq, check lock and mute (Forbidden),
+    insert; the new Message."""
+    if not room.is_public and not access.room_can_see(user=user, room=room):
+        raise NotFound(f"No room {room.slug!r}.", field="room")
     bumped = _room_next_seq(room.id, user.id, now)
     if bumped is None:
         raise Forbidden("This room no longer exists.", field="room")
@@ -317,22 +522,31 @@ def message_post(*, user, room, body, client_id=None, ensure_membership=True):
     started = time.perf_counter()
     fast = connection.vendor == "postgresql"
     checked = False
+    # Only a body with an "@" pays for looking up whom it mentions.
+    mentioned = _mentions_resolve(room, body) if "@" in body else []
     try:
         message = None
-        if fast and not ensure_membership and connection.get_autocommit():
+        if (
+            fast
+            and not ensure_membership
+            and not mentioned
+            and connection.get_autocommit()
+        ):
             # Outside a transaction the statement is one of its own: bump, checks and
             # insert commit in one round trip, with no BEGIN and COMMIT around it.
             now = timezone.now()
-            message = _message_insert_fast(room.id, user, body, client_id, now)
+            message = _message_insert_fast(room, user, body, client_id, now)
             fast = False  # refused (None): the checked path below says why
         if message is None:
             with transaction.atomic():
                 now = timezone.now()
                 if fast:
-                    message = _message_insert_fast(room.id, user, body, client_id, now)
+                    message = _message_insert_fast(room, user, body, client_id, now)
                 if message is None:  # SQLite, or refused: the checked path says why
                     checked = True
                     message = _message_insert_checked(room, user, body, client_id, now)
+                if mentioned:
+                    _mentions_store(message, mentioned)
                 if ensure_membership:
                     Membership.objects.get_or_create(user=user, room_id=room.id)
         if not checked:
@@ -357,7 +571,7 @@ async def _message_post_on_loop(user, room, body, client_id):
     """
     started = time.perf_counter()
     now = timezone.now()
-    post = (room.id, user.id, body, client_id, now)
+    post = (room.id, user.id, body, client_id, now, not room.is_public)
     try:
         # Group commit: posts queued while the room's connection is busy share one
         # statement and one commit; under load, batches grow instead of the queue.
@@ -398,7 +612,9 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
         return PostResult(stored, created=False)
     try:
         result = None
-        if not ensure_membership and on_loop():
+        # A body that may mention someone takes the thread: its mentions are stored
+        # in the insert's transaction.
+        if not ensure_membership and on_loop() and "@" not in body:
             result = await _message_post_on_loop(user, room, body, client_id)
         if result is None:
             # The room's own writer thread: rooms insert in parallel, one room in order.

@@ -8,6 +8,7 @@ api_urlpatterns = [
     path("auth/token/", api.TokenView.as_view(), name="api-token"),
     path("ws-ticket/", api.WsTicketView.as_view(), name="api-ws-ticket"),
     path("rooms/", api.RoomListView.as_view(), name="api-rooms"),
+    path("dms/", api.DmView.as_view(), name="api-dms"),
     path("rooms/<str:slug>/", api.RoomDetailView.as_view(), name="api-room"),
     path(
         "rooms/<str:slug>/messages/",
@@ -25,6 +26,17 @@ api_urlpatterns = [
         api.RoomPresenceView.as_view(),
         name="api-room-presence",
     ),
+    path(
+        "rooms/<str:slug>/members/",
+        api.RoomMembersView.as_view(),
+        name="api-room-members",
+    ),
+    path(
+        "rooms/<str:slug>/members/<str:username>/",
+        api.RoomMemberView.as_view(),
+        name="api-room-member",
+    ),
+    path("rooms/<str:slug>/read/", api.RoomReadView.as_view(), name="api-room-read"),
     path(
         "rooms/<str:slug>/membership/",
         api.MembershipView.as_view(),

@@ -77,9 +77,12 @@ def room_list(request):
             else:
                 return redirect("room", slug=room.slug)
         form.rate_refund()  # only rooms created count
-    page = Paginator(
-        selectors.room_list(), settings.VOICEFLOW["ROOM_PAGE_SIZE"]
-    ).get_page(request.GET.get("page"))
+    rooms = selectors.room_list().filter(
+        pk__in=selectors.room_queryset_visible(user=request.user).values("pk")
+    )
+    page = Paginator(rooms, settings.VOICEFLOW["ROOM_PAGE_SIZE"]).get_page(
+        request.GET.get("page")
+    )
     return _render(
         request,
         "chat/room_list.html",
@@ -90,7 +93,9 @@ def room_list(request):
 
 @login_required
 def room(request, slug):
-    room = get_object_or_404(Room, slug=slug)
+    room = get_object_or_404(
+        selectors.room_queryset_visible(user=request.user), slug=slug
+    )
     client_config = {
         "room": room.slug,
         "roomName": room.name,

@@ -1,0 +1,87 @@
+"""Who may see a room: the one rule every path applies (REST, socket, queue, pages).
+
+A user may see a room if it is public, if they are a member, or if they are staff and
+it is not a DM. Seeing is what joining, reading history and posting need (posting
+has its own further rules: lock, mute). A room someone may not see does not exist for
+them: they get the same `not_found` as for a slug that was never created.
+
+The rule is written three ways, kept side by side here: a Q over rooms (querysets),
+a Q over users (who may see one room: mentions), and an SQL condition (the socket
+path's statements on the event loop, which check it in the same statement).
+"""
+
+from django.contrib.auth import get_user_model
+from django.db.models import Q, QuerySet
+
+from .errors import NotFound
+from .models import Membership, Room
+
+_PUBLIC = Room.Visibility.PUBLIC
+_ROOM = Room.Kind.ROOM
+
+
+def room_visible_q(*, user, prefix: str = "") -> Q:
+    """Rooms `user` may see, as a Q over Room (or over `prefix`, e.g. "room__")."""
+    q = Q(**{f"{prefix}visibility": _PUBLIC})
+    if user is None or not user.is_authenticated:
+        return q
+    member_of = Membership.objects.filter(user_id=user.pk).values("room_id")
+    q |= Q(**{f"{prefix}pk__in": member_of})
+    if user.is_staff:
+        q |= Q(**{f"{prefix}kind": _ROOM})
+    return q
+
+
+def room_queryset_visible(*, user) -> QuerySet:
+    """The rooms `user` may see."""
+    return Room.objects.filter(room_visible_q(user=user))
+
+
+def room_can_see(*, user, room: Room) -> bool:
+    """True if `user` may see `room` (a query only for a private room)."""
+    if room.visibility == _PUBLIC or (user.is_staff and room.kind == _ROOM):
+        return True
+    return Membership.objects.filter(user_id=user.pk, room_id=room.pk).exists()
+
+
+def room_get_visible(*, user, slug: str) -> Room:
+    """The room with this slug if `user` may see it, else NotFound (as if unknown)."""
+    room = None
+    if isinstance(slug, str):
+        room = room_queryset_visible(user=user).filter(slug=slug).first()
+    if room is None:
+        raise NotFound(f"No room {slug!r}.", field="room")
+    return room
+
+
+def room_audience_q(*, room: Room) -> Q:
+    """Users who may see `room`, as a Q over the user model (active users only)."""
+    q = Q(is_active=True)
+    if room.visibility == _PUBLIC:
+        return q
+    member_ids = Membership.objects.filter(room_id=room.pk).values("user_id")
+    if room.kind == _ROOM:
+        return q & (Q(pk__in=member_ids) | Q(is_staff=True))
+    return q & Q(pk__in=member_ids)
+
+
+def room_audience(*, room: Room) -> QuerySet:
+    """The users who may see `room`."""
+    return get_user_model().objects.filter(room_audience_q(room=room))
+
+
+def room_visible_sql(*, user, alias: str) -> tuple[str, list]:
+    """The rule as an SQL condition on the rooms table aliased `alias`, with params.
+
+    For the raw statements of the socket path; the same rule as room_visible_q.
+    """
+    memberships = Membership._meta.db_table
+    sql = (
+        f"({alias}.visibility = %s OR EXISTS (SELECT 1 FROM {memberships} vm "
+        f"WHERE vm.room_id = {alias}.id AND vm.user_id = %s)"
+    )
+    params = [_PUBLIC, user.pk]
+    if user.is_staff:
+        sql += f" OR {alias}.kind = %s"
+        params.append(_ROOM)
+    return sql + ")", params
