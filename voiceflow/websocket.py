@@ -7,7 +7,9 @@ frame is built once per process (`text_frame`), queued on each socket with the
 `voiceflow.frame` ASGI extension, and what a socket got in one loop turn leaves in one
 write; the chat consumer sends its own frames (acks, pongs) the same way. Everything
 else (handshake, pings, closes, sends to a full buffer) is uvicorn's, except that a
-close never waits behind output the client is not reading (see `send`).
+close never waits behind output the client is not reading (see `send`), a send after
+the server closed the socket itself is dropped, and a pong waiting behind client frames
+the app has not taken yet is not taken for silence (see `keepalive_timeout`).
 
 Per socket it also keeps less: uvicorn's asyncio.Queue and Event cost four deques
 (~3 KB) where a list and a future do, and the handshake's headers (~2 KB, kept alive
@@ -221,10 +223,25 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         # was refused); the transport closes when the client is gone.
         return self.conn.state is State.OPEN and not self.transport.is_closing()
 
+    def keepalive_timeout(self):
+        # While the app has not taken the client's earlier frames, reading is paused
+        # and the pong waits behind them: the client is not silent, the server is
+        # behind. Wait another timeout; one that never answers is closed with 1011.
+        if self.read_paused and not self.close_sent:
+            self.pong_timer = self.loop.call_later(
+                self.ping_timeout, self.keepalive_timeout
+            )
+            return
+        super().keepalive_timeout()
+
     async def send(self, message):
         # What was queued before this send goes out before it: one order per socket.
         self.broadcast_flush()
         kind = message["type"]
+        if self.close_sent and self.handshake_complete and kind != "websocket.accept":
+            # Closed by the server itself (a keepalive timeout, a protocol error) while
+            # the app was sending: dropped, as after the client left (uvicorn raises).
+            return
         if kind == "websocket.close":
             if self.handshake_complete and not self.writable.is_set():
                 # A socket closed for not reading its output would never see room in

@@ -161,6 +161,40 @@ async def test_a_close_does_not_wait_behind_a_full_buffer(served):
     assert closed.value.rcvd.code == 1013
 
 
+async def test_a_send_after_the_server_closed_the_socket_itself_is_dropped(served):
+    client, queue, send, _ = await opened(served)
+    protocol = queue.__self__
+
+    protocol.keepalive_timeout()  # no pong in time: the server closes with 1011
+    await send({"type": "websocket.send", "text": "too late"})  # no error: dropped
+    await send({"type": "websocket.close", "code": 1000})
+
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await client.recv()
+    assert closed.value.rcvd.code == 1011
+
+
+async def test_a_pong_behind_frames_the_app_has_not_taken_keeps_the_socket(served):
+    client, queue, send, _ = await opened(served)
+    protocol = queue.__self__
+    protocol.ping_timeout = 0.05
+    # The app is behind on the client's frames: reading pauses, and the pong to this
+    # ping waits behind them.
+    protocol.transport.pause_reading()
+    protocol.read_paused = True
+    protocol.send_keepalive_ping()
+    await asyncio.sleep(0.3)  # several pong deadlines
+    assert not protocol.close_sent
+
+    protocol.read_paused = False  # the app caught up
+    protocol.transport.resume_reading()
+    await asyncio.sleep(0.3)
+    assert protocol.pending_ping_payload is None  # the pong came
+    await send({"type": "websocket.send", "text": "still open"})
+    assert await received(client, 1) == ["still open"]
+    await client.close()
+
+
 async def test_a_turn_takes_64_kib_of_frames_then_refuses_so_the_caller_waits(served):
     client, queue, send, _ = await opened(served)
     text = "y" * 20_000
