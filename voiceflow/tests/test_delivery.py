@@ -390,8 +390,8 @@ async def test_a_socket_that_stops_reading_neither_stalls_the_room_nor_loses_sil
         # alice reads again: what was buffered, then the end of a dropped socket.
         held = await asyncio.to_thread(stuck.read_to_end)
         seqs = {f["seq"] for f in held if f["type"] == "message"}
-        # (Past VOICEFLOW_SOCKET_HARD_BYTES unread, the server closed her socket with
-        # 1013: a seq gap shows, and she fills it.)
+        # (The server closed her socket: 1013 past VOICEFLOW_SOCKET_HARD_BYTES unread,
+        # or 1011 when the kernel's buffers took that much and her pong never came.)
         # ...and recovers the rest by seq, as any reconnecting client does.
         since = max(s for s in range(len(seqs) + 1) if set(range(1, s + 1)) <= seqs)
         back = await websockets.connect(server.socket_url(alice))
