@@ -98,6 +98,23 @@ def test_the_room_page_gives_the_client_its_configuration(
     assert "room.js" in html
 
 
+def test_a_dm_page_is_named_after_the_other_members_for_each_side(
+    client, alice, bob, lobby
+):
+    from chat import services
+
+    dm, _ = services.dm_open(user=alice, usernames=["bob"])
+    for user, other in ((alice, "bob"), (bob, "alice")):
+        client.force_login(user)
+        html = client.get(f"/rooms/{dm.slug}/").content.decode()
+        config = json.loads(
+            re.search(r'id="vf-config"[^>]*>(.*?)</script>', html).group(1)
+        )
+        assert (config["roomName"], config["roomKind"]) == (other, "direct")
+        assert config["roomsUrl"] == "/api/rooms/" and config["dmsUrl"] == "/api/dms/"
+        assert f'<h1 id="room-name">{other}</h1>' in html
+
+
 def test_an_unknown_room_page_is_404(client, alice):
     client.force_login(alice)
     assert client.get("/rooms/nowhere/").status_code == 404
