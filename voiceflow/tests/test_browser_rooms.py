@@ -26,7 +26,8 @@ NOTIFICATION_STUB = """
     window.notificationPermissionAsked = 0;
     class RecordedNotification {
         constructor(title, options = {}) {
-            window.notificationsShown.push({title, body: options.body, tag: options.tag});
+            const {body, tag} = options;
+            window.notificationsShown.push({title, body, tag});
         }
         close() {}
     }
