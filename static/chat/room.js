@@ -653,7 +653,7 @@ function renderHeader() {
   baseTitle = `${name} · VoiceFlow`;
   updateTitle();
   log.setAttribute('aria-label', `Messages in ${name}`);
-  $('history-start-room').textContent = label;
+  $('history-start-room').textContent = direct ? `your conversation with ${name}` : label;
   $('composer-label').textContent = `Message ${label}`;
   $('composer').placeholder = `Message ${label}`;
   $('search-scope-room').textContent = direct ? 'This chat' : `#${ROOM}`;
