@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 WEB_COUNT = 3  # deploy/haproxy.cfg names three servers
+HAPROXY_SOURCE = "127.0.0.2"  # HAProxy's address towards the web processes
 # Stopped in this order: the balancer first, so no new client lands on a process
 # that is going away; the stores last, so draining processes can still use them.
 STOP_ORDER = ["haproxy", *(f"web{n}" for n in range(1, WEB_COUNT + 1))]
@@ -63,6 +64,8 @@ def parse_args(argv=None):
 
 def port_free(port):
     with socket.socket() as sock:
+        # As the servers bind: a port left in TIME_WAIT by the last run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -297,8 +300,8 @@ def _start(args, state):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "SECRET_KEY": os.environ.get("SECRET_KEY") or secret_key(state),
         "REDIS_URL": redis_start(state, args.redis_port),
-        # HAProxy connects from here: believe its X-Forwarded-For.
-        "TRUSTED_PROXIES": os.environ.get("TRUSTED_PROXIES") or "127.0.0.1",
+        # HAProxy connects from here (and clients from 127.0.0.1, not trusted).
+        "TRUSTED_PROXIES": HAPROXY_SOURCE,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         "HOST": "127.0.0.1",
     }
@@ -330,6 +333,7 @@ def _start(args, state):
         **os.environ,
         "VF_LISTEN": f"127.0.0.1:{args.port}",
         "VF_STATS": f"127.0.0.1:{args.stats_port}",
+        "VF_SOURCE": HAPROXY_SOURCE,
         **{f"VF_WEB{n}": f"127.0.0.1:{port}" for n, port in enumerate(web_ports, 1)},
     }
     process, log = state.start(

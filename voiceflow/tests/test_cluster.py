@@ -5,6 +5,7 @@ balancer on the others."""
 import asyncio
 import csv
 import io
+import json
 import os
 import shutil
 import signal
@@ -16,11 +17,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+import websockets
 
 from bench.audit import history
 
 from . import servers
-from .clients import Client, audit, settle, steady_traffic
+from .clients import Client, audit, settle, steady_traffic, ticket_url
 from .servers import ROOT, ServerProcess, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -83,6 +85,14 @@ class Cluster:
                 row["svname"]: row["status"] for row in rows if row["pxname"] == "web"
             }
 
+    def logged_client(self, connection_id):
+        """The client address the web processes logged for a socket."""
+        for log in (self.state / "logs").glob("web*.log"):
+            for line in log.read_text().splitlines():
+                if connection_id in line and "socket_connected" in line:
+                    return json.loads(line)["client"]
+        return None
+
     def output(self):
         """Every component's log tail (the conftest adds it to a failure report)."""
         return "".join(
@@ -140,6 +150,13 @@ async def test_a_web_process_killed_behind_haproxy_loses_and_duplicates_nothing(
     try:
         assert await settle(clients, timeout=15)
         assert set(cluster.server_states().values()) == {"UP"}
+        # A client's own X-Forwarded-For is not believed: only HAProxy's address is
+        # a trusted proxy, and HAProxy adds the client's address after it.
+        url = await asyncio.to_thread(ticket_url, cluster.base, tokens[0])
+        forged = {"X-Forwarded-For": "203.0.113.9"}
+        async with websockets.connect(url, additional_headers=forged) as socket:
+            connection = json.loads(await socket.recv())["connection_id"]
+        assert cluster.logged_client(connection) == "127.0.0.1"
 
         loop = asyncio.get_running_loop()
 
