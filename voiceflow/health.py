@@ -8,7 +8,6 @@ work.
 """
 
 import asyncio
-import json
 import logging
 import os
 import weakref
@@ -19,6 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from chat import broadcast, ratelimit, selectors, sockets, tickets
+from chat.api import _json_send
 from presence.selectors import presence_totals
 from presence.services import SocketTyping, process_sizes
 
@@ -208,27 +208,14 @@ async def probe(scope, receive, send):
     A load balancer checks every process every second or two, by address: any Host
     header (ALLOWED_HOSTS does not apply), no session, no middleware.
     """
-    headers = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
-    if scope["method"] not in ("GET", "HEAD"):
+    headers = {"Cache-Control": "no-store"}
+    if scope["method"] not in ("GET", "HEAD"):  # HEAD: uvicorn leaves out the body
         status, body = 405, {"status": "method not allowed"}
-        headers.append((b"allow", b"GET, HEAD"))
+        headers["Allow"] = "GET, HEAD"
     elif scope["path"] == "/health/live":
         status, body = 200, {"status": "live"}
     else:
         ready, reason = await readiness()
         status = 200 if ready else 503
         body = {"status": "ready"} if ready else {"status": "unready", "reason": reason}
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
-        }
-    )
-    body_bytes = b"" if scope["method"] == "HEAD" else payload
-    await send({"type": "http.response.body", "body": body_bytes})
+    await _json_send(send, body, status, headers)

@@ -18,6 +18,27 @@ from .test_e2e import frame
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture
+def two_workers(settings, shared_redis):  # noqa: F811
+    """two_workers(drain_window, drain_timeout): a web process with two workers."""
+    started = []
+
+    def start(drain_window, drain_timeout):
+        env = process_env(
+            settings,
+            shared_redis,
+            WEB_CONCURRENCY=2,
+            VOICEFLOW_DRAIN_WINDOW=drain_window,
+            VOICEFLOW_DRAIN_TIMEOUT=drain_timeout,
+        )
+        started.append(ServerProcess(**env).start())
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 def wait_for(predicate, timeout=10, what="condition"):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -45,81 +66,51 @@ def holder(server, workers, socket):
     return next(pid for pid in workers if socket_inodes(pid) & inodes)
 
 
-async def test_workers_share_the_port_and_all_drain_on_sigterm(
-    lobby,
-    settings,
-    shared_redis,  # noqa: F811
-):
-    server = ServerProcess(
-        **process_env(
-            settings,
-            shared_redis,
-            WEB_CONCURRENCY=2,
-            VOICEFLOW_DRAIN_WINDOW=1,
-            VOICEFLOW_DRAIN_TIMEOUT=5,
-        )
-    ).start()
-    try:
-        workers = await asyncio.to_thread(server.workers_started, 2)
-        assert len(workers) == 2 and server.process.pid not in workers
-        listening = tcp_inodes(server.port, 0)
-        assert all(socket_inodes(pid) & listening for pid in workers)
+async def test_workers_share_the_port_and_all_drain_on_sigterm(lobby, two_workers):
+    server = two_workers(drain_window=1, drain_timeout=5)
+    workers = await asyncio.to_thread(server.workers_started, 2)
+    assert len(workers) == 2 and server.process.pid not in workers
+    listening = tcp_inodes(server.port, 0)
+    assert all(socket_inodes(pid) & listening for pid in workers)
 
-        token = server.register("alice")
-        sockets = []
-        for _ in range(12):
-            sockets.append(await websockets.connect(server.socket_url(token)))
-            assert (await frame(sockets[-1]))["type"] == "hello"
-        held = [holder(server, workers, socket) for socket in sockets]
-        print(f"sockets per worker: {[held.count(pid) for pid in workers]}")
+    token = server.register("alice")
+    sockets = []
+    for _ in range(12):
+        sockets.append(await websockets.connect(server.socket_url(token)))
+        assert (await frame(sockets[-1]))["type"] == "hello"
+    held = [holder(server, workers, socket) for socket in sockets]
+    print(f"sockets per worker: {[held.count(pid) for pid in workers]}")
 
-        server.process.send_signal(signal.SIGTERM)
-        stopped = time.monotonic()
-        codes = await asyncio.gather(*(closed_code(s) for s in sockets))
-        assert {code for code, _ in codes} == {1012}  # drained, every worker's
-        assert await asyncio.to_thread(server.process.wait, 10) == 0
-        assert time.monotonic() - stopped < 5 + 1
-        assert not running(workers)
-    finally:
-        server.stop()
+    server.process.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    codes = await asyncio.gather(*(closed_code(s) for s in sockets))
+    assert {code for code, _ in codes} == {1012}  # drained, every worker's
+    assert await asyncio.to_thread(server.process.wait, 10) == 0
+    assert time.monotonic() - stopped < 5 + 1
+    assert not running(workers)
 
 
-async def test_a_killed_worker_is_replaced_and_orphans_drain(
-    lobby,
-    settings,
-    shared_redis,  # noqa: F811
-):
-    server = ServerProcess(
-        **process_env(
-            settings,
-            shared_redis,
-            WEB_CONCURRENCY=2,
-            VOICEFLOW_DRAIN_WINDOW=0.5,
-            VOICEFLOW_DRAIN_TIMEOUT=3,
-        )
-    ).start()
-    try:
-        first, second = await asyncio.to_thread(server.workers_started, 2)
-        os.kill(first, signal.SIGKILL)
-        workers = await asyncio.to_thread(server.workers_started, 3)
-        assert second in workers and first not in workers and len(workers) == 2
-        assert "died with -9; starting another" in server.output()
-        token = server.register("alice")
-        for _ in range(6):  # whichever worker accepts, each answers
-            async with websockets.connect(server.socket_url(token)) as socket:
-                assert (await frame(socket))["type"] == "hello"
+async def test_a_killed_worker_is_replaced_and_orphans_drain(lobby, two_workers):
+    server = two_workers(drain_window=0.5, drain_timeout=3)
+    first, second = await asyncio.to_thread(server.workers_started, 2)
+    os.kill(first, signal.SIGKILL)
+    workers = await asyncio.to_thread(server.workers_started, 3)
+    assert second in workers and first not in workers and len(workers) == 2
+    assert "died with -9; starting another" in server.output()
+    token = server.register("alice")
+    for _ in range(6):  # whichever worker accepts, each answers
+        async with websockets.connect(server.socket_url(token)) as socket:
+            assert (await frame(socket))["type"] == "hello"
 
-        # The supervisor killed: its workers notice, drain and exit.
-        server.process.kill()
-        server.process.wait()
-        await asyncio.to_thread(
-            wait_for,
-            lambda: not running(workers),
-            8,
-            "orphaned workers to exit",
-        )
-    finally:
-        server.stop()
+    # The supervisor killed: its workers notice, drain and exit.
+    server.process.kill()
+    server.process.wait()
+    await asyncio.to_thread(
+        wait_for,
+        lambda: not running(workers),
+        8,
+        "orphaned workers to exit",
+    )
 
 
 def test_embedded_mode_runs_one_process_whatever_web_concurrency_says(
