@@ -177,7 +177,7 @@ async def test_a_web_process_killed_behind_haproxy_loses_and_duplicates_nothing(
         print(f"audit: {report}")
         assert moved >= 1 and recovery < 10
         assert states["web1"].startswith("DOWN")
-        assert report["acked"] == report["sent"] > 9 * 100
+        assert report["acked"] == report["sent"] > 9 * 50  # 20/s each, for 6 s
         assert (report["lost_acked"], report["duplicated"], report["unacked"]) == (
             0,
             0,
