@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
-from . import services
+from . import access, services
 from .forms import AdminLoginForm, AdminUserAddForm, AdminUserEditForm, RoomAdminForm
 from .models import Membership, Message, MessageEdit, ModerationAction, Mute, Room
 
@@ -167,9 +167,13 @@ class MessageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_moderate_permission(self, request):
+        # Whoever may delete others' messages on the page and the API, and no one else.
+        return access.user_can_moderate(user=request.user)
+
     @admin.action(
         description="Delete selected messages (tombstones, live)",
-        permissions=["change"],
+        permissions=["moderate"],
     )
     def delete_messages(self, request, queryset):
         count = services.messages_delete(actor=request.user, messages=list(queryset))

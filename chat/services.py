@@ -772,25 +772,31 @@ def messages_delete(*, actor, messages, reason=""):
     return len(rows)
 
 
-def message_delete_own(*, user, room, message_id):
-    """The author deletes their message in `room` (a DeleteResult).
+def message_delete(*, user, room, message_id) -> DeleteResult:
+    """The author, or a moderator (chat.access), deletes a message in `room`.
 
-    Unknown (or in another room) → NotFound; someone else's → Forbidden. Deleting a
-    tombstone again changes nothing and broadcasts nothing.
+    Unknown (or in another room) → NotFound; someone else's, for a user who may not
+    moderate `room` → Forbidden. A moderator's deletion is recorded with them as its
+    actor and the author as its target. Deleting a tombstone again changes nothing
+    and broadcasts nothing.
     """
     message_id = clean_message_id(message_id)
     with transaction.atomic():
-        message = _own_message_locked(user, room, message_id, "delete")
+        message = _message_locked(room, message_id)
+        own = message.user_id == user.id
+        if not own and not access.user_can_moderate(user=user, room=room):
+            raise Forbidden("Only its author or a moderator can delete a message.")
         deleted = message.deleted_at is None
         if deleted:
             now = timezone.now()
             change = _room_changes_take(room.id, 1, user.id, now)[0]
-            _soft_delete(user, message, room.slug, "by its author", change, now)
+            reason = "by its author" if own else "by a moderator"
+            _soft_delete(user, message, room.slug, reason, change, now)
     return DeleteResult(_deleted_event(message, room.slug), deleted)
 
 
-def _own_message_locked(user, room, message_id, verb):
-    """`user`'s message `message_id` in `room`, row-locked; NotFound or Forbidden."""
+def _message_locked(room, message_id):
+    """Message `message_id` of `room`, row-locked; NotFound."""
     message = (
         Message.objects.select_for_update()
         .filter(pk=message_id, room_id=room.id)
@@ -798,10 +804,6 @@ def _own_message_locked(user, room, message_id, verb):
     )
     if message is None:
         raise NotFound(f"No message {message_id} in {room.slug!r}.", field="id")
-    if message.user_id != user.id:
-        if verb == "delete":
-            raise Forbidden("Only its author or a moderator can delete a message.")
-        raise Forbidden(f"Only its author can {verb} a message.")
     return message
 
 
@@ -831,7 +833,9 @@ def message_edit_store(*, user, room, message_id, body, now=None):
     """
     now = now or timezone.now()
     with transaction.atomic():
-        message = _own_message_locked(user, room, message_id, "edit")
+        message = _message_locked(room, message_id)
+        if message.user_id != user.id:
+            raise Forbidden("Only its author can edit a message.")
         if message.deleted_at is not None:
             raise Forbidden("A deleted message cannot be edited.", field="id")
         window = settings.VOICEFLOW["EDIT_WINDOW"]
