@@ -124,9 +124,17 @@ def _mentions_resolve(room, body):
 
 
 def _mentions_store(message, mentioned):
-    """Record the mentions of a just-inserted message (in its transaction)."""
-    message.mentions = [username for _, username in mentioned]
-    Message.objects.filter(pk=message.pk).update(mentions=message.mentions)
+    """Make `mentioned` the mentions of a message just inserted or edited (in the
+    transaction of its insert or edit); nothing to do if they are those it has."""
+    names = [username for _, username in mentioned] or None
+    if names == message.mentions:
+        return
+    if message.mentions:
+        # An edit's: its rows are replaced, so a user no longer mentioned no longer
+        # counts it.
+        MessageMention.objects.filter(message_id=message.pk).delete()
+    message.mentions = names
+    Message.objects.filter(pk=message.pk).update(mentions=names)
     MessageMention.objects.bulk_create(
         MessageMention(
             message_id=message.pk,
@@ -829,9 +837,12 @@ def message_edit_store(*, user, room, message_id, body, now=None):
     someone else's message, a tombstone, or one older than the edit window; NotFound
     for an unknown id or one of another room. The previous body is kept as a
     MessageEdit; the room hears `message_edited` once the transaction commits. The
-    same body again changes nothing and broadcasts nothing.
+    same body again changes nothing and broadcasts nothing. The mentions are read
+    again from the new body (MessageMention rows too, so the unread counts follow).
     """
     now = now or timezone.now()
+    # Looked up before the room's row is locked, as a post does.
+    mentioned = _mentions_resolve(room, body) if "@" in body else []
     with transaction.atomic():
         message = _message_locked(room, message_id)
         if message.user_id != user.id:
@@ -862,6 +873,7 @@ def message_edit_store(*, user, room, message_id, body, now=None):
         )
         message.body, message.edited_at, message.change_seq = body, now, change
         message.save(update_fields=["body", "edited_at", "change_seq"])
+        _mentions_store(message, mentioned)
         event = _edited_event(message, room.slug, user.username)
         _publish_on_commit(broadcast.message_edited, event)
     return EditResult(event, True)

@@ -310,6 +310,86 @@ async def test_a_socket_message_with_a_mention_is_stored_with_it(team, alice, bo
     await socket.disconnect()
 
 
+def edit(user, room, message, body):
+    """Edit over REST (the edited message object)."""
+    response = client_for(user).patch(
+        f"/api/rooms/{room.slug}/messages/{message['id']}/",
+        {"body": body},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def mentioned(message):
+    return sorted(
+        MessageMention.objects.filter(message_id=message["id"]).values_list(
+            "user__username", flat=True
+        )
+    )
+
+
+def mention_counts(*users):
+    return [room_object(user, "team")["mentions"] for user in users]
+
+
+def test_mentions_follow_an_edit(team, alice, bob, carol):
+    services.room_member_add(actor=alice, room=team, username="carol")
+    message = post(bob, team, "hello")
+    assert mention_counts(alice, carol) == [0, 0]
+
+    added = edit(bob, team, message, "hello @alice")
+    assert added["mentions"] == ["alice"] and mentioned(message) == ["alice"]
+    assert mention_counts(alice, carol) == [1, 0]
+
+    moved = edit(bob, team, message, "hello @carol and @CAROL")
+    assert moved["mentions"] == ["carol"] and mentioned(message) == ["carol"]
+    assert mention_counts(alice, carol) == [0, 1]
+
+    both = edit(bob, team, message, "@alice, @carol")
+    assert both["mentions"] == ["alice", "carol"]
+    assert mentioned(message) == ["alice", "carol"]
+    assert mention_counts(alice, carol) == [1, 1]
+
+    gone = edit(bob, team, message, "hello all")
+    assert "mentions" not in gone and mentioned(message) == []
+    assert Message.objects.get(pk=message["id"]).mentions is None
+    assert mention_counts(alice, carol) == [0, 0]
+
+
+def test_a_mention_added_by_an_edit_does_not_count_once_read_past(team, alice, bob):
+    message = post(bob, team, "hello")
+    later = post(bob, team, "later")
+    read = {"seq": later["seq"]}
+    client_for(alice).post("/api/rooms/team/read/", read, format="json")
+    assert edit(bob, team, message, "hello @alice")["mentions"] == ["alice"]
+    assert mention_counts(alice) == [0]
+
+
+async def test_message_edited_carries_the_new_mentions(team, alice, bob):
+    message = await sync_to_async(post)(alice, team, "hi @bob")
+    assert await sync_to_async(mention_counts)(alice, bob) == [0, 1]
+    listener = await joined(bob, "team")
+    author = await joined(alice, "team")
+    await author.send_json_to(
+        {"type": "edit", "room": "team", "id": message["id"], "body": "hi @alice"}
+    )
+    for socket in (author, listener):
+        event = await socket.receive_json_from()
+        assert event["type"] == "message_edited"
+        assert event["message"]["mentions"] == ["alice"]
+    # Her own message: no mention of herself counts, and bob's is gone.
+    assert await sync_to_async(mention_counts)(alice, bob) == [0, 0]
+    await author.send_json_to(
+        {"type": "edit", "room": "team", "id": message["id"], "body": "hi all"}
+    )
+    for socket in (author, listener):
+        event = await socket.receive_json_from()
+        assert "mentions" not in event["message"]
+    for socket in (author, listener):
+        await socket.disconnect()
+
+
 def test_the_room_list_costs_the_same_queries_for_any_number_of_rooms(alice, bob):
     def list_queries():
         with CaptureQueriesContext(connection) as queries:
