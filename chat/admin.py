@@ -45,6 +45,20 @@ class RoomAdmin(admin.ModelAdmin):
         fixed = ["slug", "visibility"]
         return [*self.readonly_fields, *fixed] if obj else self.readonly_fields
 
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # Created as on the page and the API: a private room's creator (the user
+        # picked, else the admin) is its first member, or only staff could see it.
+        room = services.room_create(
+            user=obj.created_by or request.user,
+            name=obj.name,
+            slug=obj.slug,
+            visibility=obj.visibility,
+        )
+        obj.pk, obj.created_by = room.pk, room.created_by
+
     @admin.action(
         description="Lock selected rooms (reading still works)", permissions=["change"]
     )

@@ -65,6 +65,36 @@ def test_a_private_rooms_creator_is_its_first_member(alice):
     assert members == {"results": [{"username": "alice"}]}
 
 
+@pytest.mark.parametrize(
+    "visibility, picked",
+    [("private", False), ("private", True), ("public", False)],
+    ids=["private-by-the-admin", "private-for-alice", "public"],
+)
+def test_a_room_added_in_the_admin_is_created_as_over_the_api(
+    client, django_user_model, alice, visibility, picked
+):
+    admin = django_user_model.objects.create_superuser("root", password="Root-Pass-1")
+    client.force_login(admin)
+    response = client.post(
+        "/admin/chat/room/add/",
+        {
+            "slug": "ops",
+            "name": "Ops",
+            "visibility": visibility,
+            "created_by": alice.pk if picked else "",
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    room = Room.objects.get(slug="ops")
+    creator = alice if picked else admin
+    assert (room.name, room.visibility, room.created_by) == ("Ops", visibility, creator)
+    members = Membership.objects.filter(room=room).values_list("user__username")
+    expected = [(creator.username,)] if visibility == "private" else []
+    assert list(members) == expected
+    assert client_for(creator).get("/api/rooms/ops/").status_code == 200
+    assert client.get(f"/admin/chat/room/{room.pk}/change/").status_code == 200
+
+
 def test_rooms_are_public_unless_asked_and_visibility_is_checked(alice):
     client = client_for(alice)
     room = client.post("/api/rooms/", {"name": "Open"}, format="json").json()
