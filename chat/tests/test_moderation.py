@@ -21,6 +21,7 @@ from chat.tests.test_consumers import (
     send_message,
     signed_in,
 )
+from chat.tests.test_rooms import team  # noqa: F401 (fixture: a private room)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -241,16 +242,6 @@ def deleter(django_user_model):
     return user
 
 
-@pytest.fixture
-def private_room(alice, bob):
-    """A private room of alice's, bob added."""
-    room = services.room_create(
-        user=alice, name="Team", slug="team", visibility="private"
-    )
-    services.room_member_add(actor=alice, room=room, username="bob")
-    return room
-
-
 def deletions():
     return list(
         ModerationAction.objects.filter(kind="message_delete")
@@ -382,14 +373,14 @@ async def test_a_revoked_moderator_is_refused_on_a_socket_opened_before(
 
 
 async def test_rest_delete_by_a_moderator_author_other_and_outsider(
-    alice, bob, make_user, room, private_room, deleter
+    alice, bob, make_user, room, team, deleter
 ):
     carol = await sync_to_async(make_user)("carol")
     listener, author = await joined(alice), await joined(bob)
     open_msg = await posted(author, "in the lobby")
     await listener.receive_json_from()
     hidden = await sync_to_async(services.message_post)(
-        user=bob, room=private_room, body="in the team room"
+        user=bob, room=team, body="in the team room"
     )
     lobby_path = f"/api/rooms/lobby/messages/{open_msg['id']}/"
     team_path = f"/api/rooms/team/messages/{hidden.message['id']}/"
@@ -409,7 +400,7 @@ async def test_rest_delete_by_a_moderator_author_other_and_outsider(
         "change": 1,
     }
     # A member of the private room, they may delete there too; the author as ever.
-    await sync_to_async(services.room_join)(user=deleter, room=private_room)
+    await sync_to_async(services.room_join)(user=deleter, room=team)
     assert (await api_call(deleter, "delete", team_path)).status_code == 204
     assert (await api_call(bob, "delete", team_path)).status_code == 204
     assert await sync_to_async(deletions)() == [
