@@ -92,7 +92,7 @@ class Server:
         )
         self.pid = self.process.pid
 
-    def wait(self, timeout=30):
+    def wait(self, timeout=120):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
