@@ -94,6 +94,7 @@ def main(argv=None):
         interface="asgi3",
         host=args.host,
         port=args.port,
+        http="voiceflow.websocket:UpgradingHttpProtocol",
         ws="voiceflow.websocket:BatchingWebSocketProtocol",
         ws_max_size=args.ws_max_size,
         ws_per_message_deflate=conf["WS_DEFLATE"],
