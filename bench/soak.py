@@ -523,8 +523,29 @@ class Sampler:
                 pass
 
 
+def _second_half_slopes(rows):
+    """{series: (MiB/min, low, high)} over the churn's second half (None: too short).
+
+    A leak keeps climbing at steady load; the allocator's high-water mark does not.
+    """
+    churn = [r for r in rows if r["phase"] == "churn"]
+    if len(churn) < 4:
+        return None
+    half = churn[len(churn) // 2 :]
+    minutes = max(1e-9, (half[-1]["t"] - half[0]["t"]) / 60)
+    series = {"rss": [r["rss"] / MiB for r in half]}
+    if "memory" in half[0]:
+        series["python"] = [r["memory"]["python"] for r in half]
+        series["anon"] = [r["memory"]["anon"] for r in half]
+    return {
+        name: ((values[-1] - values[0]) / minutes, min(values), max(values))
+        for name, values in series.items()
+    }
+
+
 def verdict(baseline, rows, args):
-    """(passed, lines): every structure back at its baseline, RSS near it."""
+    """(passed, lines): every structure back at its baseline; RSS near it, or flat
+    over the churn's second half; Python's objects (--memory-debug) near theirs."""
     end = rows[-1]
     lines, passed = [], True
     for name, base_size in baseline["sizes"].items():
@@ -540,38 +561,36 @@ def verdict(baseline, rows, args):
         lines.append(
             f"{name:>20}: baseline {base_size}, peak {peak}, end {size}: {state}"
         )
+    slopes = _second_half_slopes(rows)
     rss0, rss1 = baseline["rss"], end["rss"]
     peak = max(r["rss"] for r in rows)
     allowed = rss0 * args.rss_tolerance / 100
-    rss_ok = rss1 - rss0 <= allowed
-    passed = passed and rss_ok
+    if rss1 - rss0 <= allowed:
+        state = "back to baseline"
+    elif slopes and slopes["rss"][0] <= args.rss_slope:
+        state = "above baseline, flat (the allocator's high-water mark)"
+    else:
+        state = "NOT back, still growing"
+        passed = False
     lines.append(
-        f"{'rss':>20}: baseline {rss0 / 2**20:.1f} MiB, peak {peak / 2**20:.1f}, end "
-        f"{rss1 / 2**20:.1f} ({(rss1 - rss0) / 2**20:+.1f}; allowed "
-        f"+{allowed / 2**20:.1f}): {'back to baseline' if rss_ok else 'NOT back'}"
+        f"{'rss':>20}: baseline {rss0 / MiB:.1f} MiB, peak {peak / MiB:.1f}, end "
+        f"{rss1 / MiB:.1f} ({(rss1 - rss0) / MiB:+.1f}; allowed "
+        f"+{allowed / MiB:.1f}): {state}"
     )
     if "memory" in end:
         py0, py1 = baseline["memory"]["python"], end["memory"]["python"]
+        py_ok = py1 - py0 <= py0 * args.rss_tolerance / 100
+        passed = passed and py_ok
         lines.append(
             f"{'python':>20}: baseline {py0:.1f} MiB, peak "
             f"{max(r['memory']['python'] for r in rows):.1f}, end {py1:.1f} "
-            f"({py1 - py0:+.1f})"
+            f"({py1 - py0:+.1f}): {'back to baseline' if py_ok else 'NOT back'}"
         )
-    churn = [r for r in rows if r["phase"] == "churn"]
-    if len(churn) >= 4:
-        # Growth over the churn's second half: a leak keeps climbing at steady load.
-        half = churn[len(churn) // 2 :]
-        minutes = max(1e-9, (half[-1]["t"] - half[0]["t"]) / 60)
-        series = {"rss": [r["rss"] / MiB for r in half]}
-        if "memory" in half[0]:
-            series["python"] = [r["memory"]["python"] for r in half]
-            series["anon"] = [r["memory"]["anon"] for r in half]
-        for name, values in series.items():
-            lines.append(
-                f"{name + ' slope':>20}: {(values[-1] - values[0]) / minutes:+.2f} "
-                f"MiB/min over the churn's 2nd half (range {min(values):.1f}-"
-                f"{max(values):.1f})"
-            )
+    for name, (slope, low, high) in (slopes or {}).items():
+        lines.append(
+            f"{name + ' slope':>20}: {slope:+.2f} MiB/min over the churn's 2nd half "
+            f"(range {low:.1f}-{high:.1f})"
+        )
     return passed, lines
 
 
@@ -704,7 +723,17 @@ def main():
         "--quiet", type=float, default=90, help="seconds after churn (> the grace)"
     )
     parser.add_argument(
-        "--rss-tolerance", type=float, default=10, help="%% above baseline allowed"
+        "--rss-tolerance",
+        type=float,
+        default=10,
+        help="%% above baseline allowed at the end (RSS, and Python's objects)",
+    )
+    parser.add_argument(
+        "--rss-slope",
+        type=float,
+        default=0.1,
+        help="MiB/min of RSS growth over the churn's 2nd half that still counts as "
+        "flat, for an RSS above the tolerance",
     )
     parser.add_argument("--prefix", help="user/room name tag (default: random)")
     parser.add_argument(
