@@ -52,6 +52,7 @@ const view = new MessageView({
   onDelete: (id) => sendOrWarn({ type: 'delete', room: ROOM, id }),
   onSaveEdit: (id, body) => joined && conn.send({ type: 'edit', room: ROOM, id, body }),
   editWindowMs: EDIT_WINDOW_S * 1000,
+  moderator: config.canModerate === true,
 });
 const members = new MemberList({ list: $('member-list'), count: $('member-count'), empty: $('member-empty'), me: ME });
 const typingIndicator = new TypingIndicator($('typing-indicator'), ME);
