@@ -41,6 +41,10 @@ class DrainingServer(uvicorn.Server):
         # What exists now (modules, the app, settings) lives as long as the process:
         # frozen, the collector never scans it again.
         gc.freeze()
+        if settings.MEMORY_DEBUG_DIR:
+            from voiceflow import memory_debug
+
+            memory_debug.install(asyncio.get_running_loop(), settings.MEMORY_DEBUG_DIR)
         await super().startup(sockets=sockets)
         if sockets is not None:  # a worker: drain if the supervisor is gone
             self._orphan_watch = asyncio.ensure_future(self._supervisor_watch())
@@ -231,11 +235,16 @@ def main(argv=None):
     from django.utils.log import configure_logging
 
     conf = settings.VOICEFLOW
+    if settings.MEMORY_DEBUG_DIR:
+        from voiceflow import memory_debug
+
+        memory_debug.tracing_start(settings.TRACEMALLOC_FRAMES)
     config = uvicorn.Config(
         "voiceflow.asgi:application",
         interface="asgi3",
         host=args.host,
         port=args.port,
+        http="voiceflow.websocket:UpgradingHttpProtocol",
         ws="voiceflow.websocket:BatchingWebSocketProtocol",
         ws_max_size=args.ws_max_size,
         ws_per_message_deflate=conf["WS_DEFLATE"],

@@ -246,6 +246,11 @@ if len(GC_THRESHOLD) != 3 or min(GC_THRESHOLD) < 1:
     raise ImproperlyConfigured(
         "VOICEFLOW_GC_THRESHOLD must be three positive integers."
     )
+# Diagnostics, off by default: with a directory, the web process writes memory reports
+# there on SIGUSR2 (voiceflow.memory_debug, driven by bench/soak.py --memory-debug);
+# with frames > 0 it also traces Python allocations (tracemalloc: slower, more memory).
+MEMORY_DEBUG_DIR = env_str("VOICEFLOW_MEMORY_DEBUG_DIR")
+TRACEMALLOC_FRAMES = env_int("VOICEFLOW_TRACEMALLOC_FRAMES", 0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: the channel layer, the cache and the store modules share one server.
