@@ -10,7 +10,12 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow
 TEST_REDIS_PREFIX ?= vftest
 
-.PHONY: install run test test-embedded test-redis test-browser lint
+# `make cluster`: HAProxy on CLUSTER_PORT in front of three web processes, PgBouncer,
+# a private Redis and the sweeper (docs/scaling.md); `make cluster-down` stops it.
+CLUSTER_PORT ?= 8000
+CLUSTER_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow_cluster
+
+.PHONY: install run test test-embedded test-redis test-browser lint cluster cluster-down
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,3 +43,10 @@ test-browser: install
 test-redis: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) \
 		REDIS_KEY_PREFIX=$(TEST_REDIS_PREFIX) SECRET_KEY=test-only-secret-key $(BIN)/pytest
+
+cluster: install
+	$(BIN)/python deploy/cluster.py start --port $(CLUSTER_PORT) \
+		--database-url $(CLUSTER_DATABASE_URL)
+
+cluster-down:
+	$(BIN)/python deploy/cluster.py stop

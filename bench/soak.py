@@ -15,6 +15,18 @@ process (--start, with this environment):
 
   python bench/soak.py --url http://127.0.0.1:8000 --server-pid <PID> --minutes 30
   python bench/soak.py --start --minutes 3 --connects 20 --messages 50
+
+Leak or allocator? --memory-debug DIR has the server (started with
+VOICEFLOW_MEMORY_DEBUG_DIR=DIR, which --start sets) write a memory report on SIGUSR2
+at every sample: the rows gain its anonymous RSS, Python's share (tracemalloc's
+traced bytes with --tracemalloc, else pymalloc's bytes in objects), pymalloc's arenas,
+glibc malloc's bytes in use and held free, and the collector's object count. At the
+baseline, mid-churn, the churn's end and after the quiet it also counts live objects
+by type and (with --tracemalloc FRAMES) takes a tracemalloc snapshot; at the end it
+prints the top growth sites and types between them, then runs a full collection and
+malloc_trim(0) and shows what each gave back. Python bytes flat while RSS grows is the
+allocator (fragmentation, arenas), not a leak; RSS falling after malloc_trim is free
+memory glibc had not returned.
 """
 
 import argparse
@@ -27,7 +39,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import tracemalloc
 import urllib.request
 import uuid
 from pathlib import Path
@@ -58,14 +72,14 @@ def vm_rss(pid):
 class Server:
     """The Procfile's web line on a free loopback port, with this environment."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, env=None):
         if port is None:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
         self.base = f"http://127.0.0.1:{port}"
         line = re.search(r"^web:\s*(.+)$", (ROOT / "Procfile").read_text(), re.M)
-        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port)}
+        env = {**os.environ, **(env or {}), "HOST": "127.0.0.1", "PORT": str(port)}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
         self.log = open(f"/tmp/voiceflow-soak-{port}.log", "wb")
         self.process = subprocess.Popen(
@@ -78,7 +92,7 @@ class Server:
         )
         self.pid = self.process.pid
 
-    def wait(self, timeout=30):
+    def wait(self, timeout=120):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -99,6 +113,159 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+MiB = 2**20
+
+
+class MemoryReports:
+    """The server's memory reports (voiceflow.memory_debug): asked for by SIGUSR2."""
+
+    def __init__(self, directory, pid):
+        self.directory, self.pid = Path(directory), pid
+        self.lock = threading.Lock()  # one request at a time
+
+    def ask(self, label, **request):
+        """The server's report `label`, after what `request` asks (a dict)."""
+        path = self.directory / f"{label}.json"
+        with self.lock:
+            path.unlink(missing_ok=True)
+            (self.directory / "request.json").write_text(
+                json.dumps({"label": label, **request})
+            )
+            os.kill(self.pid, signal.SIGUSR2)
+            deadline = time.monotonic() + 60
+            while not path.exists():
+                if time.monotonic() > deadline:
+                    raise OSError(
+                        f"no memory report {label} (is the server's "
+                        "VOICEFLOW_MEMORY_DEBUG_DIR this directory?)"
+                    )
+                time.sleep(0.05)
+            return json.loads(path.read_text())
+
+    def snapshot(self, label):
+        """The tracemalloc snapshot taken with report `label`, or None."""
+        path = self.directory / f"{label}.tracemalloc"
+        if not path.exists():
+            return None
+        return tracemalloc.Snapshot.load(str(path)).filter_traces(
+            [
+                tracemalloc.Filter(False, tracemalloc.__file__),
+                tracemalloc.Filter(False, "*/voiceflow/memory_debug.py"),
+            ]
+        )
+
+
+def python_bytes(report):
+    """Bytes in Python objects: traced by tracemalloc if on, else pymalloc's."""
+    if "traced" in report:
+        return report["traced"]["current"]
+    return report["pymalloc"].get("allocated", 0)
+
+
+def memory_cells(report):
+    """The memory columns of a sample row (MiB, and the collector's objects)."""
+    malloc = report.get("malloc", {})
+    return {
+        "anon": report.get("RssAnon", 0) / MiB,
+        "python": python_bytes(report) / MiB,
+        "arenas": report["pymalloc"].get("arena_bytes", 0) / MiB,
+        "m_used": (malloc.get("uordblks", 0) + malloc.get("hblkhd", 0)) / MiB,
+        "m_free": malloc.get("fordblks", 0) / MiB,
+        "gc_k": sum(report["gc"]["generations"]) / 1000,
+    }
+
+
+MEMORY_HEADS = {
+    "anon": "anon_MiB",
+    "python": "py_MiB",
+    "arenas": "arena_MiB",
+    "m_used": "m_used",
+    "m_free": "m_free",
+    "gc_k": "gc_kobj",
+}
+
+
+def _short_path(filename):
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    if filename.startswith(str(ROOT)):
+        return os.path.relpath(filename, ROOT)
+    return filename
+
+
+def growth_sites(old, new, top):
+    """Lines on the top allocation sites by growth from snapshot `old` to `new`."""
+    lines = []
+    stats = new.compare_to(old, "traceback")
+    total = sum(stat.size_diff for stat in stats)
+    lines.append(f"  all sites: {total / MiB:+.2f} MiB")
+    for stat in stats[:top]:
+        frames = list(stat.traceback)[::-1][:4]  # most recent first
+        where = " < ".join(f"{_short_path(f.filename)}:{f.lineno}" for f in frames)
+        lines.append(
+            f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7} blocks"
+            f" (now {stat.size / 1024:8.1f} KiB)  {where}"
+        )
+    return lines
+
+
+def type_growth(old, new, top):
+    """Lines on the object types whose live count grew most from `old` to `new`."""
+    before, after = old.get("types", {}), new.get("types", {})
+    diffs = sorted(
+        ((after.get(n, 0) - before.get(n, 0), n) for n in set(before) | set(after)),
+        reverse=True,
+    )
+    total = sum(after.values()) - sum(before.values())
+    lines = [f"  all objects: {total:+}"]
+    lines += [
+        f"  {d:+8} {name} (now {after.get(name, 0)})" for d, name in diffs[:top] if d
+    ]
+    return lines
+
+
+def checkpoint_line(report):
+    malloc, py = report.get("malloc", {}), report["pymalloc"]
+    traced = report.get("traced", {})
+    return (
+        f"  {report['label']:>10}: rss {report.get('VmRSS', 0) / MiB:7.1f}  anon "
+        f"{report.get('RssAnon', 0) / MiB:7.1f}  traced "
+        f"{traced.get('current', 0) / MiB:6.1f} (+{traced.get('overhead', 0) / MiB:.1f}"
+        f" tracemalloc)  pymalloc {py.get('allocated', 0) / MiB:6.1f} in "
+        f"{py.get('arena_bytes', 0) / MiB:6.1f} arenas  malloc used "
+        f"{(malloc.get('uordblks', 0) + malloc.get('hblkhd', 0)) / MiB:6.1f} free "
+        f"{malloc.get('fordblks', 0) / MiB:6.1f}  gc objects "
+        f"{report['gc']['generations']} collections {report['gc']['collections']}"
+        + (f"  collected {report['collected']}" if "collected" in report else "")
+        + (f"  trimmed {report['trimmed']}" if "trimmed" in report else "")
+    )
+
+
+def memory_summary(reports, memory, top):
+    """Lines comparing the checkpoints' reports and snapshots."""
+    lines = ["# memory checkpoints (MiB):"]
+    lines += ["#" + checkpoint_line(r) for r in reports.values()]
+    pairs = [
+        ("base", "mid"),
+        ("mid", "late"),
+        ("base", "end"),
+        ("end", "collected"),
+    ]
+    for old, new in pairs:
+        if old not in reports or new not in reports:
+            continue
+        if reports[old].get("types") and reports[new].get("types"):
+            lines.append(f"# live objects by type, {old} -> {new}:")
+            grown = type_growth(reports[old], reports[new], top)
+            lines += ["#" + line for line in grown]
+        before, after = memory.snapshot(old), memory.snapshot(new)
+        if before is not None and after is not None:
+            lines.append(f"# tracemalloc growth by site, {old} -> {new}:")
+            lines += ["#" + line for line in growth_sites(before, after, top)]
+    return lines
 
 
 class Session:
@@ -281,11 +448,19 @@ class Churn:
 class Sampler:
     """Rows of (time, phase, RSS, sockets, unread output, every structure's size)."""
 
-    def __init__(self, base, pid, out):
+    def __init__(self, base, pid, out, memory=None):
         self.base, self.pid, self.out = base, pid, out
+        self.memory = memory  # MemoryReports, or None
+        self.reports = {}  # checkpoint label -> the server's memory report
         self.rows = []
         self.names = None
         self.started = time.monotonic()
+
+    def checkpoint(self, label, **request):
+        """A memory report with live objects by type and a tracemalloc snapshot."""
+        if self.memory is not None:
+            request = {"types": True, "snapshot": True, **request}
+            self.reports[label] = self.memory.ask(label, **request)
 
     def sample(self, phase):
         body = health(self.base)["metrics"]["sockets"]
@@ -300,6 +475,8 @@ class Sampler:
             "outputBytes": body.get("outputBytes", 0),
             "sizes": sizes,
         }
+        if self.memory is not None:
+            row["memory"] = memory_cells(self.memory.ask("sample"))
         if self.names is None:
             self.names = list(sizes)
             self._print_header()
@@ -308,9 +485,13 @@ class Sampler:
             f"{row['t']:7.0f}",
             f"{phase:>7}",
             f"{rss / 2**20:8.1f}",
-            f"{row['connections']:6}",
-            f"{row['outputBytes']:8}",
         ]
+        if self.memory is not None:
+            cells += [
+                f"{row['memory'][key]:>{len(head)}.1f}"
+                for key, head in MEMORY_HEADS.items()
+            ]
+        cells += [f"{row['connections']:6}", f"{row['outputBytes']:8}"]
         cells += [f"{sizes.get(name, 0):>{self._width(name)}}" for name in self.names]
         print(" ".join(cells), file=self.out, flush=True)
         return row
@@ -323,8 +504,10 @@ class Sampler:
         return name[:12]
 
     def _print_header(self):
-        heads = [f"{'t_s':>7}", f"{'phase':>7}", f"{'rss_MiB':>8}", f"{'socks':>6}"]
-        heads.append(f"{'unread':>8}")
+        heads = [f"{'t_s':>7}", f"{'phase':>7}", f"{'rss_MiB':>8}"]
+        if self.memory is not None:
+            heads += list(MEMORY_HEADS.values())
+        heads += [f"{'socks':>6}", f"{'unread':>8}"]
         heads += [f"{self._short(n):>{self._width(n)}}" for n in self.names]
         print(" ".join(heads), file=self.out, flush=True)
 
@@ -340,8 +523,29 @@ class Sampler:
                 pass
 
 
+def _second_half_slopes(rows):
+    """{series: (MiB/min, low, high)} over the churn's second half (None: too short).
+
+    A leak keeps climbing at steady load; the allocator's high-water mark does not.
+    """
+    churn = [r for r in rows if r["phase"] == "churn"]
+    if len(churn) < 4:
+        return None
+    half = churn[len(churn) // 2 :]
+    minutes = max(1e-9, (half[-1]["t"] - half[0]["t"]) / 60)
+    series = {"rss": [r["rss"] / MiB for r in half]}
+    if "memory" in half[0]:
+        series["python"] = [r["memory"]["python"] for r in half]
+        series["anon"] = [r["memory"]["anon"] for r in half]
+    return {
+        name: ((values[-1] - values[0]) / minutes, min(values), max(values))
+        for name, values in series.items()
+    }
+
+
 def verdict(baseline, rows, args):
-    """(passed, lines): every structure back at its baseline, RSS near it."""
+    """(passed, lines): every structure back at its baseline; RSS near it, or flat
+    over the churn's second half; Python's objects (--memory-debug) near theirs."""
     end = rows[-1]
     lines, passed = [], True
     for name, base_size in baseline["sizes"].items():
@@ -357,44 +561,68 @@ def verdict(baseline, rows, args):
         lines.append(
             f"{name:>20}: baseline {base_size}, peak {peak}, end {size}: {state}"
         )
+    slopes = _second_half_slopes(rows)
     rss0, rss1 = baseline["rss"], end["rss"]
     peak = max(r["rss"] for r in rows)
     allowed = rss0 * args.rss_tolerance / 100
-    rss_ok = rss1 - rss0 <= allowed
-    passed = passed and rss_ok
+    if rss1 - rss0 <= allowed:
+        state = "back to baseline"
+    elif slopes and slopes["rss"][0] <= args.rss_slope:
+        state = "above baseline, flat (the allocator's high-water mark)"
+    else:
+        state = "NOT back, still growing"
+        passed = False
     lines.append(
-        f"{'rss':>20}: baseline {rss0 / 2**20:.1f} MiB, peak {peak / 2**20:.1f}, end "
-        f"{rss1 / 2**20:.1f} ({(rss1 - rss0) / 2**20:+.1f}; allowed "
-        f"+{allowed / 2**20:.1f}): {'back to baseline' if rss_ok else 'NOT back'}"
+        f"{'rss':>20}: baseline {rss0 / MiB:.1f} MiB, peak {peak / MiB:.1f}, end "
+        f"{rss1 / MiB:.1f} ({(rss1 - rss0) / MiB:+.1f}; allowed "
+        f"+{allowed / MiB:.1f}): {state}"
     )
-    churn = [r for r in rows if r["phase"] == "churn"]
-    if len(churn) >= 4:
-        # Growth over the churn's second half: a leak keeps climbing at steady load.
-        half = churn[len(churn) // 2 :]
-        minutes = max(1e-9, (half[-1]["t"] - half[0]["t"]) / 60)
-        slope = (half[-1]["rss"] - half[0]["rss"]) / 2**20 / minutes
-        lines.append(f"{'rss slope':>20}: {slope:+.2f} MiB/min over the churn's 2nd half")
+    if "memory" in end:
+        py0, py1 = baseline["memory"]["python"], end["memory"]["python"]
+        py_ok = py1 - py0 <= py0 * args.rss_tolerance / 100
+        passed = passed and py_ok
+        lines.append(
+            f"{'python':>20}: baseline {py0:.1f} MiB, peak "
+            f"{max(r['memory']['python'] for r in rows):.1f}, end {py1:.1f} "
+            f"({py1 - py0:+.1f}): {'back to baseline' if py_ok else 'NOT back'}"
+        )
+    for name, (slope, low, high) in (slopes or {}).items():
+        lines.append(
+            f"{name + ' slope':>20}: {slope:+.2f} MiB/min over the churn's 2nd half "
+            f"(range {low:.1f}-{high:.1f})"
+        )
     return passed, lines
 
 
 async def soak(args, out):
     server = None
     if args.start:
-        server = Server(args.port)
+        env = {}
+        if args.memory_debug:
+            env["VOICEFLOW_MEMORY_DEBUG_DIR"] = str(Path(args.memory_debug).resolve())
+            env["VOICEFLOW_TRACEMALLOC_FRAMES"] = str(args.tracemalloc)
+        if args.arena_max:
+            env["MALLOC_ARENA_MAX"] = str(args.arena_max)
+        server = Server(args.port, env)
         await asyncio.to_thread(server.wait)
         base, pid = server.base, server.pid
     else:
         base, pid = args.url.rstrip("/"), args.server_pid
     if not re.match(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?$", base):
         raise SystemExit("loopback only: --url must be http://127.x.x.x:PORT")
+    memory = None
+    if args.memory_debug:
+        if not pid:
+            raise SystemExit("--memory-debug needs --start or --server-pid")
+        memory = MemoryReports(args.memory_debug, pid)
     try:
-        return await _soak(args, out, base, pid)
+        return await _soak(args, out, base, pid, memory)
     finally:
         if server is not None:
             server.stop()
 
 
-async def _soak(args, out, base, pid):
+async def _soak(args, out, base, pid, memory):
     tag = args.prefix or uuid.uuid4().hex[:6]
     names = [f"sk{tag}u{n}" for n in range(args.users)]
     tokens = await tokens_for(base, names)
@@ -408,8 +636,15 @@ async def _soak(args, out, base, pid):
         file=out,
         flush=True,
     )
-    sampler = Sampler(base, pid, out)
+    sampler = Sampler(base, pid, out, memory)
     tokens = list(tokens.values())
+
+    async def checkpoints(seconds):
+        # Under steady load: half-way and near the end of the churn.
+        await asyncio.sleep(seconds * 0.5)
+        await asyncio.to_thread(sampler.checkpoint, "mid")
+        await asyncio.sleep(seconds * 0.45)
+        await asyncio.to_thread(sampler.checkpoint, "late")
 
     async def phase(name, seconds, churning):
         stop = asyncio.Event()
@@ -417,7 +652,12 @@ async def _soak(args, out, base, pid):
         churn = None
         if churning:
             churn = Churn(base, args, tokens, slugs)
+            marks = None
+            if name == "churn":
+                marks = asyncio.ensure_future(checkpoints(seconds))
             await churn.run(seconds)
+            if marks is not None:
+                await marks
         else:
             await asyncio.sleep(seconds)
         stop.set()
@@ -428,13 +668,28 @@ async def _soak(args, out, base, pid):
         await phase("warmup", args.warmup, True)
         await phase("settle", args.quiet, False)
     baseline = await asyncio.to_thread(sampler.sample, "base")
+    await asyncio.to_thread(sampler.checkpoint, "base")
     churn = await phase("churn", args.minutes * 60, True)
     await phase("quiet", args.quiet, False)
-    await asyncio.to_thread(sampler.sample, "end")
+    end = await asyncio.to_thread(sampler.sample, "end")
+    await asyncio.to_thread(sampler.checkpoint, "end")
     rows = sampler.rows[sampler.rows.index(baseline) :]
     passed, lines = verdict(baseline, rows, args)
     print("# churn: " + ", ".join(f"{k} {v}" for k, v in churn.counts.items()), file=out)
     print(f"# closes by the server (code: count): {churn.closes or 'none'}", file=out)
+    if memory is not None:
+        # What a full collection, then returning free heap to the system, gives back.
+        await asyncio.to_thread(sampler.checkpoint, "collected", collect=True)
+        await asyncio.to_thread(
+            sampler.checkpoint, "trimmed", trim=True, snapshot=False, types=False
+        )
+        for line in memory_summary(sampler.reports, memory, args.top):
+            print(line, file=out)
+        after = sampler.reports["trimmed"]
+        lines.append(
+            f"{'after gc + trim':>20}: rss {after['VmRSS'] / MiB:.1f} MiB "
+            f"({(after['VmRSS'] - end['rss']) / MiB:+.1f} from the end)"
+        )
     print("# verdict:", file=out)
     for line in lines:
         print("#   " + line, file=out)
@@ -443,7 +698,11 @@ async def _soak(args, out, base, pid):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n\n")[-1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--server-pid", type=int, help="read RSS from /proc")
     parser.add_argument(
@@ -464,9 +723,42 @@ def main():
         "--quiet", type=float, default=90, help="seconds after churn (> the grace)"
     )
     parser.add_argument(
-        "--rss-tolerance", type=float, default=10, help="%% above baseline allowed"
+        "--rss-tolerance",
+        type=float,
+        default=10,
+        help="%% above baseline allowed at the end (RSS, and Python's objects)",
+    )
+    parser.add_argument(
+        "--rss-slope",
+        type=float,
+        default=0.1,
+        help="MiB/min of RSS growth over the churn's 2nd half that still counts as "
+        "flat, for an RSS above the tolerance",
     )
     parser.add_argument("--prefix", help="user/room name tag (default: random)")
+    parser.add_argument(
+        "--memory-debug",
+        metavar="DIR",
+        help="memory reports in DIR (the server's VOICEFLOW_MEMORY_DEBUG_DIR; "
+        "--start sets it): Python vs allocator columns, growth by type and site",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="with --start --memory-debug: trace allocations, FRAMES deep "
+        "(slows the server; 0: off)",
+    )
+    parser.add_argument(
+        "--top", type=int, default=15, help="growth sites and types to print"
+    )
+    parser.add_argument(
+        "--arena-max",
+        type=int,
+        metavar="N",
+        help="with --start: MALLOC_ARENA_MAX=N for the server (glibc)",
+    )
     args = parser.parse_args()
     try:
         import uvloop

@@ -8,6 +8,9 @@ them: they get the same `not_found` as for a slug that was never created.
 The rule is written three ways, kept side by side here: a Q over rooms (querysets),
 a Q over users (who may see one room: mentions), and an SQL condition (the socket
 path's statements on the event loop, which check it in the same statement).
+
+Who may delete others' messages (a moderator) is a permission, not staff status:
+user_can_moderate.
 """
 
 from django.contrib.auth import get_user_model
@@ -18,6 +21,9 @@ from .models import Membership, Room
 
 _PUBLIC = Room.Visibility.PUBLIC
 _ROOM = Room.Kind.ROOM
+# Django's "Can delete message" (superusers have every permission). Staff status
+# alone is only access to the admin.
+MODERATE_PERMISSION = "chat.delete_message"
 
 
 def room_visible_q(*, user, prefix: str = "") -> Q:
@@ -85,3 +91,22 @@ def room_visible_sql(*, user, alias: str) -> tuple[str, list]:
         sql += f" OR {alias}.kind = %s"
         params.append(_ROOM)
     return sql + ")", params
+
+
+def user_can_moderate(*, user, room: Room | None = None) -> bool:
+    """True if `user` may delete others' messages (in `room`, if given).
+
+    A moderator holds MODERATE_PERMISSION, directly, through a group or as a
+    superuser; in a room they may see (checked by the caller), not in a DM, where
+    they are a participant like any other. Read fresh from the database (one query):
+    a socket's user object lives as long as the socket, and a revoked permission
+    must end at once.
+    """
+    if user is None or not user.is_authenticated:
+        return False
+    if room is not None and room.kind != _ROOM:
+        return False
+    moderators = get_user_model().objects.with_perm(
+        MODERATE_PERMISSION, backend="django.contrib.auth.backends.ModelBackend"
+    )
+    return moderators.filter(pk=user.pk).exists()

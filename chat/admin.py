@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
-from . import services
+from . import access, services
 from .forms import AdminLoginForm, AdminUserAddForm, AdminUserEditForm, RoomAdminForm
 from .models import Membership, Message, MessageEdit, ModerationAction, Mute, Room
 
@@ -44,6 +44,20 @@ class RoomAdmin(admin.ModelAdmin):
         # sockets keep the visibility they joined under: it is fixed at creation.
         fixed = ["slug", "visibility"]
         return [*self.readonly_fields, *fixed] if obj else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # Created as on the page and the API: a private room's creator (the user
+        # picked, else the admin) is its first member, or only staff could see it.
+        room = services.room_create(
+            user=obj.created_by or request.user,
+            name=obj.name,
+            slug=obj.slug,
+            visibility=obj.visibility,
+        )
+        obj.pk, obj.created_by = room.pk, room.created_by
 
     @admin.action(
         description="Lock selected rooms (reading still works)", permissions=["change"]
@@ -167,9 +181,13 @@ class MessageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_moderate_permission(self, request):
+        # Whoever may delete others' messages on the page and the API, and no one else.
+        return access.user_can_moderate(user=request.user)
+
     @admin.action(
         description="Delete selected messages (tombstones, live)",
-        permissions=["change"],
+        permissions=["moderate"],
     )
     def delete_messages(self, request, queryset):
         count = services.messages_delete(actor=request.user, messages=list(queryset))

@@ -356,7 +356,7 @@ class RoomMessageView(APIView):
 
     def delete(self, request, slug, message_id):
         room = access.room_get_visible(user=request.user, slug=slug)
-        services.message_delete_own(user=request.user, room=room, message_id=message_id)
+        services.message_delete(user=request.user, room=room, message_id=message_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -147,7 +147,7 @@ def _membership_read(user, slug, seq):
 
 _mute_until = socket_database_sync_to_async(selectors.mute_until)
 _offline_queue_take = socket_database_sync_to_async(services.offline_queue_take)
-_message_delete_own = socket_database_sync_to_async(services.message_delete_own)
+_message_delete = socket_database_sync_to_async(services.message_delete)
 
 
 def _start_eagerly(coro):
@@ -574,7 +574,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def frame_delete(self, frame):
         room = await self._joined_room(frame)
-        result = await _message_delete_own(
+        result = await _message_delete(
             user=self.user, room=room, message_id=frame.get("id")
         )
         # The room hears of it after the commit (this socket too, being in the room);

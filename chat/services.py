@@ -124,9 +124,17 @@ def _mentions_resolve(room, body):
 
 
 def _mentions_store(message, mentioned):
-    """Record the mentions of a just-inserted message (in its transaction)."""
-    message.mentions = [username for _, username in mentioned]
-    Message.objects.filter(pk=message.pk).update(mentions=message.mentions)
+    """Make `mentioned` the mentions of a message just inserted or edited (in the
+    transaction of its insert or edit); nothing to do if they are those it has."""
+    names = [username for _, username in mentioned] or None
+    if names == message.mentions:
+        return
+    if message.mentions:
+        # An edit's: its rows are replaced, so a user no longer mentioned no longer
+        # counts it.
+        MessageMention.objects.filter(message_id=message.pk).delete()
+    message.mentions = names
+    Message.objects.filter(pk=message.pk).update(mentions=names)
     MessageMention.objects.bulk_create(
         MessageMention(
             message_id=message.pk,
@@ -772,25 +780,31 @@ def messages_delete(*, actor, messages, reason=""):
     return len(rows)
 
 
-def message_delete_own(*, user, room, message_id):
-    """The author deletes their message in `room` (a DeleteResult).
+def message_delete(*, user, room, message_id) -> DeleteResult:
+    """The author, or a moderator (chat.access), deletes a message in `room`.
 
-    Unknown (or in another room) → NotFound; someone else's → Forbidden. Deleting a
-    tombstone again changes nothing and broadcasts nothing.
+    Unknown (or in another room) → NotFound; someone else's, for a user who may not
+    moderate `room` → Forbidden. A moderator's deletion is recorded with them as its
+    actor and the author as its target. Deleting a tombstone again changes nothing
+    and broadcasts nothing.
     """
     message_id = clean_message_id(message_id)
     with transaction.atomic():
-        message = _own_message_locked(user, room, message_id, "delete")
+        message = _message_locked(room, message_id)
+        own = message.user_id == user.id
+        if not own and not access.user_can_moderate(user=user, room=room):
+            raise Forbidden("Only its author or a moderator can delete a message.")
         deleted = message.deleted_at is None
         if deleted:
             now = timezone.now()
             change = _room_changes_take(room.id, 1, user.id, now)[0]
-            _soft_delete(user, message, room.slug, "by its author", change, now)
+            reason = "by its author" if own else "by a moderator"
+            _soft_delete(user, message, room.slug, reason, change, now)
     return DeleteResult(_deleted_event(message, room.slug), deleted)
 
 
-def _own_message_locked(user, room, message_id, verb):
-    """`user`'s message `message_id` in `room`, row-locked; NotFound or Forbidden."""
+def _message_locked(room, message_id):
+    """Message `message_id` of `room`, row-locked; NotFound."""
     message = (
         Message.objects.select_for_update()
         .filter(pk=message_id, room_id=room.id)
@@ -798,10 +812,6 @@ def _own_message_locked(user, room, message_id, verb):
     )
     if message is None:
         raise NotFound(f"No message {message_id} in {room.slug!r}.", field="id")
-    if message.user_id != user.id:
-        if verb == "delete":
-            raise Forbidden("Only its author or a moderator can delete a message.")
-        raise Forbidden(f"Only its author can {verb} a message.")
     return message
 
 
@@ -827,11 +837,16 @@ def message_edit_store(*, user, room, message_id, body, now=None):
     someone else's message, a tombstone, or one older than the edit window; NotFound
     for an unknown id or one of another room. The previous body is kept as a
     MessageEdit; the room hears `message_edited` once the transaction commits. The
-    same body again changes nothing and broadcasts nothing.
+    same body again changes nothing and broadcasts nothing. The mentions are read
+    again from the new body (MessageMention rows too, so the unread counts follow).
     """
     now = now or timezone.now()
+    # Looked up before the room's row is locked, as a post does.
+    mentioned = _mentions_resolve(room, body) if "@" in body else []
     with transaction.atomic():
-        message = _own_message_locked(user, room, message_id, "edit")
+        message = _message_locked(room, message_id)
+        if message.user_id != user.id:
+            raise Forbidden("Only its author can edit a message.")
         if message.deleted_at is not None:
             raise Forbidden("A deleted message cannot be edited.", field="id")
         window = settings.VOICEFLOW["EDIT_WINDOW"]
@@ -858,6 +873,7 @@ def message_edit_store(*, user, room, message_id, body, now=None):
         )
         message.body, message.edited_at, message.change_seq = body, now, change
         message.save(update_fields=["body", "edited_at", "change_seq"])
+        _mentions_store(message, mentioned)
         event = _edited_event(message, room.slug, user.username)
         _publish_on_commit(broadcast.message_edited, event)
     return EditResult(event, True)

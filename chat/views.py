@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters
 
-from . import selectors, services
+from . import access, selectors, services
 from .forms import LoginForm, RoomCreateForm, SignupForm, refusal_status
 from .models import Room
 
@@ -113,6 +113,10 @@ def room(request, slug):
         "searchUrl": reverse("api-search"),
         "heartbeatInterval": settings.VOICEFLOW["HEARTBEAT_INTERVAL"],
         "editWindow": settings.VOICEFLOW["EDIT_WINDOW"],
+        # Delete on others' messages too; the server checks again on every delete.
+        "canModerate": access.user_can_moderate(user=request.user, room=room),
+        # The same in any room but DMs: what the page applies to the rooms it opens.
+        "isModerator": access.user_can_moderate(user=request.user),
     }
     return render(
         request,

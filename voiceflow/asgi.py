@@ -13,6 +13,7 @@ from django.conf import settings  # noqa: E402
 from chat.api import WsTicketFastPath  # noqa: E402
 from chat.ratelimit import scope_secure  # noqa: E402
 
+from .health import PROBE_PATHS, probe  # noqa: E402
 from .routing import websocket_routes  # noqa: E402
 
 http_application = WsTicketFastPath(django_asgi_app)
@@ -25,7 +26,8 @@ async def _socket_refused(receive, send):
 
 @markcoroutinefunction
 def application(scope, receive, send):
-    """HTTP to Django (tickets for API tokens first); a socket to its path's consumer.
+    """HTTP to Django (tickets for API tokens and the balancer's probes first); a socket
+    to its path's consumer.
 
     A plain function returning the consumer's coroutine: channels' ProtocolTypeRouter,
     URLRouter and as_asgi() each kept a suspended frame (and URLRouter a copy of the
@@ -41,4 +43,6 @@ def application(scope, receive, send):
         if consumer_class is None:
             return _socket_refused(receive, send)
         return consumer_class()(scope, receive, send)
+    if scope["path"] in PROBE_PATHS:
+        return probe(scope, receive, send)
     return http_application(scope, receive, send)

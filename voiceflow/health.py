@@ -1,8 +1,10 @@
-"""GET /health's figures: are the database and Redis answering, and what is live.
+"""GET /health's figures: are the database and Redis answering, and what is live;
+GET /health/ready's answer: should a load balancer send this process new clients.
 
 Each check has its own short timeout, so a hung service makes the answer "degraded",
-never slow. The database check runs on a thread of its own (one at a time: a hung
-check is awaited again, not piled up) so it never waits behind socket work.
+never slow. The database checks run on threads of their own (one check at a time per
+thread: a hung check is awaited again, not piled up) so they never wait behind socket
+work.
 """
 
 import asyncio
@@ -16,6 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from chat import broadcast, ratelimit, selectors, sockets, tickets
+from chat.api import _json_send
 from presence.selectors import presence_totals
 from presence.services import SocketTyping, process_sizes
 
@@ -25,6 +28,11 @@ _db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-db")
 _db_future = None  # the check in flight, shared by concurrent requests
 _db_totals = {"totalUsers": 0, "totalRooms": 0}  # last figures read
 _redis_clients = weakref.WeakKeyDictionary()  # event loop → client
+# Readiness pings on a thread of their own: a slow totals query must not make a load
+# balancer take the process out.
+_ping_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-ping")
+_ping_future = None
+_draining = False
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -38,8 +46,48 @@ def _database_totals():
 
 
 def close_database_connection():
-    """Close the health thread's database connection (tests drop their database)."""
+    """Close the health threads' database connections (tests drop their database)."""
     _db_executor.submit(connections.close_all).result()
+    _ping_executor.submit(connections.close_all).result()
+
+
+def _database_ping():
+    close_old_connections()
+    try:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        connections["default"].close()
+        raise
+
+
+def draining_start() -> None:
+    """From now on this process is not ready: it is shutting down."""
+    global _draining
+    _draining = True
+
+
+async def readiness() -> tuple[bool, str]:
+    """(ready, why not): not while draining, nor while the database does not answer
+    SELECT 1 within VOICEFLOW_HEALTH_TIMEOUT. Redis is not asked: without it sockets
+    still connect, read history and recover, and every process shares one Redis, so
+    taking them all out of the balancer would only turn an outage into a total one."""
+    global _ping_future
+    if _draining:
+        return False, "draining"
+    if _ping_future is None or _ping_future.done():
+        _ping_future = _ping_executor.submit(_database_ping)
+    timeout = settings.VOICEFLOW["HEALTH_TIMEOUT"]
+    try:
+        await asyncio.wait_for(asyncio.wrap_future(_ping_future), timeout)
+    except Exception as error:
+        logger.warning(
+            "health: readiness database ping failed: %r",
+            error,
+            extra={"event": "health_check_failed", "service": "database"},
+        )
+        return False, "database"
+    return (False, "draining") if _draining else (True, "")
 
 
 async def database_check(timeout):
@@ -149,3 +197,25 @@ async def report():
         },
     }
     return (200 if healthy else 503), body
+
+
+PROBE_PATHS = frozenset({"/health/live", "/health/ready"})
+
+
+async def probe(scope, receive, send):
+    """ASGI: GET /health/live and /health/ready, answered before Django.
+
+    A load balancer checks every process every second or two, by address: any Host
+    header (ALLOWED_HOSTS does not apply), no session, no middleware.
+    """
+    headers = {"Cache-Control": "no-store"}
+    if scope["method"] not in ("GET", "HEAD"):  # HEAD: uvicorn leaves out the body
+        status, body = 405, {"status": "method not allowed"}
+        headers["Allow"] = "GET, HEAD"
+    elif scope["path"] == "/health/live":
+        status, body = 200, {"status": "live"}
+    else:
+        ready, reason = await readiness()
+        status = 200 if ready else 503
+        body = {"status": "ready"} if ready else {"status": "unready", "reason": reason}
+    await _json_send(send, body, status, headers)

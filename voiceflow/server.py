@@ -5,6 +5,11 @@ hand. This server stops accepting, lets each socket finish the frame it is handl
 (its write and ack), closes them with 1012 spread over VOICEFLOW_DRAIN_WINDOW, and then
 shuts down as uvicorn does, all within VOICEFLOW_DRAIN_TIMEOUT. It also sets the GIL
 switch interval and the garbage collector's thresholds, and freezes what startup built.
+
+With WEB_CONCURRENCY=N (N > 1, shared mode) this process binds the listening socket
+and supervises N worker processes that accept on it, each such a server: SIGTERM or
+SIGINT drains every worker, then the supervisor exits; a worker that dies otherwise
+is started again.
 """
 
 import argparse
@@ -12,7 +17,11 @@ import asyncio
 import gc
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 
 import uvicorn
 
@@ -21,16 +30,43 @@ logger = logging.getLogger("voiceflow.server")
 
 class DrainingServer(uvicorn.Server):
     async def startup(self, sockets=None):
+        from django.conf import settings
+
+        # The database threads wait for the GIL after every PostgreSQL reply; with the
+        # default 5 ms switch interval and a busy event loop, each insert waited that
+        # long several times over (acks/s at 300 msgs/s offered: 222 at 5 ms, 282-293
+        # at 0.5 ms).
+        sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL)
+        gc.set_threshold(*settings.GC_THRESHOLD)
         # What exists now (modules, the app, settings) lives as long as the process:
         # frozen, the collector never scans it again.
         gc.freeze()
+        if settings.MEMORY_DEBUG_DIR:
+            from voiceflow import memory_debug
+
+            memory_debug.install(asyncio.get_running_loop(), settings.MEMORY_DEBUG_DIR)
         await super().startup(sockets=sockets)
+        if sockets is not None:  # a worker: drain if the supervisor is gone
+            self._orphan_watch = asyncio.ensure_future(self._supervisor_watch())
+
+    async def _supervisor_watch(self):
+        parent = os.getppid()
+        while not self.should_exit:
+            await asyncio.sleep(1)
+            if os.getppid() != parent:
+                logger.warning(
+                    "the supervisor is gone; draining",
+                    extra={"event": "worker_orphaned"},
+                )
+                self.should_exit = True
 
     async def shutdown(self, sockets=None):
         from django.conf import settings
 
         from chat.sockets import sockets_drain
+        from voiceflow.health import draining_start
 
+        draining_start()
         loop = asyncio.get_running_loop()
         started = loop.time()
         for server in self.servers:
@@ -64,26 +100,151 @@ async def _loop_clients_close():
         logger.warning("closing database and Redis connections failed", exc_info=True)
 
 
+class Supervisor:
+    """N workers on one inherited listening socket; restarts those that die.
+
+    One socket (one accept queue) rather than a socket per worker with SO_REUSEPORT:
+    a worker killed with connections waiting in its own queue would lose them, while
+    here the others accept them; and a worker busy with a burst accepts less.
+    """
+
+    # A worker that dies this soon after starting, this many times in a row, stops
+    # the supervisor: the app itself is broken, restarting it would only spin.
+    QUICK_DEATH = 5.0
+    QUICK_DEATHS_MAX = 3
+
+    def __init__(self, sock, argv, workers, drain_timeout):
+        self.sock = sock
+        self.argv = argv
+        self.count = workers
+        self.drain_timeout = drain_timeout
+        self.workers = {}  # slot -> (Popen, started at)
+        self.quick_deaths = 0
+        self.stopping = False
+        self.failed = False
+
+    def _spawn(self, slot):
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "voiceflow.server",
+                *self.argv,
+                "--worker-fd",
+                str(self.sock.fileno()),
+            ],
+            pass_fds=[self.sock.fileno()],
+        )
+        self.workers[slot] = (process, time.monotonic())
+        logger.info(
+            "worker %s started (pid %s)",
+            slot,
+            process.pid,
+            extra={"event": "worker_started", "worker": slot, "pid": process.pid},
+        )
+
+    def _stop(self, signum, frame):
+        self.stopping = True
+
+    def _reap(self):
+        for slot, (process, started) in list(self.workers.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            del self.workers[slot]
+            if self.stopping:
+                continue
+            logger.error(
+                "worker %s (pid %s) died with %s; starting another",
+                slot,
+                process.pid,
+                code,
+                extra={
+                    "event": "worker_died",
+                    "worker": slot,
+                    "pid": process.pid,
+                    "code": code,
+                },
+            )
+            if time.monotonic() - started < self.QUICK_DEATH:
+                self.quick_deaths += 1
+            else:
+                self.quick_deaths = 0
+            if self.quick_deaths >= self.QUICK_DEATHS_MAX:
+                logger.error(
+                    "workers die at start; stopping",
+                    extra={"event": "workers_failing"},
+                )
+                self.failed = self.stopping = True
+                return
+            self._spawn(slot)
+
+    def run(self):
+        """Serve until SIGTERM or SIGINT; then drain every worker and return."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        for slot in range(1, self.count + 1):
+            self._spawn(slot)
+        while not self.stopping:
+            self._reap()
+            time.sleep(0.1)
+        # Closed here too, so once the workers close theirs new connections are
+        # refused (a balancer retries elsewhere) instead of waiting in the queue.
+        self.sock.close()
+        logger.info(
+            "draining %s workers",
+            len(self.workers),
+            extra={"event": "workers_draining"},
+        )
+        for process, _ in self.workers.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.drain_timeout + 5
+        for process, _ in self.workers.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return 1 if self.failed else 0
+
+
+def _workers(settings):
+    """How many worker processes to run: WEB_CONCURRENCY, but one in embedded mode."""
+    if settings.WEB_CONCURRENCY > 1 and settings.EMBEDDED:
+        logger.warning(
+            "WEB_CONCURRENCY=%s ignored: embedded mode (no REDIS_URL) keeps the "
+            "channel layer, presence and tickets in one process's memory; "
+            "running one process",
+            settings.WEB_CONCURRENCY,
+            extra={"event": "web_concurrency_ignored"},
+        )
+        return 1
+    return settings.WEB_CONCURRENCY
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
     parser.add_argument("--ws-max-size", type=int, default=65536)
+    parser.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceflow.settings")
     from django.conf import settings
+    from django.utils.log import configure_logging
 
     conf = settings.VOICEFLOW
-    # The database threads wait for the GIL after every PostgreSQL reply; with the
-    # default 5 ms switch interval and a busy event loop, each insert waited that long
-    # several times over (acks/s at 300 msgs/s offered: 222 at 5 ms, 282-293 at 0.5 ms).
-    sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL)
-    gc.set_threshold(*settings.GC_THRESHOLD)
+    if settings.MEMORY_DEBUG_DIR:
+        from voiceflow import memory_debug
+
+        memory_debug.tracing_start(settings.TRACEMALLOC_FRAMES)
     config = uvicorn.Config(
         "voiceflow.asgi:application",
         interface="asgi3",
         host=args.host,
         port=args.port,
+        http="voiceflow.websocket:UpgradingHttpProtocol",
         ws="voiceflow.websocket:BatchingWebSocketProtocol",
         ws_max_size=args.ws_max_size,
         ws_per_message_deflate=conf["WS_DEFLATE"],
@@ -96,8 +257,20 @@ def main(argv=None):
         # proxies only.
         proxy_headers=False,
     )
-    DrainingServer(config).run()
+    if args.worker_fd is not None:
+        sock = socket.socket(fileno=args.worker_fd)
+        DrainingServer(config).run(sockets=[sock])
+        return 0
+    configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)
+    workers = _workers(settings)
+    if workers == 1:
+        DrainingServer(config).run()
+        return 0
+    sock = config.bind_socket()
+    passed = ["--host", args.host, "--port", str(args.port)]
+    passed += ["--ws-max-size", str(args.ws_max_size)]
+    return Supervisor(sock, passed, workers, conf["DRAIN_TIMEOUT"]).run()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

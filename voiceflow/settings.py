@@ -185,11 +185,24 @@ DB_THREADS = env_int(
 )
 if DB_THREADS < 1:
     raise ImproperlyConfigured("VOICEFLOW_DB_THREADS must be at least 1.")
+# How the PostgreSQL server at DATABASE_URL hands out connections: "session" (the
+# server itself, or a PgBouncer in session mode) or "transaction" (a PgBouncer in
+# transaction mode: each transaction or autocommitted statement may run on another
+# server connection, so nothing may outlive one: no prepared statements, no
+# server-side cursors held across statements).
+DATABASE_POOL_MODE = env_str("DATABASE_POOL_MODE", "session").lower()
+if DATABASE_POOL_MODE not in ("session", "transaction"):
+    raise ImproperlyConfigured("DATABASE_POOL_MODE must be 'session' or 'transaction'.")
+if DATABASE_POOL_MODE == "transaction":
+    # .iterator() would DECLARE a cursor WITH HOLD on one server connection and
+    # FETCH from another.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 # The socket path's own connections (message inserts, joins) prepare their statements
 # (psycopg's prepare_threshold; Django's connections never do): PostgreSQL then plans
-# the insert once per connection, not once per message. Off for a PgBouncer in
-# transaction mode that does not track prepared statements (before 1.21).
-DB_PREPARED = env_bool("VOICEFLOW_DB_PREPARED", True)
+# the insert once per connection, not once per message. Off in transaction pool mode
+# unless set: only a PgBouncer of 1.21 or later with max_prepared_statements tracks
+# them.
+DB_PREPARED = env_bool("VOICEFLOW_DB_PREPARED", DATABASE_POOL_MODE == "session")
 # PostgreSQL: a connection pool per process (psycopg-pool). Sync requests run on a
 # fresh thread each under ASGI, and a per-thread connection outlived its request until
 # the thread was collected: 64 concurrent requests exhausted max_connections. Pooled,
@@ -211,6 +224,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL
         "max_size": DB_POOL_MAX,
         "timeout": DB_POOL_TIMEOUT,  # waiting longer for a connection is an error
     }
+# Worker processes of the `web` process (voiceflow/server.py), all accepting on its
+# one listening socket. Shared mode only: embedded mode keeps the channel layer,
+# presence and tickets in the process's memory, so it runs one whatever this says.
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)
+if WEB_CONCURRENCY < 1:
+    raise ImproperlyConfigured("WEB_CONCURRENCY must be at least 1.")
 # Seconds a thread may hold the GIL while another waits (the server's database threads
 # wait after every PostgreSQL reply; Python's default is 0.005).
 GIL_SWITCH_INTERVAL = env_float("VOICEFLOW_GIL_SWITCH_INTERVAL", 0.001)
@@ -227,6 +246,11 @@ if len(GC_THRESHOLD) != 3 or min(GC_THRESHOLD) < 1:
     raise ImproperlyConfigured(
         "VOICEFLOW_GC_THRESHOLD must be three positive integers."
     )
+# Diagnostics, off by default: with a directory, the web process writes memory reports
+# there on SIGUSR2 (voiceflow.memory_debug, driven by bench/soak.py --memory-debug);
+# with frames > 0 it also traces Python allocations (tracemalloc: slower, more memory).
+MEMORY_DEBUG_DIR = env_str("VOICEFLOW_MEMORY_DEBUG_DIR")
+TRACEMALLOC_FRAMES = env_int("VOICEFLOW_TRACEMALLOC_FRAMES", 0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: the channel layer, the cache and the store modules share one server.

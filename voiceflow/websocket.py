@@ -13,15 +13,18 @@ the app has not taken yet is not taken for silence (see `keepalive_timeout`).
 
 Per socket it also keeps less: uvicorn's asyncio.Queue and Event cost four deques
 (~3 KB) where a list and a future do, and the handshake's headers (~2 KB, kept alive
-by websockets' parser) are dropped once the scope has its copy. And it leaves out
-the log lines uvicorn and websockets make per socket (`[accepted]`, "connection
-open", "connection closed"): chat logs `socket_connected` (or `socket_refused`) and
+by websockets' parser) are dropped once the scope has its copy. A closed socket, and
+the HTTP protocol it was upgraded from, are freed by refcounting at once, not left to
+the cycle collector (`_release`, `UpgradingHttpProtocol`). And it leaves out the log
+lines uvicorn and websockets make per socket (`[accepted]`, "connection open",
+"connection closed"): chat logs `socket_connected` (or `socket_refused`) and
 `socket_disconnected` with the user and client instead.
 """
 
 import logging
 import struct
 
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import (
     WebSocketsSansIOProtocol,
 )
@@ -164,6 +167,7 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     broadcast_batch = None  # broadcast frames queued this loop turn
     batch_bytes = 0  # their size
+    app_running = False  # the app's task for this socket has not returned yet
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -176,11 +180,38 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:  # None: the handshake was refused
+            self.app_running = True
             scope["extensions"][FRAME_EXTENSION] = self.broadcast_queue
             scope["extensions"][OUTPUT_EXTENSION] = self.output_bytes
             # websockets' parser keeps the request alive as long as the socket; the
             # scope has a copy of the headers, and the response is built already.
             event.headers.clear()
+
+    async def run_asgi(self):
+        try:
+            await super().run_asgi()
+        finally:
+            self.app_running = False
+            self._release()
+
+    def connection_lost(self, exc):
+        super().connection_lost(exc)
+        self._release()
+
+    def _release(self):
+        """Break the socket's reference cycles once the client is gone and the app
+        has returned, so refcounting frees it."""
+        # The scope's extensions are methods of this protocol, and websockets' parser
+        # is a generator of its connection. Left to the collector, a socket that
+        # lived through a collection waits for a full one: with the server's
+        # thresholds, many minutes of churn.
+        if self.app_running or not self.disconnected:
+            return
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"].pop(FRAME_EXTENSION, None)
+            scope["extensions"].pop(OUTPUT_EXTENSION, None)
+        self.conn.parser.close()
 
     def broadcast_queue(self, frame):
         """Queue `frame` to leave with the socket's other frames of this loop turn."""
@@ -272,3 +303,13 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
     def shutdown(self):
         self.broadcast_flush()
         super().shutdown()
+
+
+class UpgradingHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, which lets go of its parser (a cycle: the parser
+    calls back into the protocol) once a socket's protocol has taken the connection
+    over, as it does when a connection is lost, so refcounting frees it at once."""
+
+    def handle_websocket_upgrade(self):
+        super().handle_websocket_upgrade()
+        self.parser = None

@@ -1,11 +1,13 @@
 """Who may see a room, on every path: REST and socket × role × kind of room.
 
-The roles: an outsider, a member, a removed member (a DM's: one who left), staff. A
-room someone may not see answers exactly like a slug that was never created.
+The roles: an outsider, a member, a removed member (a DM's: one who left), staff, a
+moderator (neither staff nor a member, but with the permission to delete messages).
+A room someone may not see answers exactly like a slug that was never created.
 """
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from chat import services
@@ -14,11 +16,11 @@ from chat.tests.test_consumers import signed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROLES = ["outsider", "member", "removed", "staff"]
+ROLES = ["outsider", "member", "removed", "staff", "moderator"]
 KINDS = ["public", "private", "dm"]
 # Who may see each kind of room; everyone else gets not_found.
 SEES = {
-    "public": {"outsider", "member", "removed", "staff"},
+    "public": {"outsider", "member", "removed", "staff", "moderator"},
     "private": {"member", "staff"},
     "dm": {"member"},
 }
@@ -34,6 +36,12 @@ def world(django_user_model):
     }
     users["staff"] = django_user_model.objects.create_user(
         "staff", password="x-Horse-9", is_staff=True
+    )
+    users["moderator"] = django_user_model.objects.create_user(
+        "moderator", password="x-Horse-9"
+    )
+    users["moderator"].user_permissions.add(
+        Permission.objects.get(codename="delete_message")
     )
     owner = users["owner"]
     public = services.room_create(user=owner, name="Pub", slug="pub")
@@ -90,7 +98,7 @@ def rest_expected(name, kind, role):
         "add": 403 if kind == "dm" else (201 if member or role == "staff" else 403),
         "remove": 204 if role == "staff" and kind != "dm" else 403,
         "read": 200 if member else 403,
-        "delete": 403,  # someone else's message
+        "delete": 204 if role == "moderator" else 403,  # someone else's message
         "leave": 204,
     }.get(name, 200)
 
@@ -161,8 +169,11 @@ async def test_socket_paths(world, kind, role):
         assert {f["type"] for f in frames} == {"ack", "message"}
         typing = {"type": "typing", "room": room.slug, "state": "start"}
         await socket.send_json_to(typing)
-        error = await reply_to({"type": "delete", "id": message.id})
-        assert error["code"] == "forbidden"  # not the author's, but the room exists
+        deleted = await reply_to({"type": "delete", "id": message.id})
+        if role == "moderator":
+            assert (deleted["type"], deleted["id"]) == ("message_deleted", message.id)
+        else:  # not the author's, but the room exists
+            assert (deleted["type"], deleted["code"]) == ("error", "forbidden")
         read = await reply_to({"type": "read", "seq": 1})
         assert (read["type"], read["last_read_seq"]) == ("read", 1)
     await socket.disconnect()

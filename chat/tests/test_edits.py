@@ -147,7 +147,7 @@ async def test_a_refused_edit_changes_nothing_over_rest_and_socket(
     await socket.receive_json_from()
     slug, body = "lobby", "changed"
     if case == "tombstone":
-        await database_sync_to_async(services.message_delete_own)(
+        await database_sync_to_async(services.message_delete)(
             user=alice, room=room, message_id=message
         )
         for receiver in (socket, listener):

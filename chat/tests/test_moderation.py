@@ -21,6 +21,7 @@ from chat.tests.test_consumers import (
     send_message,
     signed_in,
 )
+from chat.tests.test_rooms import team  # noqa: F401 (fixture: a private room)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -128,7 +129,7 @@ async def test_missed_messages_show_deletions_as_tombstones(alice, bob, room):
     sender = await joined(alice)
     ack = await posted(sender, "regret")
     await posted(sender, "fine")
-    await database_sync_to_async(services.message_delete_own)(
+    await database_sync_to_async(services.message_delete)(
         user=alice, room=room, message_id=ack["id"]
     )
     assert (await sender.receive_json_from())["type"] == "message_deleted"
@@ -222,6 +223,220 @@ async def test_rest_delete_is_for_the_author_only(alice, bob, room):
     assert (await api_call(alice, "delete", path)).status_code == 204  # idempotent
     assert await listener.receive_nothing()
     await listener.disconnect()
+
+
+# Deleting others' messages: moderators
+
+
+def grant(user, codename="delete_message"):
+    from django.contrib.auth.models import Permission
+
+    user.user_permissions.add(Permission.objects.get(codename=codename))
+
+
+@pytest.fixture
+def deleter(django_user_model):
+    """A moderator who is neither staff nor a superuser: the permission alone."""
+    user = django_user_model.objects.create_user("dora", password="Dora-Pass-123")
+    grant(user)
+    return user
+
+
+def deletions():
+    return list(
+        ModerationAction.objects.filter(kind="message_delete")
+        .order_by("id")
+        .values_list("actor__username", "target_user__username", "reason")
+    )
+
+
+@pytest.mark.parametrize("who", ["superuser", "permission", "group"])
+def test_a_moderator_deletes_anyones_message_and_is_its_recorded_actor(
+    alice, room, moderator, deleter, django_user_model, who
+):
+    if who == "group":
+        from django.contrib.auth.models import Group, Permission
+
+        group = Group.objects.create(name="moderators")
+        group.permissions.add(Permission.objects.get(codename="delete_message"))
+        actor = django_user_model.objects.create_user("gus", password="Gus-Pass-123")
+        actor.groups.add(group)
+    else:
+        actor = moderator if who == "superuser" else deleter
+    first = services.message_post(user=alice, room=room, body="spam").message
+    result = services.message_delete(user=actor, room=room, message_id=first["id"])
+    assert result.deleted and result.event == {
+        "room": "lobby",
+        "id": first["id"],
+        "seq": 1,
+        "change": 1,
+    }
+    room.refresh_from_db()
+    assert room.last_change == 1
+    assert deletions() == [(actor.username, "alice", "by a moderator")]
+    again = services.message_delete(user=actor, room=room, message_id=first["id"])
+    assert not again.deleted and len(deletions()) == 1
+
+
+def test_the_authors_deletion_is_recorded_as_before(alice, room):
+    mine = services.message_post(user=alice, room=room, body="oops").message
+    services.message_delete(user=alice, room=room, message_id=mine["id"])
+    assert deletions() == [("alice", "alice", "by its author")]
+
+
+@pytest.mark.parametrize(
+    "permissions", [[], ["change_message", "view_message"]], ids=["none", "change"]
+)
+def test_staff_alone_do_not_delete_others_messages(
+    alice, room, django_user_model, permissions
+):
+    staff = django_user_model.objects.create_user(
+        "stan", password="Stan-Pass-123", is_staff=True
+    )
+    for codename in permissions:
+        grant(staff, codename)
+    theirs = services.message_post(user=alice, room=room, body="mine").message
+    with pytest.raises(Forbidden, match="author or a moderator"):
+        services.message_delete(user=staff, room=room, message_id=theirs["id"])
+    assert not Message.objects.filter(deleted_at__isnull=False).exists()
+    assert deletions() == []
+
+
+def test_a_moderator_is_a_participant_like_any_other_in_a_dm(alice, bob, deleter):
+    dm, _ = services.dm_open(user=alice, usernames=["bob", "dora"])
+    theirs = services.message_post(user=bob, room=dm, body="between us").message
+    with pytest.raises(Forbidden):
+        services.message_delete(user=deleter, room=dm, message_id=theirs["id"])
+    mine = services.message_post(user=deleter, room=dm, body="mine").message
+    assert services.message_delete(user=deleter, room=dm, message_id=mine["id"]).deleted
+
+
+async def test_a_moderator_deletes_over_the_socket_and_a_rejoin_learns_of_it(
+    alice, bob, room, deleter
+):
+    author, listener = await joined(alice), await joined(bob)
+    mod = await joined(deleter)
+    ack = await posted(author, "spam")
+    await posted(author, "fine")
+    for socket in (listener, mod):
+        for _ in range(2):
+            assert (await socket.receive_json_from())["type"] == "message"
+    await listener.disconnect()  # away while it is deleted
+
+    await mod.send_json_to({"type": "delete", "room": "lobby", "id": ack["id"]})
+    expected = {
+        "type": "message_deleted",
+        "room": "lobby",
+        "id": ack["id"],
+        "seq": 1,
+        "change": 1,
+    }
+    assert await mod.receive_json_from() == expected
+    assert await author.receive_json_from() == expected
+    assert await sync_to_async(deletions)() == [("dora", "alice", "by a moderator")]
+
+    back = await signed_in(bob)
+    await back.send_json_to(
+        {"type": "join", "room": "lobby", "since": 2, "changes_since": 0}
+    )
+    rejoined = await back.receive_json_from()
+    assert rejoined["last_change"] == 1
+    assert [(m["id"], m.get("deleted")) for m in rejoined["changed"]] == [
+        (ack["id"], True)
+    ]
+    for socket in (author, mod, back):
+        await socket.disconnect()
+
+
+async def test_a_revoked_moderator_is_refused_on_a_socket_opened_before(
+    alice, room, deleter
+):
+    author, mod = await joined(alice), await joined(deleter)
+    first, second = await posted(author, "one"), await posted(author, "two")
+    for _ in range(2):
+        await mod.receive_json_from()
+    await mod.send_json_to({"type": "delete", "room": "lobby", "id": first["id"]})
+    assert (await mod.receive_json_from())["type"] == "message_deleted"
+    assert (await author.receive_json_from())["type"] == "message_deleted"
+
+    await sync_to_async(deleter.user_permissions.clear)()
+    await mod.send_json_to({"type": "delete", "room": "lobby", "id": second["id"]})
+    error = await mod.receive_json_from()
+    assert (error["type"], error["code"], error["request"]) == (
+        "error",
+        "forbidden",
+        "delete",
+    )
+    assert await author.receive_nothing()
+    for socket in (author, mod):
+        await socket.disconnect()
+
+
+async def test_rest_delete_by_a_moderator_author_other_and_outsider(
+    alice, bob, make_user, room, team, deleter
+):
+    carol = await sync_to_async(make_user)("carol")
+    listener, author = await joined(alice), await joined(bob)
+    open_msg = await posted(author, "in the lobby")
+    await listener.receive_json_from()
+    hidden = await sync_to_async(services.message_post)(
+        user=bob, room=team, body="in the team room"
+    )
+    lobby_path = f"/api/rooms/lobby/messages/{open_msg['id']}/"
+    team_path = f"/api/rooms/team/messages/{hidden.message['id']}/"
+
+    assert (await api_call(carol, "delete", lobby_path)).status_code == 403
+    # A moderator who may not see the private room: as if it did not exist.
+    outsider = await api_call(deleter, "delete", team_path)
+    assert outsider.status_code == 404 and outsider.json()["code"] == "not_found"
+    assert await listener.receive_nothing()
+
+    assert (await api_call(deleter, "delete", lobby_path)).status_code == 204
+    assert await listener.receive_json_from() == {
+        "type": "message_deleted",
+        "room": "lobby",
+        "id": open_msg["id"],
+        "seq": 1,
+        "change": 1,
+    }
+    # A member of the private room, they may delete there too; the author as ever.
+    await sync_to_async(services.room_join)(user=deleter, room=team)
+    assert (await api_call(deleter, "delete", team_path)).status_code == 204
+    assert (await api_call(bob, "delete", team_path)).status_code == 204
+    assert await sync_to_async(deletions)() == [
+        ("dora", "bob", "by a moderator"),
+        ("dora", "bob", "by a moderator"),
+    ]
+    for socket in (listener, author):
+        await socket.disconnect()
+
+
+def test_the_admins_delete_action_is_offered_to_moderators_only(
+    client, django_user_model, alice, lobby
+):
+    message = Message.objects.create(room=lobby, seq=1, user=alice, body="hi")
+    changer = django_user_model.objects.create_user(
+        "changer", password="Change-Pass-123", is_staff=True
+    )
+    for codename in ("view_message", "change_message"):
+        grant(changer, codename)
+    staff_moderator = django_user_model.objects.create_user(
+        "staffmod", password="Staff-Mod-123", is_staff=True
+    )
+    for codename in ("view_message", "delete_message"):
+        grant(staff_moderator, codename)
+    offered = b'value="delete_messages"'
+    client.force_login(changer)
+    assert offered not in client.get("/admin/chat/message/").content
+    client.force_login(staff_moderator)
+    assert offered in client.get("/admin/chat/message/").content
+    response = client.post(
+        "/admin/chat/message/",
+        {"action": "delete_messages", "_selected_action": [str(message.pk)]},
+    )
+    assert response.status_code == 302
+    message.refresh_from_db()
+    assert message.deleted_at is not None
 
 
 # Locking

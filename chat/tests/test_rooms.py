@@ -65,6 +65,36 @@ def test_a_private_rooms_creator_is_its_first_member(alice):
     assert members == {"results": [{"username": "alice"}]}
 
 
+@pytest.mark.parametrize(
+    "visibility, picked",
+    [("private", False), ("private", True), ("public", False)],
+    ids=["private-by-the-admin", "private-for-alice", "public"],
+)
+def test_a_room_added_in_the_admin_is_created_as_over_the_api(
+    client, django_user_model, alice, visibility, picked
+):
+    admin = django_user_model.objects.create_superuser("root", password="Root-Pass-1")
+    client.force_login(admin)
+    response = client.post(
+        "/admin/chat/room/add/",
+        {
+            "slug": "ops",
+            "name": "Ops",
+            "visibility": visibility,
+            "created_by": alice.pk if picked else "",
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    room = Room.objects.get(slug="ops")
+    creator = alice if picked else admin
+    assert (room.name, room.visibility, room.created_by) == ("Ops", visibility, creator)
+    members = Membership.objects.filter(room=room).values_list("user__username")
+    expected = [(creator.username,)] if visibility == "private" else []
+    assert list(members) == expected
+    assert client_for(creator).get("/api/rooms/ops/").status_code == 200
+    assert client.get(f"/admin/chat/room/{room.pk}/change/").status_code == 200
+
+
 def test_rooms_are_public_unless_asked_and_visibility_is_checked(alice):
     client = client_for(alice)
     room = client.post("/api/rooms/", {"name": "Open"}, format="json").json()
@@ -229,7 +259,7 @@ def test_unread_and_mentions_count_live_messages_by_others(team, alice, bob):
     gone = post(bob, team, "@alice this goes")
     post(alice, team, "mine, @alice")
     post(bob, team, "mail alice@example.com")  # an address, not a mention
-    services.message_delete_own(user=bob, room=team, message_id=gone["id"])
+    services.message_delete(user=bob, room=team, message_id=gone["id"])
     assert mention["mentions"] == ["alice"]
     assert "mentions" not in post(bob, team, "no one")
     state = room_object(alice, "team")
@@ -334,6 +364,86 @@ def test_mine_lists_the_users_own_rooms_with_what_their_counts_cover(
     )
     assert team_room["created_by"] == "alice"
     assert (by_slug[dm.slug]["name"], by_slug[dm.slug]["last_seq"]) == ("bob", 0)
+
+
+def edit(user, room, message, body):
+    """Edit over REST (the edited message object)."""
+    response = client_for(user).patch(
+        f"/api/rooms/{room.slug}/messages/{message['id']}/",
+        {"body": body},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def mentioned(message):
+    return sorted(
+        MessageMention.objects.filter(message_id=message["id"]).values_list(
+            "user__username", flat=True
+        )
+    )
+
+
+def mention_counts(*users):
+    return [room_object(user, "team")["mentions"] for user in users]
+
+
+def test_mentions_follow_an_edit(team, alice, bob, carol):
+    services.room_member_add(actor=alice, room=team, username="carol")
+    message = post(bob, team, "hello")
+    assert mention_counts(alice, carol) == [0, 0]
+
+    added = edit(bob, team, message, "hello @alice")
+    assert added["mentions"] == ["alice"] and mentioned(message) == ["alice"]
+    assert mention_counts(alice, carol) == [1, 0]
+
+    moved = edit(bob, team, message, "hello @carol and @CAROL")
+    assert moved["mentions"] == ["carol"] and mentioned(message) == ["carol"]
+    assert mention_counts(alice, carol) == [0, 1]
+
+    both = edit(bob, team, message, "@alice, @carol")
+    assert both["mentions"] == ["alice", "carol"]
+    assert mentioned(message) == ["alice", "carol"]
+    assert mention_counts(alice, carol) == [1, 1]
+
+    gone = edit(bob, team, message, "hello all")
+    assert "mentions" not in gone and mentioned(message) == []
+    assert Message.objects.get(pk=message["id"]).mentions is None
+    assert mention_counts(alice, carol) == [0, 0]
+
+
+def test_a_mention_added_by_an_edit_does_not_count_once_read_past(team, alice, bob):
+    message = post(bob, team, "hello")
+    later = post(bob, team, "later")
+    read = {"seq": later["seq"]}
+    client_for(alice).post("/api/rooms/team/read/", read, format="json")
+    assert edit(bob, team, message, "hello @alice")["mentions"] == ["alice"]
+    assert mention_counts(alice) == [0]
+
+
+async def test_message_edited_carries_the_new_mentions(team, alice, bob):
+    message = await sync_to_async(post)(alice, team, "hi @bob")
+    assert await sync_to_async(mention_counts)(alice, bob) == [0, 1]
+    listener = await joined(bob, "team")
+    author = await joined(alice, "team")
+    await author.send_json_to(
+        {"type": "edit", "room": "team", "id": message["id"], "body": "hi @alice"}
+    )
+    for socket in (author, listener):
+        event = await socket.receive_json_from()
+        assert event["type"] == "message_edited"
+        assert event["message"]["mentions"] == ["alice"]
+    # Her own message: no mention of herself counts, and bob's is gone.
+    assert await sync_to_async(mention_counts)(alice, bob) == [0, 0]
+    await author.send_json_to(
+        {"type": "edit", "room": "team", "id": message["id"], "body": "hi all"}
+    )
+    for socket in (author, listener):
+        event = await socket.receive_json_from()
+        assert "mentions" not in event["message"]
+    for socket in (author, listener):
+        await socket.disconnect()
 
 
 def test_the_room_list_costs_the_same_queries_for_any_number_of_rooms(alice, bob):

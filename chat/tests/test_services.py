@@ -231,19 +231,19 @@ def test_mute_refusal_says_the_time_left_rounded_up():
 
 def test_an_author_deletes_their_message_but_not_others(alice, bob, lobby):
     mine, theirs = post(alice, lobby).message, post(bob, lobby).message
-    result = services.message_delete_own(user=alice, room=lobby, message_id=mine["id"])
+    result = services.message_delete(user=alice, room=lobby, message_id=mine["id"])
     assert result.deleted and result.event == {
         "room": "lobby",
         "id": mine["id"],
         "seq": 1,
         "change": 1,
     }
-    again = services.message_delete_own(user=alice, room=lobby, message_id=mine["id"])
+    again = services.message_delete(user=alice, room=lobby, message_id=mine["id"])
     assert not again.deleted and again.event == result.event
     with pytest.raises(Forbidden):
-        services.message_delete_own(user=alice, room=lobby, message_id=theirs["id"])
+        services.message_delete(user=alice, room=lobby, message_id=theirs["id"])
     with pytest.raises(NotFound):
-        services.message_delete_own(user=alice, room=lobby, message_id=10**9)
+        services.message_delete(user=alice, room=lobby, message_id=10**9)
     assert list(
         Message.objects.filter(deleted_at__isnull=False).values_list("id", flat=True)
     ) == [mine["id"]]

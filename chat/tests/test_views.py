@@ -95,6 +95,7 @@ def test_the_room_page_gives_the_client_its_configuration(
     assert config["messagesUrl"] == "/api/rooms/lobby/messages/"
     assert config["searchUrl"] == "/api/search/"
     assert config["editWindow"] == 600  # the page offers Edit only inside the window
+    assert config["canModerate"] is False
     assert "room.js" in html
 
 
@@ -113,6 +114,36 @@ def test_a_dm_page_is_named_after_the_other_members_for_each_side(
         assert (config["roomName"], config["roomKind"]) == (other, "direct")
         assert config["roomsUrl"] == "/api/rooms/" and config["dmsUrl"] == "/api/dms/"
         assert f'<h1 id="room-name">{other}</h1>' in html
+
+
+def page_config(client, user, slug):
+    client.force_login(user)
+    html = client.get(f"/rooms/{slug}/").content.decode()
+    return json.loads(re.search(r'id="vf-config"[^>]*>(.*?)</script>', html).group(1))
+
+
+def test_the_room_page_tells_a_moderator_it_may_delete_others_messages(
+    client, alice, bob, lobby, django_user_model
+):
+    from django.contrib.auth.models import Permission
+
+    from chat import services
+
+    staff = django_user_model.objects.create_user(
+        "stan", password="Stan-Pass-123", is_staff=True
+    )
+    alice.user_permissions.add(Permission.objects.get(codename="delete_message"))
+    root = django_user_model.objects.create_superuser("root", password="Root-Pass-1")
+    dm, _ = services.dm_open(user=alice, usernames=["bob"])
+    assert page_config(client, alice, "lobby")["canModerate"] is True
+    assert page_config(client, root, "lobby")["canModerate"] is True
+    assert page_config(client, staff, "lobby")["canModerate"] is False
+    assert page_config(client, bob, "lobby")["canModerate"] is False
+    # In a DM a moderator is a participant like any other.
+    assert page_config(client, alice, dm.slug)["canModerate"] is False
+    # What the page applies to the rooms it opens without a reload (not to DMs).
+    assert page_config(client, alice, dm.slug)["isModerator"] is True
+    assert page_config(client, bob, "lobby")["isModerator"] is False
 
 
 def test_an_unknown_room_page_is_404(client, alice):

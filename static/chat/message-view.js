@@ -1,6 +1,7 @@
 // Renders the message list: one <li class="message"> per message, kept in seq order,
 // with pending/failed local messages (no seq yet) after all stored ones. Own stored
-// messages get Edit (inside the edit window) and Delete (after an in-page confirm).
+// messages get Edit (inside the edit window) and Delete (after an in-page confirm);
+// a moderator gets Delete on everyone's.
 
 import { renderBody } from './format.js';
 import { fullTime, parseTime, relativeTime } from './relative-time.js';
@@ -9,7 +10,7 @@ const GROUP_WINDOW_MS = 5 * 60_000; // same author within 5 min: one visual grou
 const NEAR_BOTTOM_PX = 120;
 
 export class MessageView {
-  constructor({ list, scroller, empty, me, onEdit, onDelete, onSaveEdit, editWindowMs = 0 }) {
+  constructor({ list, scroller, empty, me, onEdit, onDelete, onSaveEdit, editWindowMs = 0, moderator = false }) {
     this.list = list;
     this.scroller = scroller;
     this.empty = empty;
@@ -18,6 +19,7 @@ export class MessageView {
     this.onDelete = onDelete; // (id) => bool (sent), after the reader confirmed
     this.onSaveEdit = onSaveEdit; // (id, body) => bool (sent), from the inline editor
     this.editWindowMs = editWindowMs; // 0: no editing from the page
+    this.moderator = moderator; // may delete others' messages (the server checks)
     this.byId = new Map(); // message id -> li
     this.byClientId = new Map(); // client_id -> li, while pending or failed
     this.messages = new WeakMap(); // li -> the message it shows (raw body included)
@@ -218,11 +220,12 @@ export class MessageView {
     this.#fillTools(li, msg, stored);
   }
 
-  // Edit and Delete for the reader's own stored messages.
+  // Edit and Delete for the reader's own stored messages; Delete alone on others'
+  // for a moderator.
   #fillTools(li, msg, stored) {
     const tools = li.querySelector('.message-tools');
-    const own = stored && !msg.deleted && msg.user === this.me;
-    if (!own) {
+    const own = msg.user === this.me;
+    if (!stored || msg.deleted || !(own || this.moderator)) {
       delete tools.dataset.confirming;
       tools.hidden = true;
       tools.replaceChildren();
@@ -230,7 +233,7 @@ export class MessageView {
     }
     if (tools.dataset.confirming) return; // keep an open "Delete this message?" as it is
     const buttons = [];
-    if (this.#editable(msg)) buttons.push(this.#toolButton('Edit', 'edit', () => this.#openEditor(li)));
+    if (own && this.#editable(msg)) buttons.push(this.#toolButton('Edit', 'edit', () => this.#openEditor(li)));
     buttons.push(this.#toolButton('Delete', 'delete', () => this.#confirmDelete(li)));
     tools.replaceChildren(...buttons);
     tools.hidden = false;

@@ -77,6 +77,7 @@ const view = new MessageView({
   onDelete: (id) => sendOrWarn({ type: 'delete', room: ROOM, id }),
   onSaveEdit: (id, body) => joined && conn.send({ type: 'edit', room: ROOM, id, body }),
   editWindowMs: EDIT_WINDOW_S * 1000,
+  moderator: config.canModerate === true,
 });
 const members = new MemberList({ list: $('member-list'), count: $('member-count'), empty: $('member-empty'), me: ME });
 const typingIndicator = new TypingIndicator($('typing-indicator'), ME);
@@ -659,6 +660,8 @@ function renderHeader() {
   $('search-scope-room').textContent = direct ? 'This chat' : `#${ROOM}`;
   $('chat').dataset.room = ROOM;
   $('room-locked').hidden = !entry?.is_locked;
+  // A moderator deletes others' messages in rooms, not in DMs (the server checks).
+  view.moderator = config.isModerator === true && !direct;
   roomMembers.update(entry);
 }
 

@@ -51,6 +51,47 @@ def test_database_url():
     return f"postgres://{user}@{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{conf['NAME']}"
 
 
+def child_pids(pid):
+    """The live processes whose parent is `pid` (a web process's workers)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(parent) == pid and state != "Z":
+            children.append(int(stat.parent.name))
+    return sorted(children)
+
+
+def socket_inodes(pid):
+    """Inodes of the sockets process `pid` holds open."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def tcp_inodes(local_port, remote_port=None):
+    """Inodes of this machine's IPv4 TCP sockets on `local_port` (and `remote_port`):
+    a listening socket with remote_port 0."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (
+            int(fields[1].split(":")[1], 16),
+            int(fields[2].split(":")[1], 16),
+        )
+        if local == local_port and remote_port in (None, remote):
+            found.add(int(fields[9]))
+    return found
+
+
 class ServerProcess:
     """One `web` process of the Procfile on a free port, sharing this run's database."""
 
@@ -106,6 +147,19 @@ class ServerProcess:
         raise RuntimeError(
             f"server did not answer within {timeout} s:\n{self.output()}"
         )
+
+    def workers(self):
+        """The pids of this web process's workers (none with WEB_CONCURRENCY=1)."""
+        return child_pids(self.process.pid)
+
+    def workers_started(self, count, timeout=30):
+        """Wait until `count` workers have loaded the app, in all; their pids."""
+        deadline = time.monotonic() + timeout
+        while self.output().count("Started server process") < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers did not start:\n{self.output()}")
+            time.sleep(0.05)
+        return self.workers()
 
     def output(self):
         if not self.log.closed:

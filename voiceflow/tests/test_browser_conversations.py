@@ -5,7 +5,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from chat.models import Message
+from chat.models import Message, ModerationAction
 
 from .browsers import (
     PHONE,
@@ -188,6 +188,66 @@ def test_an_author_deletes_their_message_and_everyone_sees_it_go(people):
     assert stored("oops, wrong room")[0]["deleted_at"] is not None
     screenshot(bob.page, "23-deleted-seen-by-bob")
     assert alice.dialogs == [] and bob.dialogs == []
+
+
+def make_moderator(username):
+    def grant():
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.models import Permission
+
+        user = get_user_model().objects.get(username=username)
+        user.user_permissions.add(Permission.objects.get(codename="delete_message"))
+
+    in_db_thread(grant)
+
+
+def deletions():
+    return in_db_thread(
+        lambda: list(
+            ModerationAction.objects.values_list(
+                "actor__username", "target_user__username", "reason"
+            )
+        )
+    )
+
+
+def test_a_moderator_deletes_someone_elses_message_and_the_author_sees_it_go(people):
+    bob = people("bob")
+    mod = people("mona")
+    make_moderator("mona")
+    mod.page.reload()  # the page learns what its user may do when it loads
+    mod.wait_connected()
+    bob.type_and_send("buy cheap watches")
+    mod.type_and_send("please keep it on topic")
+    spam = mod.message("buy cheap watches")
+    expect(spam).to_have_attribute("data-state", "sent")
+    expect(bob.message("please keep it on topic")).to_have_attribute(
+        "data-state", "sent"
+    )
+
+    # Bob is no moderator: the moderator's message offers him nothing.
+    theirs = bob.message("please keep it on topic").locator(".message-tools button")
+    expect(theirs).to_have_count(0)
+    # The moderator may delete bob's message, but edit only her own.
+    spam.hover()
+    expect(spam.get_by_role("button", name="Edit message")).to_have_count(0)
+    spam.get_by_role("button", name="Delete message").click()
+    confirm = spam.get_by_role("button", name="Yes, delete this message")
+    expect(confirm).to_be_visible()
+    expect(spam.locator(".message-tools")).to_contain_text("Delete this message?")
+    screenshot(mod.page, "30-moderator-delete-confirm")
+    spam_id = spam.get_attribute("data-id")
+    confirm.click()
+
+    for person in (mod, bob):
+        tombstone = person.page.locator(f'#message-list li[data-id="{spam_id}"]')
+        expect(tombstone).to_have_class(re.compile(r"\bmessage--deleted\b"))
+        expect(tombstone.locator(".message-body")).to_have_text("message deleted")
+        expect(tombstone.locator(".message-tools button")).to_have_count(0)
+    assert stored("buy cheap watches")[0]["deleted_at"] is not None
+    assert deletions() == [("mona", "bob", "by a moderator")]
+    screenshot(bob.page, "31-moderator-deletion-seen-by-the-author")
+    assert mod.dialogs == [] and bob.dialogs == []
 
 
 def test_opening_a_room_at_a_message_shows_its_surroundings_then_pages_to_now(

@@ -1,6 +1,8 @@
-"""GET /health: the contract's shape, and "degraded" fast when a service is down."""
+"""GET /health: the contract's shape, and "degraded" fast when a service is down;
+GET /health/live and /health/ready, the load balancer's probes."""
 
 import asyncio
+import http.client
 import json
 import signal
 import socket
@@ -22,13 +24,11 @@ from .servers import ServerProcess, free_port
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def get_health(server, timeout=10):
-    """(status, body, seconds taken) of GET /health on a server process."""
+def get_health(server, timeout=10, path="/health"):
+    """(status, body, seconds taken) of GET /health (or `path`) on a server process."""
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(
-            server.base + "/health", timeout=timeout
-        ) as response:
+        with urllib.request.urlopen(server.base + path, timeout=timeout) as response:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as error:
         status, raw = error.code, error.read()
@@ -113,11 +113,17 @@ def test_health_is_503_quickly_when_redis_hangs_and_when_it_is_gone(
             {"redis": False, "database": True},
         )
         assert took < 2
+        # Every process shares the Redis: the balancer keeps them all.
+        assert get_health(server, path="/health/ready")[:2] == (
+            200,
+            {"status": "ready"},
+        )
     assert set(body["metrics"]) == {"presence", "sockets"}
 
     redis_server.kill()  # gone: connections refused
     status, body, took = get_health(server)
     assert (status, body["services"]["redis"], took < 2) == (503, False, True)
+    assert get_health(server, path="/health/ready")[0] == 200
 
 
 def test_health_is_503_when_the_database_refuses_connections(transactional_db, servers):
@@ -133,6 +139,13 @@ def test_health_is_503_when_the_database_refuses_connections(transactional_db, s
     )
     assert body["services"]["redis"] is (True if settings.REDIS_URL else None)
     assert took < 2
+    status, body, took = get_health(server, path="/health/ready")
+    assert (status, body, took < 2) == (
+        503,
+        {"status": "unready", "reason": "database"},
+        True,
+    )
+    assert get_health(server, path="/health/live")[:2] == (200, {"status": "live"})
 
 
 def test_health_is_503_quickly_when_the_database_hangs(transactional_db, servers):
@@ -146,6 +159,8 @@ def test_health_is_503_quickly_when_the_database_hangs(transactional_db, servers
             status, body, took = get_health(server)
             assert (status, body["services"]["database"]) == (503, False)
             assert took < 2
+            status, body, took = get_health(server, path="/health/ready")
+            assert (status, body["reason"], took < 2) == (503, "database", True)
 
 
 def test_a_socket_closed_while_a_frame_is_sent_to_it_is_not_counted_any_more(
@@ -234,3 +249,81 @@ async def test_health_counts_presence_without_scanning_the_keyspace(
     assert "EVALSHA" in seen or "EVAL" in seen  # the totals were read from this Redis
     assert not {"SCAN", "KEYS", "TYPE"} & set(seen), seen
     assert len(seen) < 20, seen
+
+
+async def asgi_get(path, method="GET", host=b"10.9.8.7:8101"):
+    """(status, body: parsed if JSON) of a request to voiceflow.asgi.application."""
+    from voiceflow.asgi import application
+
+    sent = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", host)],  # not in ALLOWED_HOSTS: a balancer by address
+        "client": ("127.0.0.1", 40000),
+        "server": ("10.9.8.7", 8101),
+    }
+
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive():
+        if requests:
+            return requests.pop()
+        await asyncio.Event().wait()  # no disconnect until the response is sent
+
+    async def send(message):
+        sent.append(message)
+
+    await application(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], json.loads(body) if body.startswith(b"{") else body
+
+
+async def test_the_probes_answer_a_balancer_by_address(monkeypatch):
+    from voiceflow import health
+
+    monkeypatch.setattr(health, "_draining", False)
+    assert await asgi_get("/health/live") == (200, {"status": "live"})
+    assert await asgi_get("/health/ready") == (200, {"status": "ready"})
+    assert (await asgi_get("/health/ready", method="POST"))[0] == 405
+    assert (await asgi_get("/health"))[0] == 400  # Django's: the host is checked
+
+    health.draining_start()
+    assert await asgi_get("/health/ready") == (
+        503,
+        {"status": "unready", "reason": "draining"},
+    )
+    assert await asgi_get("/health/live") == (200, {"status": "live"})
+
+
+def test_ready_is_503_while_a_real_server_drains(lobby, servers):
+    server = servers(VOICEFLOW_DRAIN_WINDOW="3", VOICEFLOW_DRAIN_TIMEOUT="6")
+    token = server.register("alice")
+    probe = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+
+    def ready():
+        probe.request("GET", "/health/ready")
+        response = probe.getresponse()
+        return response.status, json.loads(response.read())
+
+    async def drained_while_connected():
+        # A socket open keeps the drain going for up to the window.
+        async with websockets.connect(server.socket_url(token)) as socket:
+            await socket.recv()  # hello
+            assert await asyncio.to_thread(ready) == (200, {"status": "ready"})
+            server.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 3
+            while (answer := await asyncio.to_thread(ready))[0] == 200:
+                assert time.monotonic() < deadline, "still ready while draining"
+                await asyncio.sleep(0.05)
+            return answer
+
+    answer = asyncio.run(drained_while_connected())
+    assert answer == (503, {"status": "unready", "reason": "draining"})
+    probe.close()

@@ -181,6 +181,9 @@ print(json.dumps({
     "threads": settings.DB_THREADS,
     "conn_max_age": db["CONN_MAX_AGE"],
     "pool": db.get("OPTIONS", {}).get("pool"),
+    "prepared": settings.DB_PREPARED,
+    "server_side_cursors": not db.get("DISABLE_SERVER_SIDE_CURSORS", False),
+    "web_concurrency": settings.WEB_CONCURRENCY,
 }))
 """
 
@@ -189,7 +192,8 @@ def load_db_settings(**env):
     clean = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("VOICEFLOW_DB") and k not in {"DATABASE_URL", "DEBUG"}
+        if not k.startswith("VOICEFLOW_DB")
+        and k not in {"DATABASE_URL", "DEBUG", "DATABASE_POOL_MODE", "WEB_CONCURRENCY"}
     }
     clean["DJANGO_SETTINGS_MODULE"] = "voiceflow.settings"
     result = subprocess.run(
@@ -238,6 +242,35 @@ def test_a_pool_no_bigger_than_the_database_threads_is_refused(pool_max):
     )
     assert result.returncode != 0
     assert "VOICEFLOW_DB_POOL_MAX" in result.stderr
+
+
+def test_transaction_pool_mode_prepares_nothing_and_holds_no_cursor():
+    def conf(**env):
+        result = load_db_settings(DATABASE_URL=POSTGRES, **env)
+        assert result.returncode == 0, result.stderr
+        loaded = json.loads(result.stdout)
+        return loaded["prepared"], loaded["server_side_cursors"]
+
+    assert conf() == (True, True)
+    assert conf(DATABASE_POOL_MODE="session") == (True, True)
+    assert conf(DATABASE_POOL_MODE="Transaction") == (False, False)
+    # A PgBouncer that tracks prepared statements (1.21+, max_prepared_statements).
+    assert conf(DATABASE_POOL_MODE="transaction", VOICEFLOW_DB_PREPARED="1") == (
+        True,
+        False,
+    )
+    refused = load_db_settings(DATABASE_URL=POSTGRES, DATABASE_POOL_MODE="statement")
+    assert refused.returncode != 0
+    assert "DATABASE_POOL_MODE must be 'session' or 'transaction'" in refused.stderr
+
+
+def test_web_concurrency_is_one_unless_set():
+    assert json.loads(load_db_settings().stdout)["web_concurrency"] == 1
+    four = load_db_settings(WEB_CONCURRENCY="4")
+    assert json.loads(four.stdout)["web_concurrency"] == 4
+    refused = load_db_settings(WEB_CONCURRENCY="0")
+    assert refused.returncode != 0
+    assert "WEB_CONCURRENCY must be at least 1" in refused.stderr
 
 
 def test_sqlite_has_one_writer_thread_and_no_pool(tmp_path):

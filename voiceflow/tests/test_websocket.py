@@ -1,6 +1,9 @@
 """The web process's WebSocket protocol: broadcast frames batched per loop turn."""
 
 import asyncio
+import contextlib
+import gc
+import weakref
 
 import pytest
 import uvicorn
@@ -11,6 +14,7 @@ from voiceflow.websocket import (
     FRAME_EXTENSION,
     OUTPUT_EXTENSION,
     BatchingWebSocketProtocol,
+    UpgradingHttpProtocol,
     text_frame,
 )
 
@@ -33,13 +37,15 @@ class App:
         closed.set_result(None)
 
 
-@pytest.fixture
-async def served():
-    app, port = App(), free_port()
+@contextlib.asynccontextmanager
+async def serving(app, http=UpgradingHttpProtocol):
+    """`app` served by uvicorn with the web process's protocols: its URL."""
+    port = free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port,
+        http=http,
         ws=BatchingWebSocketProtocol,
         lifespan="off",
         log_level="warning",
@@ -48,9 +54,18 @@ async def served():
     task = asyncio.ensure_future(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
-    yield app, f"ws://127.0.0.1:{port}/"
-    server.should_exit = True
-    await task
+    try:
+        yield f"ws://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def served():
+    app = App()
+    async with serving(app) as url:
+        yield app, url
 
 
 async def opened(served):
@@ -258,3 +273,39 @@ async def test_a_socket_whose_write_fails_does_not_hold_up_the_others(
     monkeypatch.undo()
     await client.close()
     await broken.close()
+
+
+class NotedHttpProtocol(UpgradingHttpProtocol):
+    """Notes (weakly) every HTTP protocol made, the upgraded ones included."""
+
+    made = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.made.append(weakref.ref(self))
+
+
+async def test_a_closed_socket_is_freed_without_the_cycle_collector():
+    # The server's collector thresholds make full collections minutes apart: what
+    # only the collector frees piles up under connect/disconnect churn.
+    app, sockets = App(), []
+    NotedHttpProtocol.made.clear()
+    loop = asyncio.get_running_loop()
+    async with serving(app, http=NotedHttpProtocol) as url:
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(10):
+                client, queue, send, closed = await opened((app, url))
+                sockets.append(weakref.ref(queue.__self__))
+                await client.close()
+                await asyncio.wait_for(closed, 5)
+                del queue, send  # the test's own references
+            deadline = loop.time() + 5
+            while loop.time() < deadline and any(ref() for ref in sockets):
+                await asyncio.sleep(0.05)
+
+            assert [ref() for ref in sockets] == [None] * 10
+            assert [ref() for ref in NotedHttpProtocol.made] == [None] * 10
+        finally:
+            gc.enable()

@@ -1,0 +1,377 @@
+"""A VoiceFlow deployment on one machine: `make cluster` / `make cluster-down`.
+
+    python deploy/cluster.py start [--port 8000] [--database-url postgres://...]
+    python deploy/cluster.py status
+    python deploy/cluster.py stop
+
+`start` runs, all on 127.0.0.1: a private Redis, PgBouncer in transaction pooling in
+front of PostgreSQL, three web processes (the Procfile's web line, WEB_CONCURRENCY
+workers each), the sweeper, and HAProxy (deploy/haproxy.cfg) balancing the web
+processes. Pid files, logs and generated configuration go under --state (default
+.cluster/, git-ignored). `stop` stops HAProxy, drains the web processes (SIGTERM) and
+stops the rest. Other VOICEFLOW_* and WEB_CONCURRENCY variables in the environment
+reach the web processes as they are.
+"""
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
+WEB_COUNT = 3  # deploy/haproxy.cfg names three servers
+HAPROXY_SOURCE = "127.0.0.2"  # HAProxy's address towards the web processes
+# Stopped in this order: the balancer first, so no new client lands on a process
+# that is going away; the stores last, so draining processes can still use them.
+STOP_ORDER = ["haproxy", *(f"web{n}" for n in range(1, WEB_COUNT + 1))]
+STOP_ORDER += ["sweeper", "pgbouncer", "redis"]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("--state", type=Path, default=ROOT / ".cluster")
+    parser.add_argument("--port", type=int, default=8000, help="HAProxy's port")
+    parser.add_argument("--stats-port", type=int, default=8404)
+    parser.add_argument(
+        "--web-ports",
+        default="8101,8102,8103",
+        help=f"{WEB_COUNT} comma-separated ports of the web processes",
+    )
+    parser.add_argument("--redis-port", type=int, default=6380)
+    parser.add_argument("--pgbouncer-port", type=int, default=6432)
+    parser.add_argument(
+        "--database-url",
+        default="postgres://postgres@127.0.0.1:5432/voiceflow_cluster",
+        help="PostgreSQL (created and migrated if missing), or sqlite:////path "
+        "(no PgBouncer then)",
+    )
+    parser.add_argument(
+        "--no-migrate", action="store_true", help="the database is migrated already"
+    )
+    return parser.parse_args(argv)
+
+
+def port_free(port):
+    with socket.socket() as sock:
+        # As the servers bind: a port left in TIME_WAIT by the last run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(check, what, timeout=20, process=None, log=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            raise SystemExit(f"{what} exited at start:\n{tail}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not come up within {timeout} s (log: {log})")
+
+
+def http_status(url, timeout=2):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def port_open(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+class State:
+    """The --state directory: pid files, logs, generated configuration."""
+
+    def __init__(self, path):
+        self.path = Path(path).resolve()
+        self.logs = self.path / "logs"
+
+    def pid(self, name):
+        try:
+            return int((self.path / f"{name}.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def alive(self, name):
+        pid = self.pid(name)
+        if pid is None:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"  # exited, not yet reaped
+
+    def start(self, name, argv, env=None, cwd=ROOT):
+        """Start `argv` in a session of its own, logging to logs/<name>.log."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{name}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        (self.path / f"{name}.pid").write_text(f"{process.pid}\n")
+        return process, log
+
+    def stop(self, name, timeout):
+        """SIGTERM, then SIGKILL to its whole session after `timeout` seconds."""
+        pid = self.pid(name)
+        if pid is not None and self.alive(name):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.alive(name) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                _reap(pid)
+            if self.alive(name):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        (self.path / f"{name}.pid").unlink(missing_ok=True)
+
+
+def _reap(pid):
+    """Collect `pid` if it is our own exited child (a test's cluster)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+# Redis: one private server. A later Sentinel setup replaces this function: every
+# process takes its Redis from REDIS_URL alone.
+def redis_start(state, port):
+    """A private redis-server on `port`, keeping nothing on disk; its URL."""
+    process, log = state.start(
+        "redis",
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+    )
+    wait_until(lambda: port_open(port), "redis-server", process=process, log=log)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def pgbouncer_start(state, port, database_url, pool_size=10):
+    """PgBouncer in transaction pooling on `port`, in front of `database_url`'s
+    server; the URL that reaches the same database through it."""
+    url = urlsplit(database_url)
+    user = unquote(url.username or "postgres")
+    server = f"host={url.hostname or '127.0.0.1'} port={url.port or 5432}"
+    if url.password:
+        server += f" user={user} password={unquote(url.password)}"
+    state.path.mkdir(parents=True, exist_ok=True)
+    users = state.path / "pgbouncer-users.txt"
+    users.write_text(f'"{user}" ""\n')
+    ini = state.path / "pgbouncer.ini"
+    ini.write_text(
+        "[databases]\n"
+        f"* = {server}\n"
+        "[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        # Clients are this machine's own processes; the server checks passwords.
+        "auth_type = trust\n"
+        f"auth_file = {users}\n"
+        "pool_mode = transaction\n"
+        f"default_pool_size = {pool_size}\n"
+        "max_client_conn = 2000\n"
+        "ignore_startup_parameters = extra_float_digits\n"
+    )
+    argv = ["pgbouncer", str(ini)]
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        argv[1:1] = ["-u", "nobody"]
+        for path in (state.path, users, ini):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    process, log = state.start("pgbouncer", argv)
+    wait_until(lambda: port_open(port), "pgbouncer", process=process, log=log)
+    netloc = f"{url.username}@" if url.username else ""
+    if url.password:
+        netloc = f"{url.username}:{url.password}@"
+    return f"postgres://{netloc}127.0.0.1:{port}{url.path}"
+
+
+def database_prepare(database_url, env, migrate):
+    """Create the PostgreSQL database if missing, then migrate it."""
+    if database_url.startswith("postgres"):
+        import psycopg
+
+        url = urlsplit(database_url)
+        name = unquote(url.path.lstrip("/"))
+        server = database_url.replace(url.path, "/postgres", 1)
+        with psycopg.connect(server, autocommit=True) as conn:
+            if not conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", [name]
+            ).fetchone():
+                conn.execute(f'CREATE DATABASE "{name}"')
+    if migrate:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"],
+            cwd=ROOT,
+            env={**env, "DATABASE_URL": database_url},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+def procfile_command(name):
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise SystemExit(f"Procfile has no {name} line")
+
+
+def secret_key(state):
+    path = state.path / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def start(args):
+    state = State(args.state)
+    running = [name for name in STOP_ORDER if state.alive(name)]
+    if running:
+        raise SystemExit(f"already running: {', '.join(running)} (make cluster-down)")
+    try:
+        _start(args, state)
+    except BaseException:
+        stop(args)  # what did start: nothing is left running half-way
+        raise
+
+
+def _start(args, state):
+    web_ports = [int(port) for port in args.web_ports.split(",")]
+    if len(web_ports) != WEB_COUNT:
+        raise SystemExit(f"--web-ports takes {WEB_COUNT} ports")
+    sqlite = args.database_url.startswith("sqlite")
+    ports = [args.port, args.stats_port, args.redis_port, *web_ports]
+    ports += [] if sqlite else [args.pgbouncer_port]
+    taken = [port for port in ports if not port_free(port)]
+    if taken:
+        raise SystemExit(f"ports in use: {taken}")
+    for tool in ["redis-server", "haproxy", *([] if sqlite else ["pgbouncer"])]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not on PATH (.ci/run installs it)")
+    state.path.mkdir(parents=True, exist_ok=True)
+    metrics = state.path / "metrics"
+    shutil.rmtree(metrics, ignore_errors=True)  # emptied at each deploy
+    metrics.mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or secret_key(state),
+        "REDIS_URL": redis_start(state, args.redis_port),
+        # HAProxy connects from here (and clients from 127.0.0.1, not trusted).
+        "TRUSTED_PROXIES": HAPROXY_SOURCE,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        "HOST": "127.0.0.1",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    database_prepare(args.database_url, env, migrate=not args.no_migrate)
+    if sqlite:
+        env["DATABASE_URL"] = args.database_url
+    else:
+        env["DATABASE_URL"] = pgbouncer_start(
+            state, args.pgbouncer_port, args.database_url
+        )
+        env["DATABASE_POOL_MODE"] = "transaction"
+    command = ["bash", "-c", f"exec {procfile_command('web')}"]
+    web = [
+        (port, *state.start(f"web{n}", command, {**env, "PORT": str(port)}))
+        for n, port in enumerate(web_ports, 1)
+    ]
+    for port, process, log in web:
+        ready = f"http://127.0.0.1:{port}/health/ready"
+        wait_until(
+            lambda ready=ready: http_status(ready) == 200,
+            f"web process on {port}",
+            timeout=60,
+            process=process,
+            log=log,
+        )
+    state.start("sweeper", ["bash", "-c", f"exec {procfile_command('sweeper')}"], env)
+    balancer_env = {
+        **os.environ,
+        "VF_LISTEN": f"127.0.0.1:{args.port}",
+        "VF_STATS": f"127.0.0.1:{args.stats_port}",
+        "VF_SOURCE": HAPROXY_SOURCE,
+        **{f"VF_WEB{n}": f"127.0.0.1:{port}" for n, port in enumerate(web_ports, 1)},
+    }
+    process, log = state.start(
+        "haproxy", ["haproxy", "-db", "-f", str(HAPROXY_CFG)], balancer_env
+    )
+    wait_until(
+        lambda: http_status(f"http://127.0.0.1:{args.port}/health/ready") == 200,
+        "haproxy",
+        process=process,
+        log=log,
+    )
+    print(f"VoiceFlow cluster on http://127.0.0.1:{args.port}/")
+    print(f"  HAProxy stats  http://127.0.0.1:{args.stats_port}/")
+    print(f"  web processes  {', '.join(map(str, web_ports))}")
+    print(f"  database       {env['DATABASE_URL']}")
+    print(f"  redis          {env['REDIS_URL']}")
+    print(f"  state, logs    {state.path}")
+
+
+def stop(args):
+    state = State(args.state)
+    for name in STOP_ORDER:
+        # The web processes drain within VOICEFLOW_DRAIN_TIMEOUT (10 s).
+        state.stop(name, timeout=20 if name.startswith("web") else 5)
+    print("VoiceFlow cluster stopped")
+
+
+def status(args):
+    state = State(args.state)
+    for name in STOP_ORDER:
+        pid = state.pid(name)
+        print(f"{name:<10} {'up' if state.alive(name) else 'down':<5} {pid or ''}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    {"start": start, "stop": stop, "status": status}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
