@@ -40,6 +40,12 @@ test-embedded: install
 test-browser: install
 	env -u REDIS_URL -u DATABASE_URL $(BIN)/pytest -m browser voiceflow/tests
 
+# Style and types: ruff (lint, format check) and mypy, configured in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 test-redis: install
 	REDIS_URL=$(TEST_REDIS_URL) DATABASE_URL=$(TEST_DATABASE_URL) \
 		REDIS_KEY_PREFIX=$(TEST_REDIS_PREFIX) SECRET_KEY=test-only-secret-key $(BIN)/pytest

@@ -76,7 +76,7 @@ def set_rate(settings):
 
 @pytest.fixture
 def test_redis_url(settings):
-    """A real Redis for tests that need one in both passes (REDIS_URL, TEST_REDIS_URL)."""
+    """A real Redis for tests that need one in both passes (TEST_REDIS_URL)."""
     url = settings.REDIS_URL or os.environ.get("TEST_REDIS_URL")
     if not url:
         pytest.fail("These tests need Redis: set TEST_REDIS_URL (make test does).")

@@ -96,7 +96,8 @@ async def inject(fault, servers, redis, at):
         await asyncio.sleep(1)
         await asyncio.to_thread(redis.start)
     print(
-        f"fault        {fault} at {at:.1f} s, done in {time.monotonic() - started:.1f} s"
+        f"fault        {fault} at {at:.1f} s, "
+        f"done in {time.monotonic() - started:.1f} s"
     )
 
 

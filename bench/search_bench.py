@@ -59,8 +59,7 @@ def fill(total):
     """Rooms, users and `total` messages in one statement; then ANALYZE."""
     users = get_user_model()
     people = [
-        users.objects.get_or_create(username=f"bench-user-{n}")[0]
-        for n in range(USERS)
+        users.objects.get_or_create(username=f"bench-user-{n}")[0] for n in range(USERS)
     ]
     rooms = [
         Room.objects.get_or_create(slug=f"bench-{n}", defaults={"name": f"B{n}"})[0]
@@ -74,9 +73,7 @@ def fill(total):
         "'w' || floor({v} * power(((i * 7919 + {k} * 104729) %% 1000003) "
         "/ 1000003.0, 3))::int"
     )
-    words = " || ' ' || ".join(
-        word.format(v=VOCABULARY, k=k) for k in range(1, 7)
-    )
+    words = " || ' ' || ".join(word.format(v=VOCABULARY, k=k) for k in range(1, 7))
     extra = " || ' ' || ".join(word.format(v=VOCABULARY, k=k) for k in range(7, 13))
     table = Message._meta.db_table
     started = time.perf_counter()

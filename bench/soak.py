@@ -48,7 +48,6 @@ from pathlib import Path
 
 import orjson
 import websockets
-
 from load import _post, rooms_create, tokens_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,8 +356,18 @@ class Churn:
         self.tasks = set()
         self.counts = dict.fromkeys(
             (
-                "sessions", "connects", "joins", "reloads", "leaves", "posts",
-                "typing", "acks", "received", "missed", "errors", "failures",
+                "sessions",
+                "connects",
+                "joins",
+                "reloads",
+                "leaves",
+                "posts",
+                "typing",
+                "acks",
+                "received",
+                "missed",
+                "errors",
+                "failures",
             ),
             0,
         )
@@ -422,7 +431,9 @@ class Churn:
             slug = random.choice(list(session.rooms))
             try:
                 if random.random() < 0.3:
-                    await session.send({"type": "typing", "room": slug, "state": "start"})
+                    await session.send(
+                        {"type": "typing", "room": slug, "state": "start"}
+                    )
                     self.counts["typing"] += 1
                 await session.send(
                     {
@@ -675,7 +686,9 @@ async def _soak(args, out, base, pid, memory):
     await asyncio.to_thread(sampler.checkpoint, "end")
     rows = sampler.rows[sampler.rows.index(baseline) :]
     passed, lines = verdict(baseline, rows, args)
-    print("# churn: " + ", ".join(f"{k} {v}" for k, v in churn.counts.items()), file=out)
+    print(
+        "# churn: " + ", ".join(f"{k} {v}" for k, v in churn.counts.items()), file=out
+    )
     print(f"# closes by the server (code: count): {churn.closes or 'none'}", file=out)
     if memory is not None:
         # What a full collection, then returning free heap to the system, gives back.

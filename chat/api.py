@@ -95,7 +95,7 @@ _passwords_hidden = method_decorator(
 @_passwords_hidden
 class RegisterView(APIView):
     permission_classes = [AllowAny]
-    authentication_classes = []
+    authentication_classes: list = []
 
     def post(self, request):
         serializer = RegisterSerializer(data=request.data)
@@ -317,9 +317,7 @@ class RoomMessagesView(APIView):
         return Response({"results": results, "has_more": has_more})
 
     def _changed(self, room, changed_after, limit):
-        rows, has_more = selectors.messages_changed_after(
-            room.id, changed_after, limit
-        )
+        rows, has_more = selectors.messages_changed_after(room.id, changed_after, limit)
         # What the reply is complete up to: the next page's changed_after, else the
         # room's counter (read before the rows, which commit in counter order).
         last_change = max(room.last_change, rows[-1].change_seq if rows else 0)

@@ -174,12 +174,12 @@ def _discard(index, key, socket):
             del index[key]
 
 
-_hubs = {}  # channel layer → its Hub (tests make a layer per event loop)
-_hub_locks = {}
+_hubs: dict = {}  # channel layer → its Hub (tests make a layer per event loop)
+_hub_locks: dict = {}
 
 
 async def hub():
-    """This process's Hub on the default layer, started (and subscribed) on first use."""
+    """This process's Hub on the default layer, started and subscribed on first use."""
     layer = get_channel_layer()
     current = _hubs.get(layer)
     if current is not None:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
-from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
@@ -311,7 +311,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def _offline_queue_send(self):
-        """`offline_messages` right after hello, if the user's offline queue holds any."""
+        """`offline_messages` right after hello, if the offline queue holds any."""
         try:
             # Read with the user's row when the ticket was redeemed on the loop.
             marked = getattr(self.user, "has_offline_mark", None)
@@ -594,6 +594,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # too; an edit that changes nothing is confirmed to the sender alone.
         if not result.edited:
             await self.send_frame({"type": "message_edited", **result.event})
+
     async def frame_read(self, frame):
         slug = _room_slug(frame)
         seq = frame.get("seq")
@@ -844,7 +845,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_TOO_MANY)
 
     async def _presence_room_enter(self, slug):
-        """Be present in the room; its members. Best effort: missed messages matter more."""
+        """Be present in the room; its members. Best effort: messages matter more."""
         try:
             await presence_services.presence_room_enter(
                 sid=self.connection_id,

@@ -60,7 +60,7 @@ class _LastSeqs:
             self.reading = None
 
 
-_by_loop = {}  # event loop -> _LastSeqs (one per process; tests run a loop each)
+_by_loop: dict = {}  # event loop -> _LastSeqs (one per process; tests run a loop each)
 
 
 def _for_loop(loop):

@@ -9,7 +9,8 @@ from django.utils import timezone
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,49}\Z"
 slug_validator = RegexValidator(
     SLUG_PATTERN,
-    "1–50 characters: lowercase letters, digits and hyphens, not starting with a hyphen.",
+    "1–50 characters: lowercase letters, digits and hyphens, "
+    "not starting with a hyphen.",
 )
 
 
@@ -128,9 +129,7 @@ class Message(models.Model):
 class MessageEdit(models.Model):
     """A message's body before one of its edits: the edit history, for moderators."""
 
-    message = models.ForeignKey(
-        Message, on_delete=models.CASCADE, related_name="edits"
-    )
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="edits")
     previous_body = models.TextField()
     edited_at = models.DateTimeField(default=timezone.now)
     editor = models.ForeignKey(
@@ -145,6 +144,8 @@ class MessageEdit(models.Model):
 
     def __str__(self):
         return f"{self.message_id} edited at {self.edited_at}"
+
+
 class MessageMention(models.Model):
     """A user mentioned by a message: what counts a member's unread mentions.
 

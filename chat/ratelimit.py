@@ -250,7 +250,7 @@ def rate_hits_sync(limits: list[tuple[str, str]]) -> list[Decision]:
     Over one of them: the hits already counted are refunded (a refused attempt counts
     nowhere) and RateLimited is raised. Redis down raises Unavailable.
     """
-    decisions = []
+    decisions: list = []
     for name, who in limits:
         decision = rate_hit_sync(name, who)
         if not decision.allowed:

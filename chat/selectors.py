@@ -347,9 +347,7 @@ def messages_changed(room_id, *, since, changes_since, through, limit):
     """
     rows = list(
         _messages(room_id)
-        .filter(
-            change_seq__gt=changes_since, change_seq__lte=through, seq__lte=since
-        )
+        .filter(change_seq__gt=changes_since, change_seq__lte=through, seq__lte=since)
         .filter(change_seq__gt=0)  # lets PostgreSQL use the partial index
         .order_by("change_seq")[: limit + 1]
     )
@@ -437,9 +435,7 @@ def _search_newest(rows, wanted, *, before, phrase):
     if not phrase and matches * matches >= 4 * wanted * table_rows:
         top = before - 1 if before is not None else _message_id_newest()
         floor = top - int(8 * wanted * table_rows / matches)
-        found = list(
-            _with_authors(rows.filter(id__gt=floor)).order_by("-id")[:wanted]
-        )
+        found = list(_with_authors(rows.filter(id__gt=floor)).order_by("-id")[:wanted])
         if len(found) == wanted:
             return found
         rows = rows.filter(id__lte=floor)

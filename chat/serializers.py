@@ -21,7 +21,9 @@ class RegisterSerializer(serializers.Serializer):
         try:
             validate_password(attrs["password"], user)
         except DjangoValidationError as error:
-            raise serializers.ValidationError({"password": list(error.messages)})
+            raise serializers.ValidationError(
+                {"password": list(error.messages)}
+            ) from error
         return attrs
 
 

@@ -92,6 +92,8 @@ def clean_message_id(message_id):
     if isinstance(message_id, bool) or not isinstance(message_id, int):
         raise Invalid("id must be an integer.", field="id")
     return message_id
+
+
 # `@name` where name follows the username rule (letters, digits and @.+-_), not
 # preceded by one of those characters (so an e-mail address is not a mention).
 MENTION = re.compile(r"(?<![\w.@+-])@([\w.@+-]{1,150})")
@@ -101,7 +103,7 @@ def mention_names(body: str) -> set[str]:
     """The lowercased names a body may mention (also without trailing punctuation)."""
     if "@" not in body:
         return set()
-    names = set()
+    names: set[str] = set()
     for match in MENTION.finditer(body):
         name = match.group(1).lower()
         names.update((name, name.rstrip(".-+@")))
@@ -197,12 +199,8 @@ def dm_open(*, user, usernames) -> tuple[Room, bool]:
         raise Invalid("users must be a list of usernames.", field="users")
     names = {name for name in usernames if name != user.username}
     if not 1 <= len(names) <= DM_MAX_OTHERS:
-        raise Invalid(
-            f"users must name 1–{DM_MAX_OTHERS} other users.", field="users"
-        )
-    others = list(
-        get_user_model().objects.filter(username__in=names, is_active=True)
-    )
+        raise Invalid(f"users must name 1–{DM_MAX_OTHERS} other users.", field="users")
+    others = list(get_user_model().objects.filter(username__in=names, is_active=True))
     unknown = names - {other.username for other in others}
     if unknown:
         raise Invalid(f"No user {sorted(unknown)[0]!r}.", field="users")
@@ -652,7 +650,7 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
 
 
 def offline_mark_set(*, user_id, since):
-    """Note that `user_id` went offline at `since` (a datetime); an earlier mark stays."""
+    """Note that `user_id` went offline at `since` (a datetime); an earlier stays."""
     try:
         mark, created = OfflineMark.objects.get_or_create(
             user_id=user_id, defaults={"since": since}

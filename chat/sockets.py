@@ -12,10 +12,10 @@ from voiceflow import metrics
 
 logger = logging.getLogger(__name__)
 
-_users = Counter()  # user id → live sockets of this process
-_rooms = Counter()  # room slug → sockets of this process that joined it
+_users: Counter[int] = Counter()  # user id → live sockets of this process
+_rooms: Counter[str] = Counter()  # room slug → sockets of this process that joined it
 _connections = 0
-_consumers = set()  # this process's signed-in consumers, for the drain on shutdown
+_consumers: set = set()  # this process's signed-in consumers, for the drain on shutdown
 
 
 def socket_opened(user_id):

@@ -36,9 +36,15 @@ logger = logging.getLogger(__name__)
 # Names this server process in the store (diagnostics: whose sockets a sweep removed).
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
-_tasks = set()  # grace timers and typing stops in flight (a task needs a reference)
-_sweepers = weakref.WeakKeyDictionary()  # event loop -> embedded sweep task
-_watchers = weakref.WeakKeyDictionary()  # event loop -> store watch task
+_tasks: set[asyncio.Task] = (
+    set()
+)  # grace timers and typing stops in flight (a task needs a reference)
+_sweepers: weakref.WeakKeyDictionary = (
+    weakref.WeakKeyDictionary()
+)  # event loop -> embedded sweep task
+_watchers: weakref.WeakKeyDictionary = (
+    weakref.WeakKeyDictionary()
+)  # event loop -> store watch task
 
 
 def _clock(now):
@@ -90,8 +96,12 @@ class _Coalescer:
 
 
 _events = _Coalescer()
-_leaves = {}  # (user id, slug) -> when the leave whose member_left waits was made
-_settling = defaultdict(set)  # user id -> rooms of a grace expiry that waits
+_leaves: dict[
+    tuple[int, str], float
+] = {}  # (user id, slug) -> when the leave whose member_left waits was made
+_settling: defaultdict[int, set[str]] = defaultdict(
+    set
+)  # user id -> rooms of a grace expiry that waits
 
 
 def presence_events_reset():
@@ -435,7 +445,9 @@ class SocketTyping:
     `stop` sent on the user's behalf after the last `start`, or on message/leave/close.
     Lives in process memory only (no store, no database)."""
 
-    _forwarded = {}  # (user id, slug) -> loop time of the last forwarded start
+    _forwarded: dict[
+        tuple[int, str], float
+    ] = {}  # (user id, slug) -> loop time of the last forwarded start
 
     def __init__(self, user_id, username):
         self.user_id = user_id

@@ -21,7 +21,7 @@ Redis keys, under `<REDIS_KEY_PREFIX>:presence`, each with an expiry renewed on 
 
 import asyncio
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -436,7 +436,7 @@ class _Socket:
     process: str
     seen_at: float
     away: bool = False
-    rooms: set = None
+    rooms: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -445,8 +445,8 @@ class _User:
     active_at: float | None = None
     status: str = OFFLINE
     left_at: float | None = None
-    sockets: set = None
-    rooms: set = None
+    sockets: set[str] = field(default_factory=set)
+    rooms: set[str] = field(default_factory=set)
 
 
 class MemoryPresenceStore:
@@ -465,7 +465,7 @@ class MemoryPresenceStore:
     def _user(self, uid):
         user = self.users.get(uid)
         if user is None:
-            user = self.users[uid] = _User(sockets=set(), rooms=set())
+            user = self.users[uid] = _User()
         return user
 
     def _holds_room(self, uid, slug, except_sid=None):
@@ -498,7 +498,7 @@ class MemoryPresenceStore:
         count = len(user.sockets)
         if count >= cap:
             return None
-        self.sockets[sid] = _Socket(user_id, username, process, now, rooms=set())
+        self.sockets[sid] = _Socket(user_id, username, process, now)
         user.sockets.add(sid)
         user.username = username
         user.left_at = None
@@ -676,7 +676,9 @@ class MemoryPresenceStore:
 
 
 _memory = MemoryPresenceStore()
-_redis_stores = weakref.WeakKeyDictionary()  # event loop -> RedisPresenceStore
+_redis_stores: weakref.WeakKeyDictionary = (
+    weakref.WeakKeyDictionary()
+)  # event loop -> RedisPresenceStore
 
 
 def memory_store_reset():

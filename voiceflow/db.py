@@ -52,8 +52,8 @@ class HotPathDatabaseSyncToAsync(SyncToAsync):
 
 # One thread-sensitive worker used to serialize every room's inserts and every
 # socket's reads; these threads run them in parallel, each keeping its connection.
-_room_executors = []
-_socket_executors = []
+_room_executors: list[ThreadPoolExecutor] = []
+_socket_executors: list[ThreadPoolExecutor] = []
 _executors_lock = threading.Lock()
 _socket_turn = itertools.count()
 
@@ -222,7 +222,7 @@ class LoopConnection:
 # Items per group commit: a batch's statement and its reply stay a few hundred KB.
 BATCH_MAX = 256
 
-_running = set()  # the LoopConnections' batch tasks
+_running: set[asyncio.Task] = set()  # the LoopConnections' batch tasks
 
 
 def _settle(future, *, result=None, error=None):
@@ -253,7 +253,7 @@ def on_loop():
     return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 
-_loop_connections = {}  # event loop -> (writers, readers)
+_loop_connections: dict = {}  # event loop -> (writers, readers)
 _reader_turn = itertools.count()
 
 

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 _db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-db")
 _db_future = None  # the check in flight, shared by concurrent requests
 _db_totals = {"totalUsers": 0, "totalRooms": 0}  # last figures read
-_redis_clients = weakref.WeakKeyDictionary()  # event loop → client
+# event loop → client
+_redis_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Readiness pings on a thread of their own: a slow totals query must not make a load
 # balancer take the process out.
 _ping_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-ping")

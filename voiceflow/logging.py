@@ -36,7 +36,7 @@ def _extra(record):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the extra fields."""
 
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]
 
     def format(self, record):
         entry = {
@@ -55,7 +55,7 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """Readable lines for development: time, level, logger, message, extras."""
 
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]
 
     def format(self, record):
         line = (

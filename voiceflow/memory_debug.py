@@ -159,7 +159,7 @@ def mallinfo() -> dict:
     if _LIBC is None:
         return {}
     info = _LIBC.mallinfo2()
-    return {name: getattr(info, name) for name, _ in _MallInfo2._fields_}
+    return {field[0]: getattr(info, field[0]) for field in _MallInfo2._fields_}
 
 
 _PYMALLOC_FIELDS = {

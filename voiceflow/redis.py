@@ -12,8 +12,8 @@ import redis.asyncio
 from django.conf import settings
 from redis.asyncio.connection import parse_url
 
-_async_clients = {}
-_sync_clients = {}
+_async_clients: dict = {}
+_sync_clients: dict = {}
 
 
 def _options():
@@ -275,7 +275,7 @@ class PipelinedRedis:
         return await self.execute_command("PING") == "PONG"
 
 
-_pipelined_clients = {}
+_pipelined_clients: dict = {}
 
 
 def redis_pipelined(url=None):

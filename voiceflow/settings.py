@@ -1,7 +1,8 @@
 """VoiceFlow settings: every value that comes from the environment is read here.
 
 No environment → the embedded mode (SQLite, in-memory channel layer and cache).
-`REDIS_URL` + `DATABASE_URL` → Redis channel layer and cache, PostgreSQL, many processes.
+`REDIS_URL` + `DATABASE_URL` → Redis channel layer and cache, PostgreSQL, many
+processes.
 """
 
 import ipaddress
@@ -152,7 +153,7 @@ TEMPLATES = [
     },
 ]
 
-# Database: SQLite file by default, any URL from DATABASE_URL (PostgreSQL via psycopg 3).
+# Database: SQLite file by default, any URL from DATABASE_URL (PostgreSQL: psycopg 3).
 CONN_MAX_AGE = env_int("CONN_MAX_AGE", 60)
 DATABASES = {
     "default": dj_database_url.parse(
@@ -269,7 +270,9 @@ for _proxy in TRUSTED_PROXIES:
     try:
         ipaddress.ip_network(_proxy, strict=False)
     except ValueError:
-        raise ImproperlyConfigured(f"TRUSTED_PROXIES: {_proxy!r} is no IP or CIDR.")
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXIES: {_proxy!r} is no IP or CIDR."
+        ) from None
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
@@ -425,7 +428,7 @@ LOGGING = {
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
 
-# The wire contract's numbers (PROTOCOL.md); each can be overridden from the environment.
+# The wire contract's numbers (docs/protocol.md); each can be set in the environment.
 VOICEFLOW = {
     "MAX_FRAME_BYTES": 65536,
     "MAX_BODY_CHARS": env_int("VOICEFLOW_MAX_BODY_CHARS", 4000),

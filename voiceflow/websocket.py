@@ -51,7 +51,7 @@ def text_frame(data):
     return header + data
 
 
-_batched = []  # protocols holding frames to write at the end of this loop turn
+_batched: list = []  # protocols holding frames to write at the end of this loop turn
 _flush_loop = None  # the loop whose turn-end flush is scheduled
 
 

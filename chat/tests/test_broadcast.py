@@ -32,7 +32,7 @@ async def hub():
 
 
 async def eventually(check, timeout=3.0):
-    """Wait until check() holds: events come back through the layer (Redis or memory)."""
+    """Wait until check() holds: events come back through the layer."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not check():

@@ -4,9 +4,9 @@ import time
 
 import hypothesis
 import pytest
-from hypothesis import strategies as st
 from asgiref.sync import sync_to_async
 from django.test import override_settings
+from hypothesis import strategies as st
 
 from chat import services
 from chat.consumers import _start_eagerly

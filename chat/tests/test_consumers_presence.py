@@ -397,7 +397,9 @@ async def forget_all_presence():
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(settings.REDIS_URL)
-    keys = [k async for k in client.scan_iter(f"{settings.REDIS_KEY_PREFIX}:presence:*")]
+    keys = [
+        k async for k in client.scan_iter(f"{settings.REDIS_KEY_PREFIX}:presence:*")
+    ]
     await client.delete(*keys)
     await client.aclose()
 

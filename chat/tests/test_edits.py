@@ -299,9 +299,7 @@ async def _four_posted(alice):
     return socket, acks
 
 
-async def test_a_rejoin_learns_of_edits_and_deletions_made_while_away(
-    alice, bob, room
-):
+async def test_a_rejoin_learns_of_edits_and_deletions_made_while_away(alice, bob, room):
     author, acks = await _four_posted(alice)
     away = await joined(bob, since=0)
     await away.disconnect()  # bob holds seqs 1–4 as of change 0

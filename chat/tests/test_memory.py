@@ -46,9 +46,7 @@ async def test_a_churn_of_users_and_rooms_leaves_every_structure_at_its_baseline
         TYPING_STOP_AFTER=5,
         PRESENCE_EVENT_INTERVAL=0,
     )
-    users = [
-        await sync_to_async(make_user)(f"churn{n}") for n in range(CHURN)
-    ]
+    users = [await sync_to_async(make_user)(f"churn{n}") for n in range(CHURN)]
     for n in range(CHURN):
         await Room.objects.acreate(slug=f"churn-{n}", name=f"Churn {n}")
     await broadcast.hub()  # the process's hub lives on: part of the baseline

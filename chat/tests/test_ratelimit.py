@@ -1,4 +1,4 @@
-"""The sliding-window limiter: one suite, run on real Redis and on the in-memory twin."""
+"""The sliding-window limiter: one suite, on real Redis and on the in-memory twin."""
 
 import asyncio
 

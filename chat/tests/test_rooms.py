@@ -198,9 +198,7 @@ def test_a_dm_is_opened_once_per_set_of_people(alice, bob, carol):
 async def test_the_other_members_sockets_hear_of_a_new_dm(alice, bob, carol):
     bob_socket = await signed_in(bob)
     carol_socket = await signed_in(carol)
-    room, created = await sync_to_async(services.dm_open)(
-        user=alice, usernames=["bob"]
-    )
+    room, created = await sync_to_async(services.dm_open)(user=alice, usernames=["bob"])
     assert created
     assert await bob_socket.receive_json_from() == {
         "type": "room_added",
@@ -292,9 +290,12 @@ def test_read_moves_forward_only_and_stops_at_the_last_seq(team, alice, bob):
     for n in range(3):
         post(bob, team, f"m{n}")
     client = client_for(alice)
-    assert client.post("/api/rooms/team/read/", {"seq": 99}, format="json").json()[
-        "last_read_seq"
-    ] == 3
+    assert (
+        client.post("/api/rooms/team/read/", {"seq": 99}, format="json").json()[
+            "last_read_seq"
+        ]
+        == 3
+    )
     back = client.post("/api/rooms/team/read/", {"seq": 1}, format="json").json()
     assert (back["last_read_seq"], back["unread"]) == (3, 0)
     bad = client.post("/api/rooms/team/read/", {"seq": -1}, format="json")

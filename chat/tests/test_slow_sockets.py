@@ -73,9 +73,7 @@ async def post(socket, body, client_id):
     )
 
 
-async def test_past_the_soft_cap_typing_and_presence_are_shed_messages_kept(
-    alice, bob
-):
+async def test_past_the_soft_cap_typing_and_presence_are_shed_messages_kept(alice, bob):
     unread = Unread()
     reader = await connect(bob, unread)
     writer = await connect(alice)

@@ -20,7 +20,7 @@ T0 = time.time()  # the grace timers of the holding process wait on the wall clo
 
 @pytest.fixture(autouse=True)
 def _now():
-    """T0 is each test's own start: a value from import time goes stale in a long run."""
+    """T0 is each test's own start: one from import time goes stale in a long run."""
     global T0
     T0 = time.time()
 

@@ -70,7 +70,7 @@ async def events_for(socket, seconds, until=None):
     while (left := deadline - time.monotonic()) > 0 and len(got) != until:
         try:
             frame = await recv(socket, left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         if frame["type"] in ("presence", "member_joined", "member_left"):
             got.append(frame)

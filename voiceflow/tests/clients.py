@@ -75,10 +75,10 @@ class Client:
                     await self._serve(socket)
                     delay = 0.05
             except (
+                TimeoutError,
                 OSError,
                 urllib.error.URLError,
                 websockets.WebSocketException,
-                asyncio.TimeoutError,
                 KeyError,
                 ValueError,
             ):
@@ -216,7 +216,8 @@ async def steady_traffic(clients, seconds, interval=0.05):
 
 async def settle(clients, timeout=20):
     """Wait until every message is acked and every client holds every seq up to the
-    highest any of them knows; resend and catch up as a real client would. True if so."""
+    highest any of them knows; resend and catch up as a real client would. True if
+    so."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     before = {}

@@ -14,7 +14,7 @@ def server(transactional_db, settings):
 
 @pytest.fixture
 def browser_server(transactional_db, lobby):
-    """A server for browser tests, limits raised so their own traffic is never refused."""
+    """A server for browser tests, limits raised so their traffic is never refused."""
     process = ServerProcess(VOICEFLOW_RATE_LIMIT_MULTIPLIER="100").start()
     yield process
     process.stop()
@@ -40,7 +40,7 @@ def chromium(browser_server):
 
 @pytest.fixture
 def people(chromium, browser_server):
-    """people("alice", viewport=PHONE) → a logged-in Person; page errors fail the test."""
+    """people("alice", viewport=PHONE) → a logged-in Person; page errors fail it."""
     from .browsers import Person
 
     made = []

@@ -43,12 +43,13 @@ def procfile_command(name):
 
 
 def test_database_url():
-    """A DATABASE_URL for the database this test run uses (SQLite file or PostgreSQL)."""
+    """A DATABASE_URL for the database this test run uses (SQLite or PostgreSQL)."""
     conf = connection.settings_dict
     if connection.vendor == "sqlite":
         return f"sqlite:///{conf['NAME']}"
     user = conf.get("USER") or "postgres"
-    return f"postgres://{user}@{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{conf['NAME']}"
+    host, port = conf["HOST"] or "127.0.0.1", conf["PORT"] or 5432
+    return f"postgres://{user}@{host}:{port}/{conf['NAME']}"
 
 
 def child_pids(pid):

@@ -82,7 +82,7 @@ async def member_events(socket, seconds):
     while (left := deadline - time.monotonic()) > 0:
         try:
             data = json.loads(await asyncio.wait_for(socket.recv(), left))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         if data["type"] in ("presence", "member_joined", "member_left"):
             got.append(data)

@@ -87,7 +87,7 @@ async def test_sigterm_closes_sockets_with_1012(server, lobby):
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await frame(socket, timeout=10)
     assert closed.value.rcvd.code == 1012
-    # uvicorn re-raises the signal after its clean shutdown, so "killed by TERM" is clean.
+    # uvicorn re-raises the signal after its clean shutdown: "killed by TERM" is clean.
     assert await asyncio.to_thread(server.process.wait, 10) in (0, -15)
 
 
@@ -234,7 +234,7 @@ async def presence_events(socket, seconds, until=None, about="alice"):
     ) != until:
         try:
             data = json.loads(await asyncio.wait_for(socket.recv(), left))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         if data.get("type") in PRESENCE_EVENTS - {"typing"} and data["user"] == about:
             got.append(data)

@@ -54,4 +54,3 @@ async def test_sigusr2_writes_the_report_asked_for(tmp_path):
         assert json.loads((tmp_path / "asked.json").read_text())["label"] == "asked"
     finally:
         loop.remove_signal_handler(signal.SIGUSR2)
-

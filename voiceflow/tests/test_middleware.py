@@ -1,4 +1,4 @@
-"""Static files through the ASGI stack, and a middleware chain that stays on the loop."""
+"""Static files through the ASGI stack; a middleware chain that stays on the loop."""
 
 import pytest
 from django.conf import settings

@@ -85,8 +85,12 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_recovers(
             posted += 1
             await writer.send(
                 json.dumps(
-                    {"type": "message", "room": "lobby", "body": body,
-                     "client_id": f"m{posted}"}
+                    {
+                        "type": "message",
+                        "room": "lobby",
+                        "body": body,
+                        "client_id": f"m{posted}",
+                    }
                 )
             )
         for _ in range(4):
