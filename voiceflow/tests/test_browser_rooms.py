@@ -233,9 +233,11 @@ def test_a_badge_rises_live_in_an_inactive_room_and_clears_on_opening_it(
     expect(second).to_have_attribute("data-unread", "0")
     expect(second).to_have_attribute("data-mentions", "0")
     last_read = in_db_thread(
-        lambda: Membership.objects.get(
-            user__username="alice", room__slug="dev"
-        ).last_read_seq
+        lambda: (
+            Membership.objects.get(
+                user__username="alice", room__slug="dev"
+            ).last_read_seq
+        )
     )
     assert last_read == 4
     other_tab.close()
@@ -274,9 +276,7 @@ def test_switching_rooms_keeps_the_page_and_the_socket_and_history_works(
     post(browser_server, bob_token, "lobby", "meanwhile in the lobby")
     expect(sidebar_item(alice, "lobby")).to_have_attribute("data-unread", "1")
     expect(alice.message("meanwhile in the lobby")).to_have_count(0)
-    stored = in_db_thread(
-        lambda: Message.objects.get(body="sent from dev").room.slug
-    )
+    stored = in_db_thread(lambda: Message.objects.get(body="sent from dev").room.slug)
     assert stored == "dev"
 
     page.go_back()
