@@ -213,7 +213,9 @@ class RoomListView(generics.ListAPIView):
     serializer_class = RoomSerializer
 
     def get_queryset(self):
-        return selectors.rooms_for(user=self.request.user)
+        # ?mine=1: only the rooms and DMs the user is a member of (the page's sidebar).
+        mine = self.request.query_params.get("mine") in ("1", "true")
+        return selectors.rooms_for(user=self.request.user, member_only=mine)
 
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.get_queryset())

@@ -138,11 +138,13 @@ def _count(rows):
     return Coalesce(Subquery(counted[:1], output_field=IntegerField()), 0)
 
 
-def rooms_for(*, user):
-    """The rooms `user` may see, by slug, annotated for their room objects.
+def rooms_for(*, user, member_only: bool = False):
+    """The rooms `user` may see (`member_only`: those they are a member of), by slug,
+    annotated for their room objects.
 
-    `member_count`, and for the user's own rooms `last_read_seq` (None elsewhere),
-    `unread` (others' live messages after it) and `unread_mentions`. One statement
+    `member_count`, `created_by_name`, and for the user's own rooms `last_read_seq`
+    (None elsewhere), `unread` (others' live messages after it) and
+    `unread_mentions`, counted up to the room's `last_seq` read alongside. One statement
     whatever the number of rooms: the counts are correlated subqueries that range-
     scan (room, seq) and (user, room, seq) from the last read seq on.
     """
@@ -155,11 +157,15 @@ def rooms_for(*, user):
     mentions = MessageMention.objects.filter(
         user_id=user.pk, message__deleted_at__isnull=True, **after
     ).exclude(message__user_id=user.pk)
+    rooms = room_queryset_visible(user=user)
+    if member_only:
+        own = Membership.objects.filter(user_id=user.pk).values("room_id")
+        rooms = rooms.filter(pk__in=own)
     return (
-        room_queryset_visible(user=user)
-        .annotate(
+        rooms.annotate(
             member_count=_count(members),
             last_read_seq=Subquery(mine),
+            created_by_name=F("created_by__username"),
         )
         .annotate(unread=_count(unread), unread_mentions=_count(mentions))
         .order_by("slug")
@@ -192,6 +198,12 @@ def dm_names(*, user, rooms):
     return names
 
 
+def room_name_for(*, user, room) -> str:
+    """The room's name as `user` sees it (a DM: the other members' usernames)."""
+    others = dm_names(user=user, rooms=[room]).get(room.pk)
+    return ", ".join(others) if others else room.name
+
+
 def room_members(*, room):
     """The room's members' usernames, sorted."""
     return list(
@@ -202,13 +214,15 @@ def room_members(*, room):
 
 
 def membership_state(*, user, room):
-    """{"room", "last_read_seq", "unread", "mentions"} of `user` in `room`."""
+    """{"room", "last_read_seq", "unread", "mentions", "last_seq"} of `user` in
+    `room` (`last_seq`: the room's, read with the counts, which cover up to it)."""
     state = rooms_for(user=user).filter(pk=room.pk).first()
     return {
         "room": room.slug,
         "last_read_seq": state.last_read_seq,
         "unread": state.unread,
         "mentions": state.unread_mentions,
+        "last_seq": state.last_seq,
     }
 
 

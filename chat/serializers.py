@@ -62,7 +62,8 @@ class RoomSerializer(serializers.ModelSerializer):
     """A room as its viewer sees it (chat.selectors.rooms_for's annotations).
 
     A DM's `name` is its other members' usernames; `last_read_seq`, `unread` and
-    `mentions` are the viewer's, null in a room they are not a member of.
+    `mentions` are the viewer's, null in a room they are not a member of; the counts
+    cover the messages up to `last_seq`, read in the same statement.
     """
 
     name = serializers.SerializerMethodField()
@@ -71,6 +72,7 @@ class RoomSerializer(serializers.ModelSerializer):
     last_read_seq = serializers.IntegerField(read_only=True, allow_null=True)
     unread = serializers.SerializerMethodField()
     mentions = serializers.SerializerMethodField()
+    created_by = serializers.SerializerMethodField()
 
     class Meta:
         model = Room
@@ -86,6 +88,8 @@ class RoomSerializer(serializers.ModelSerializer):
             "last_read_seq",
             "unread",
             "mentions",
+            "last_seq",
+            "created_by",
         ]
 
     def get_name(self, room):
@@ -97,6 +101,9 @@ class RoomSerializer(serializers.ModelSerializer):
 
     def get_unread(self, room):
         return None if room.last_read_seq is None else room.unread
+
+    def get_created_by(self, room):
+        return getattr(room, "created_by_name", None)
 
     def get_mentions(self, room):
         return None if room.last_read_seq is None else room.unread_mentions

@@ -96,10 +96,17 @@ def room(request, slug):
     room = get_object_or_404(
         selectors.room_queryset_visible(user=request.user), slug=slug
     )
+    name = selectors.room_name_for(user=request.user, room=room)
     client_config = {
         "room": room.slug,
-        "roomName": room.name,
+        "roomName": name,
+        "roomKind": room.kind,
+        "roomVisibility": room.visibility,
+        "roomLocked": room.is_locked,
         "user": request.user.username,
+        "isStaff": request.user.is_staff,
+        "roomsUrl": reverse("api-rooms"),
+        "dmsUrl": reverse("api-dms"),
         "wsPath": "/ws/chat/",
         "messagesUrl": reverse("api-room-messages", args=[room.slug]),
         "presenceUrl": reverse("api-room-presence", args=[room.slug]),
@@ -108,7 +115,11 @@ def room(request, slug):
         "editWindow": settings.VOICEFLOW["EDIT_WINDOW"],
         # Delete on others' messages too; the server checks again on every delete.
         "canModerate": access.user_can_moderate(user=request.user, room=room),
+        # The same in any room but DMs: what the page applies to the rooms it opens.
+        "isModerator": access.user_can_moderate(user=request.user),
     }
     return render(
-        request, "chat/room.html", {"room": room, "client_config": client_config}
+        request,
+        "chat/room.html",
+        {"room": room, "room_name": name, "client_config": client_config},
     )

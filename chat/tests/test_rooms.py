@@ -273,6 +273,7 @@ def test_unread_and_mentions_count_live_messages_by_others(team, alice, bob):
         "last_read_seq": 2,
         "unread": 2,  # after seq 2: bob's "mail" and "no one"
         "mentions": 0,
+        "last_seq": 6,  # what the counts cover
     }
 
 
@@ -313,6 +314,7 @@ async def test_read_on_one_socket_reaches_the_users_other_sockets(team, alice, b
         "last_read_seq": 2,
         "unread": 1,
         "mentions": 0,
+        "last_seq": 3,
     }
     assert await first.receive_json_from() == state
     assert await second.receive_json_from() == state
@@ -339,6 +341,30 @@ async def test_a_socket_message_with_a_mention_is_stored_with_it(team, alice, bo
     rows = MessageMention.objects.filter(message=stored)
     assert await sync_to_async(rows.count)() == 1
     await socket.disconnect()
+
+
+def test_mine_lists_the_users_own_rooms_with_what_their_counts_cover(
+    lobby, team, alice, bob, carol
+):
+    services.room_create(user=carol, name="Open", slug="open")
+    services.room_create(user=carol, name="Hidden", slug="hidden", visibility="private")
+    dm, _ = services.dm_open(user=bob, usernames=["alice"])
+    post(bob, team, "one")
+    post(bob, team, "two @alice")
+    everything = client_for(alice).get("/api/rooms/").json()["results"]
+    assert [r["slug"] for r in everything] == sorted([dm.slug, "lobby", "open", "team"])
+    mine = client_for(alice).get("/api/rooms/?mine=1").json()
+    assert mine["count"] == 2
+    by_slug = {room["slug"]: room for room in mine["results"]}
+    assert set(by_slug) == {dm.slug, "team"}  # not the public rooms she never joined
+    team_room = by_slug["team"]
+    assert (team_room["last_seq"], team_room["unread"], team_room["mentions"]) == (
+        2,
+        2,
+        1,
+    )
+    assert team_room["created_by"] == "alice"
+    assert (by_slug[dm.slug]["name"], by_slug[dm.slug]["last_seq"]) == ("bob", 0)
 
 
 def edit(user, room, message, body):

@@ -99,6 +99,23 @@ def test_the_room_page_gives_the_client_its_configuration(
     assert "room.js" in html
 
 
+def test_a_dm_page_is_named_after_the_other_members_for_each_side(
+    client, alice, bob, lobby
+):
+    from chat import services
+
+    dm, _ = services.dm_open(user=alice, usernames=["bob"])
+    for user, other in ((alice, "bob"), (bob, "alice")):
+        client.force_login(user)
+        html = client.get(f"/rooms/{dm.slug}/").content.decode()
+        config = json.loads(
+            re.search(r'id="vf-config"[^>]*>(.*?)</script>', html).group(1)
+        )
+        assert (config["roomName"], config["roomKind"]) == (other, "direct")
+        assert config["roomsUrl"] == "/api/rooms/" and config["dmsUrl"] == "/api/dms/"
+        assert f'<h1 id="room-name">{other}</h1>' in html
+
+
 def page_config(client, user, slug):
     client.force_login(user)
     html = client.get(f"/rooms/{slug}/").content.decode()
@@ -124,6 +141,9 @@ def test_the_room_page_tells_a_moderator_it_may_delete_others_messages(
     assert page_config(client, bob, "lobby")["canModerate"] is False
     # In a DM a moderator is a participant like any other.
     assert page_config(client, alice, dm.slug)["canModerate"] is False
+    # What the page applies to the rooms it opens without a reload (not to DMs).
+    assert page_config(client, alice, dm.slug)["isModerator"] is True
+    assert page_config(client, bob, "lobby")["isModerator"] is False
 
 
 def test_an_unknown_room_page_is_404(client, alice):

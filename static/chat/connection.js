@@ -99,6 +99,11 @@ export class ChatConnection extends EventTarget {
     if (this.rooms.delete(room)) this.send({ type: 'leave', room });
   }
 
+  // Stop re-joining a room the server has already taken off this socket (room_removed).
+  forget(room) {
+    this.rooms.delete(room);
+  }
+
   #sendJoin(room) {
     const { since, changes_since: changesSince } = this.rooms.get(room)();
     const frame = { type: 'join', room };

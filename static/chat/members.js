@@ -14,6 +14,16 @@ export class MemberList {
     this.render();
   }
 
+  // Start over for another room: only you, until its `joined` says who is there.
+  reset() {
+    this.status = new Map(this.me ? [[this.me, 'online']] : []);
+    this.render();
+  }
+
+  has(user) {
+    return this.status.has(user);
+  }
+
   // Replace everything from joined.members; anyone no longer listed is shown offline.
   setAll(members) {
     const present = new Map();

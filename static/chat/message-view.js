@@ -32,6 +32,14 @@ export class MessageView {
     this.#afterChange();
   }
 
+  // Drop everything, local pending/failed messages included: another room opens.
+  reset() {
+    this.byId.clear();
+    this.byClientId.clear();
+    this.list.replaceChildren();
+    this.#afterChange();
+  }
+
   // Insert or update stored messages (from REST or the socket). Returns new elements.
   upsert(messages) {
     const added = [];
@@ -178,6 +186,9 @@ export class MessageView {
     li.dataset.user = msg.user || '';
     li.classList.toggle('message--own', msg.user === this.me);
     li.classList.toggle('message--deleted', Boolean(msg.deleted));
+    // Someone else's message that mentions the reader stands out.
+    const mentionsMe = Array.isArray(msg.mentions) && msg.mentions.includes(this.me) && msg.user !== this.me;
+    li.classList.toggle('message--mention', mentionsMe && !msg.deleted);
 
     li.querySelector('.message-author').textContent = msg.user || 'unknown';
     const time = li.querySelector('.message-time');

@@ -1,19 +1,29 @@
 // Entry point of the room page: wires history (REST), the socket, the outbox and the UI.
+//
+// One socket serves every room of the user: all of them are joined, so the sidebar's
+// badges move live. One room at a time is open; switching rebuilds the open room's
+// state (timeline, outbox, gap fill, typing, members, search scope) without a reload,
+// and an `epoch` makes answers that come back for a room no longer open fall away.
 
 import { Alerts } from './alerts.js';
-import { fetchMessages, getJSON } from './api.js';
+import { fetchMessages, getAllPages, getJSON } from './api.js';
 import { Composer } from './composer.js';
 import { ChatConnection } from './connection.js';
 import { MemberList } from './members.js';
 import { MessageView } from './message-view.js';
+import { Notifier } from './notify.js';
 import { Outbox } from './outbox.js';
+import { RoomMembersPanel } from './room-members.js';
+import { RoomDirectory } from './rooms.js';
 import { SearchPanel } from './search.js';
+import { Sidebar, roomPath } from './sidebar.js';
 import { Timeline, isMessage } from './timeline.js';
 import { TypingIndicator, TypingSender } from './typing.js';
 
 const config = JSON.parse(document.getElementById('vf-config').textContent);
-const ROOM = config.room;
+let ROOM = config.room; // the open room
 const ME = config.user;
+const ROOMS_URL = config.roomsUrl || '/api/rooms/';
 const LOGIN_URL = '/login/';
 const PAGE_SIZE = 50;
 const GAP_PAGE_SIZE = 200; // the server's maximum `limit`
@@ -29,8 +39,11 @@ const ANNOUNCE_LOSS_AFTER_MS = 3000; // a blip that heals faster is not worth an
 const EDIT_WINDOW_S = Number.isFinite(config.editWindow) ? config.editWindow : 24 * 3600;
 const AROUND = 25; // messages loaded each side of a search result
 const NEWER_TRIGGER_PX = 80;
+const READ_DELAY_MS = 300; // one `read` frame for a burst of messages read at once
+const RESYNC_DELAY_MS = 500;
 // ?at=<seq>: open the room at that message (from a search result) instead of the end.
-const AT_SEQ = Number.parseInt(new URLSearchParams(location.search).get('at') ?? '', 10);
+// Only for the room the page was opened at.
+let AT_SEQ = Number.parseInt(new URLSearchParams(location.search).get('at') ?? '', 10);
 
 const $ = (id) => document.getElementById(id);
 const scroller = $('message-scroller');
@@ -38,11 +51,23 @@ const log = $('message-log');
 const loadOlderButton = $('load-older');
 const loadNewerButton = $('load-newer');
 const jumpButton = $('jump-latest');
-const baseTitle = document.title;
+let baseTitle = document.title;
 
 const alerts = new Alerts($('error-region'));
-const timeline = new Timeline(ROOM);
-const outbox = new Outbox(ME, ROOM);
+const directory = new RoomDirectory(ME);
+directory.upsert({
+  slug: ROOM,
+  name: config.roomName,
+  kind: config.roomKind || 'room',
+  visibility: config.roomVisibility || 'public',
+  is_locked: Boolean(config.roomLocked),
+});
+let timeline = new Timeline(ROOM);
+const outboxes = new Map(); // slug -> Outbox: one per room, so sends keep their state
+let outbox = outboxFor(ROOM);
+// Bumped when another room opens: async work for the previous one checks it and stops.
+let epoch = 0;
+const joinedRooms = new Set(); // rooms this socket has joined (answered), any room
 const view = new MessageView({
   list: $('message-list'),
   scroller,
@@ -121,7 +146,9 @@ function addMessages(messages, source) {
     unread += changed.filter((m) => fresh.has(m.id) && m.user !== ME && !m.deleted).length;
     updateTitle();
   }
+  if (source === 'live' || source === 'catchup' || source === 'newer') directory.see(changed);
   scheduleGapCheck();
+  scheduleRead();
 }
 
 // Older pages are not news: keep the live region from reading them all out.
@@ -133,35 +160,62 @@ function quietly(change) {
 }
 
 async function loadInitial() {
+  const at = epoch;
   for (let attempt = 0; ; attempt += 1) {
     try {
       if (AT_SEQ > 0) await showAround(AT_SEQ);
-      else showNewestPage(await fetchMessages(config.messagesUrl, { limit: PAGE_SIZE }));
+      else {
+        const page = await fetchMessages(messagesUrl(), { limit: PAGE_SIZE });
+        if (at !== epoch) return;
+        showNewestPage(page);
+      }
       break;
     } catch (err) {
-      if (redirectIfLoggedOut(err)) return;
+      if (at !== epoch || redirectIfLoggedOut(err)) return;
+      if (err?.status === 404) {
+        roomGone(ROOM, 'This room does not exist (any more), or is not open to you.');
+        return;
+      }
       alerts.show('Could not load messages. Retrying…', { timeout: 5000 });
       await sleep(Math.min(30_000, 1000 * 2 ** attempt));
+      if (at !== epoch) return;
     }
   }
+  if (at !== epoch) return;
   historyLoaded = true;
   $('message-loading').hidden = true;
   updateHistoryEdge();
   view.scrollToBottom();
   if (AT_SEQ > 0) showTarget(AT_SEQ);
-  for (const frame of earlyFrames) handleFrame(frame);
+  const early = earlyFrames;
   earlyFrames = [];
-  // Join only now, so `since` covers everything after the page we just rendered. While
-  // detached from the present, no `missed`: the reader pages forward instead.
-  conn.join(ROOM, () => (detached ? {} : { since: timeline.lastSeq, changes_since: lastChange }));
+  for (const frame of early) handleFrame(frame);
+  // Join only now, so `since` covers everything after the page we just rendered (the
+  // socket may have joined the room already, for its badge: this join is the catch-up).
+  if (conn.rooms.has(ROOM)) conn.rejoin(ROOM);
+  else conn.join(ROOM, () => position(ROOM));
+  scheduleRead();
+}
+
+// Where a (re)join of `slug` starts: the open room from what it shows (while detached
+// from the present, no `missed`: the reader pages forward instead); any other room
+// from what its badge has counted.
+function position(slug) {
+  if (slug === ROOM && historyLoaded) {
+    return detached ? {} : { since: timeline.lastSeq, changes_since: lastChange };
+  }
+  const since = directory.since(slug);
+  return Number.isInteger(since) ? { since } : {};
 }
 
 // Load the messages on both sides of `seq` (the message itself included).
 async function showAround(seq) {
+  const at = epoch;
   const [older, newer] = await Promise.all([
-    fetchMessages(config.messagesUrl, { before: seq + 1, limit: AROUND + 1 }),
-    fetchMessages(config.messagesUrl, { after: seq, limit: AROUND }),
+    fetchMessages(messagesUrl(), { before: seq + 1, limit: AROUND + 1 }),
+    fetchMessages(messagesUrl(), { after: seq, limit: AROUND }),
   ]);
+  if (at !== epoch) return;
   const results = [...older.results, ...newer.results];
   showNewestPage({ results, hasMore: older.hasMore });
   detached = newer.hasMore;
@@ -186,8 +240,10 @@ async function loadNewer() {
   loadingNewer = true;
   loadNewerButton.disabled = true;
   loadNewerButton.textContent = 'Loading…';
+  const at = epoch;
   try {
-    const page = await fetchMessages(config.messagesUrl, { after: newestLoaded, limit: PAGE_SIZE });
+    const page = await fetchMessages(messagesUrl(), { after: newestLoaded, limit: PAGE_SIZE });
+    if (at !== epoch) return;
     addMessages(page.results, 'newer');
     for (const msg of page.results) if (msg.seq > newestLoaded) newestLoaded = msg.seq;
     if (!page.hasMore) {
@@ -231,8 +287,10 @@ async function loadOlder() {
   loadingOlder = true;
   loadOlderButton.disabled = true;
   loadOlderButton.textContent = 'Loading…';
+  const at = epoch;
   try {
-    const page = await fetchMessages(config.messagesUrl, { before: timeline.minSeq, limit: PAGE_SIZE });
+    const page = await fetchMessages(messagesUrl(), { before: timeline.minSeq, limit: PAGE_SIZE });
+    if (at !== epoch) return;
     hasOlder = page.hasMore && page.results.length > 0;
     addMessages(page.results, 'older');
   } catch (err) {
@@ -265,6 +323,7 @@ async function fillGap() {
   fillingGap = true;
   clearTimeout(gapTimer);
   gapTimer = null;
+  const at = epoch;
   try {
     for (let pages = 0; timeline.hasGap; pages += 1) {
       if (pages === MAX_GAP_PAGES) {
@@ -272,7 +331,8 @@ async function fillGap() {
         break;
       }
       const after = timeline.lastSeq;
-      const page = await fetchMessages(config.messagesUrl, { after, limit: GAP_PAGE_SIZE });
+      const page = await fetchMessages(messagesUrl(), { after, limit: GAP_PAGE_SIZE });
+      if (at !== epoch) return; // another room opened meanwhile: its own state
       addMessages(page.results, 'catchup');
       if (!page.hasMore && timeline.hasGap) {
         timeline.acceptGap(); // the server has nothing there: do not wait forever
@@ -281,26 +341,30 @@ async function fillGap() {
       if (timeline.lastSeq === after) break; // no progress; the next jump retries
     }
   } catch (err) {
+    if (at !== epoch) return;
     if (!redirectIfLoggedOut(err)) {
       fillingGap = false;
       scheduleGapCheck((err.retryAfter || 5) * 1000);
       return;
     }
   }
-  fillingGap = false;
+  if (at === epoch) fillingGap = false;
 }
 
 async function reloadNewest() {
-  showNewestPage(await fetchMessages(config.messagesUrl, { limit: PAGE_SIZE }));
+  const at = epoch;
+  const page = await fetchMessages(messagesUrl(), { limit: PAGE_SIZE });
+  if (at !== epoch) return;
+  showNewestPage(page);
   updateHistoryEdge();
   view.scrollToBottom();
 }
 
 async function loadPresence() {
-  if (!config.presenceUrl) return;
+  const at = epoch;
   try {
-    const data = await getJSON(config.presenceUrl);
-    if (Array.isArray(data?.users)) members.setAll(data.users);
+    const data = await getJSON(`${roomUrl(ROOM)}presence/`);
+    if (at === epoch && Array.isArray(data?.users)) members.setAll(data.users);
   } catch {
     // Presence is a nicety: an old or failing endpoint just leaves the list as it is.
   }
@@ -351,8 +415,37 @@ function flushOutbox({ force = false } = {}) {
   if (wait !== null) flushTimer = setTimeout(flushOutbox, wait + 50);
 }
 
+// The outbox of room `slug` (one instance per room, so its send times survive a switch).
+function outboxFor(slug) {
+  let box = outboxes.get(slug);
+  if (!box) {
+    box = new Outbox(ME, slug);
+    outboxes.set(slug, box);
+  }
+  return box;
+}
+
+// Messages typed in a room that is no longer open still go out (and are acked) in
+// the background: the socket has joined every room of the user.
+function flushOtherRooms({ force = false, only = null } = {}) {
+  const slugs = only === null ? [...outboxes.keys()] : [only];
+  for (const slug of slugs) {
+    if (slug === ROOM || !joinedRooms.has(slug)) continue;
+    const box = outboxFor(slug);
+    for (const item of box.due({ force })) {
+      const frame = { type: 'message', room: slug, body: item.body, client_id: item.client_id };
+      if (!conn.send(frame)) return;
+      box.noteSent(item.client_id);
+    }
+  }
+}
+
 function onAck(frame) {
-  if (frame.room !== ROOM || typeof frame.client_id !== 'string') return;
+  if (typeof frame.client_id !== 'string') return;
+  if (frame.room !== ROOM) {
+    outboxes.get(frame.room)?.remove(frame.client_id);
+    return;
+  }
   const body = outbox.get(frame.client_id)?.body ?? view.pendingBody(frame.client_id);
   outbox.remove(frame.client_id);
   if (body === null || !Number.isInteger(frame.id)) return;
@@ -386,6 +479,202 @@ function announce(text) {
   $('announcer').textContent = text;
 }
 
+// ---------------------------------------------------------------- read state
+
+let readTimer = null;
+
+// Reading the open room to its end (visible, scrolled to the bottom) sends a `read`
+// frame; the server tells every tab of the user, and the badges clear.
+function scheduleRead() {
+  clearTimeout(readTimer);
+  readTimer = setTimeout(markRead, READ_DELAY_MS);
+}
+
+function markRead() {
+  if (!historyLoaded || !joined || detached || document.hidden || !view.isNearBottom()) return;
+  const seq = timeline.lastSeq;
+  const entry = directory.get(ROOM);
+  if (!Number.isInteger(seq) || seq <= 0 || !entry?.base || (entry.lastReadSeq ?? 0) >= seq) return;
+  if (conn.send({ type: 'read', room: ROOM, seq })) directory.readLocally(ROOM, seq);
+}
+
+// ---------------------------------------------------------------- the user's rooms
+
+let directoryLoaded = false;
+const resyncing = new Map(); // slug -> timer or in-flight promise
+
+// The user's rooms and DMs with their counts; then the socket joins every one of them,
+// from where its count stands, so their messages (and badges) arrive live.
+async function loadDirectory() {
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      const rooms = await getAllPages(`${ROOMS_URL}?mine=1`);
+      for (const room of rooms) directory.upsert(room);
+      break;
+    } catch (err) {
+      if (redirectIfLoggedOut(err)) return;
+      await sleep(Math.min(30_000, 1000 * 2 ** attempt));
+    }
+  }
+  directoryLoaded = true;
+  for (const entry of directory.list()) {
+    if (entry.slug !== ROOM && !conn.rooms.has(entry.slug)) conn.join(entry.slug, () => position(entry.slug));
+    else if (!entry.base && joinedRooms.has(entry.slug)) resync(entry.slug);
+  }
+}
+
+// Ask the server for one room's object (its counts), shortly: several reasons to ask
+// within the delay make one request.
+function resync(slug, delay = 0) {
+  if (resyncing.has(slug)) return;
+  const timer = setTimeout(async () => {
+    try {
+      directory.upsert(await getJSON(roomUrl(slug)));
+    } catch (err) {
+      if (err?.status === 404) {
+        const name = directory.get(slug)?.name ?? slug;
+        roomGone(slug, `You are no longer a member of ${name}.`);
+      }
+      else redirectIfLoggedOut(err);
+    } finally {
+      resyncing.delete(slug);
+    }
+  }, delay);
+  resyncing.set(slug, timer);
+}
+
+directory.addEventListener('resync', (event) => resync(event.detail, RESYNC_DELAY_MS));
+directory.addEventListener('change', (event) => {
+  if (event.detail === ROOM || event.detail === null) {
+    renderHeader();
+    scheduleRead();
+  }
+});
+
+// room_added: someone added the user to a room or opened a DM with them.
+async function roomAdded(slug) {
+  try {
+    directory.upsert(await getJSON(roomUrl(slug)));
+  } catch (err) {
+    redirectIfLoggedOut(err);
+    return;
+  }
+  if (!conn.rooms.has(slug)) conn.join(slug, () => position(slug));
+}
+
+// The user lost a room (removed, left, or it is gone): it leaves the sidebar, and if
+// it is open, the page says so and opens another.
+function roomGone(slug, text) {
+  directory.remove(slug);
+  conn.forget(slug);
+  joinedRooms.delete(slug);
+  outboxes.delete(slug);
+  if (slug !== ROOM) return;
+  const next = fallbackRoom();
+  if (next === null) {
+    location.assign('/');
+    return;
+  }
+  openRoom(next, { replace: true });
+  alerts.show(text, { kind: 'info', timeout: 10_000 });
+  announce(text);
+}
+
+function fallbackRoom() {
+  const rooms = directory.list().filter((entry) => entry.slug !== ROOM);
+  const lobby = rooms.find((entry) => entry.slug === 'lobby');
+  return (lobby ?? rooms.find((entry) => entry.kind !== 'direct') ?? rooms[0])?.slug ?? null;
+}
+
+function roomUrl(slug) {
+  return `${ROOMS_URL}${encodeURIComponent(slug)}/`;
+}
+
+function messagesUrl() {
+  return `${roomUrl(ROOM)}messages/`;
+}
+
+// ---------------------------------------------------------------- switching rooms
+
+// Open another room in place: the socket stays, the open room's state is rebuilt.
+function openRoom(slug, { push = true, replace = false } = {}) {
+  sidebar.close();
+  if (slug === ROOM) return;
+  markRead(); // what the reader saw of the room being left counts as read
+  epoch += 1;
+  typingSender.stop(); // to the room being left
+  clearTimeout(gapTimer);
+  clearTimeout(flushTimer);
+  clearTimeout(readTimer);
+  gapTimer = flushTimer = readTimer = null;
+  typingIndicator.clearAll();
+
+  ROOM = slug;
+  AT_SEQ = Number.NaN;
+  if (!directory.has(slug)) {
+    directory.upsert({ slug, name: slug, kind: 'room', visibility: 'public' });
+    resync(slug); // its name and kind
+  }
+  timeline = new Timeline(slug);
+  outbox = outboxFor(slug);
+  historyLoaded = false;
+  earlyFrames = [];
+  setJoined(false);
+  hasOlder = loadingOlder = detached = loadingNewer = false;
+  newestLoaded = 0;
+  lastChange = null;
+  fillingGap = fetchingChanges = false;
+  unread = 0;
+
+  view.reset();
+  members.reset();
+  search.reset(slug);
+  jumpButton.hidden = true;
+  $('message-loading').hidden = false;
+  updateHistoryEdge();
+  if (replace) history.replaceState({ room: slug }, '', roomPath(slug));
+  else if (push) history.pushState({ room: slug }, '', roomPath(slug));
+  renderHeader();
+  sidebar.setActive(slug);
+  roomMembers.show(directory.get(slug));
+  for (const item of outbox.list()) view.addPending(item);
+  markWaiting();
+  loadInitial();
+  if (window.matchMedia('(pointer: fine)').matches) $('composer').focus({ preventScroll: true });
+}
+
+// The header, title and labels that name the open room.
+function renderHeader() {
+  const entry = directory.get(ROOM);
+  const name = entry?.name ?? ROOM;
+  const direct = entry?.kind === 'direct';
+  const label = direct ? name : `#${ROOM}`;
+  $('room-name').textContent = name;
+  $('room-slug').textContent = direct ? 'direct messages' : `#${ROOM}`;
+  baseTitle = `${name} · VoiceFlow`;
+  updateTitle();
+  log.setAttribute('aria-label', `Messages in ${name}`);
+  $('history-start-room').textContent = direct ? `your conversation with ${name}` : label;
+  $('composer-label').textContent = `Message ${label}`;
+  $('composer').placeholder = `Message ${label}`;
+  $('search-scope-room').textContent = direct ? 'This chat' : `#${ROOM}`;
+  $('chat').dataset.room = ROOM;
+  $('room-locked').hidden = !entry?.is_locked;
+  // A moderator deletes others' messages in rooms, not in DMs (the server checks).
+  view.moderator = config.isModerator === true && !direct;
+  roomMembers.update(entry);
+}
+
+function slugFromPath(path) {
+  const match = /^\/rooms\/([^/]+)\/$/.exec(path);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+window.addEventListener('popstate', () => {
+  const slug = slugFromPath(location.pathname);
+  if (slug) openRoom(slug, { push: false });
+});
+
 // ---------------------------------------------------------------- socket frames
 
 const ERROR_TEXT = {
@@ -401,6 +690,13 @@ function onError(frame) {
   const text = typeof frame.detail === 'string' && frame.detail ? frame.detail : ERROR_TEXT[code] || 'Error.';
   const retryAfter = Math.max(1, Number(frame.retry_after) || 5);
 
+  if (request === 'message' && typeof ref === 'string' && !outbox.has(ref) && !view.hasPending(ref)) {
+    const other = [...outboxes.entries()].find(([slug, box]) => slug !== ROOM && box.has(ref));
+    if (other) {
+      otherRoomRefused(other[0], other[1], ref, code, text, retryAfter);
+      return;
+    }
+  }
   if (request === 'message' && typeof ref === 'string' && (outbox.has(ref) || view.hasPending(ref))) {
     if (code === 'rate_limited' || code === 'unavailable') {
       // Nothing was stored: hold this message back and resend it with the same client_id.
@@ -414,14 +710,95 @@ function onError(frame) {
       return;
     }
   }
-  // Typing is best effort; its refusals (e.g. while muted) would only be noise.
-  if (request === 'typing' || request === 'ping' || request === 'status') return;
+  // Typing is best effort; its refusals (e.g. while muted) would only be noise. A
+  // `read` refused (not a member yet) changes nothing the reader needs to know.
+  if (request === 'typing' || request === 'ping' || request === 'status' || request === 'read') return;
   if (request === 'edit' && view.editFailed(text)) return;
   if (request === 'join' && (code === 'rate_limited' || code === 'unavailable')) {
     setTimeout(() => conn.rejoin(ROOM), retryAfter * 1000);
     return;
   }
   alerts.show(text);
+}
+
+// A message typed in a room that is no longer open was refused.
+function otherRoomRefused(slug, box, ref, code, text, retryAfter) {
+  if (code === 'rate_limited' || code === 'unavailable') {
+    box.defer(ref, retryAfter * 1000);
+    return;
+  }
+  box.remove(ref);
+  const name = directory.get(slug)?.name ?? slug;
+  alerts.show(`Your message to ${name} was not sent: ${text}`);
+}
+
+// A hidden tab notifies of new messages (each counted once) in a DM or mentioning the
+// reader.
+function notifyOf(fresh) {
+  for (const msg of fresh) {
+    const entry = directory.get(msg.room);
+    if (entry?.kind === 'direct') notifier.show(msg, msg.user);
+    else if (entry && directory.mentionsMe(msg)) notifier.show(msg, `${msg.user} in ${entry.name}`);
+  }
+}
+
+// Frames about any of the user's rooms: badges, the sidebar, notifications. Handled
+// at once, whichever room is open (the open room's own handling follows).
+function handleRoomsFrame(frame) {
+  switch (frame.type) {
+    case 'joined': {
+      joinedRooms.add(frame.room);
+      directory.noteLastSeq(frame.room, frame.last_seq);
+      // Missed on a (re)join: news all the same, e.g. a new DM's first message.
+      if (Array.isArray(frame.missed)) notifyOf(directory.see(frame.missed.filter(isMessage)));
+      const entry = directory.get(frame.room);
+      if (entry && ((!entry.base && directoryLoaded) || frame.truncated)) resync(frame.room);
+      else if (entry?.base && entry.highest > entry.contiguous) resync(frame.room, RESYNC_DELAY_MS);
+      if (frame.room !== ROOM) flushOtherRooms({ force: true, only: frame.room });
+      break;
+    }
+    case 'left':
+      joinedRooms.delete(frame.room);
+      break;
+    case 'message':
+      if (isMessage(frame)) notifyOf(directory.see([withoutType(frame)]));
+      break;
+    case 'offline_messages':
+      if (Array.isArray(frame.messages)) directory.see(frame.messages.filter(isMessage));
+      // Some fell out of the queue: the server's counts have them.
+      if (Number(frame.dropped) > 0) for (const entry of directory.list()) resync(entry.slug, RESYNC_DELAY_MS);
+      break;
+    case 'message_deleted':
+      directory.deleted(frame.room, frame.seq);
+      break;
+    case 'read':
+      directory.applyState(frame);
+      break;
+    case 'room_added':
+      if (typeof frame.room === 'string') roomAdded(frame.room);
+      break;
+    case 'room_removed':
+      if (typeof frame.room === 'string') {
+        const name = directory.get(frame.room)?.name ?? frame.room;
+        roomGone(frame.room, `You are no longer a member of ${name}.`);
+      }
+      break;
+    case 'room_locked': {
+      const entry = directory.get(frame.room);
+      if (entry) entry.is_locked = Boolean(frame.locked);
+      if (frame.room === ROOM) $('room-locked').hidden = !frame.locked;
+      break;
+    }
+    case 'pong':
+      if (frame.last_seq && typeof frame.last_seq === 'object') {
+        for (const [slug, seq] of Object.entries(frame.last_seq)) directory.noteLastSeq(slug, seq);
+        // Rooms whose last messages never came (the open one fills its own gap).
+        for (const entry of directory.behind()) if (entry.slug !== ROOM) resync(entry.slug, PONG_GAP_WAIT_MS);
+      }
+      break;
+    default:
+      break;
+  }
 }
 
 function handleFrame(frame) {
@@ -438,10 +815,13 @@ function handleFrame(frame) {
       addMessages(Array.isArray(frame.missed) ? frame.missed : [], 'catchup');
       flushOutbox({ force: true });
       if (frame.truncated || timeline.hasGap) fillGap();
+      scheduleRead(); // what this page shows may now be marked read
       break;
     case 'left':
       if (frame.room === ROOM) setJoined(false);
       break;
+    case 'room_removed':
+      break; // handled with the user's rooms (the open one moves on)
     case 'message':
       if (frame.room !== ROOM || !isMessage(frame)) return;
       typingIndicator.clear(frame.user);
@@ -479,7 +859,8 @@ function handleFrame(frame) {
       if (frame.room === ROOM) typingIndicator.update(frame.user, frame.state);
       break;
     case 'presence':
-      if (typeof frame.user === 'string') members.setStatus(frame.user, frame.status);
+      // Sent for anyone sharing any of the user's rooms: only those here are shown.
+      if (typeof frame.user === 'string' && members.has(frame.user)) members.setStatus(frame.user, frame.status);
       break;
     case 'member_joined':
       if (frame.room === ROOM && typeof frame.user === 'string') members.joined(frame.user);
@@ -532,12 +913,14 @@ let fetchingChanges = false;
 async function fetchChanges() {
   if (fetchingChanges || lastChange === null) return;
   fetchingChanges = true;
+  const at = epoch;
   try {
     for (let pages = 0; pages < MAX_GAP_PAGES; pages += 1) {
-      const url = new URL(config.messagesUrl, location.origin);
+      const url = new URL(messagesUrl(), location.origin);
       url.searchParams.set('changed_after', String(lastChange));
       url.searchParams.set('limit', String(GAP_PAGE_SIZE));
       const data = await getJSON(url.pathname + url.search);
+      if (at !== epoch) return;
       applyChanges(Array.isArray(data?.results) ? data.results : []);
       if (Number.isInteger(data?.last_change)) lastChange = data.last_change;
       if (!data?.has_more) break;
@@ -545,7 +928,7 @@ async function fetchChanges() {
   } catch (err) {
     redirectIfLoggedOut(err); // otherwise the next join asks again
   } finally {
-    fetchingChanges = false;
+    if (at === epoch) fetchingChanges = false;
   }
 }
 
@@ -554,10 +937,11 @@ function withoutType(frame) {
   return message;
 }
 
-const BUFFERED_BEFORE_HISTORY = new Set(['message', 'offline_messages', 'message_deleted', 'message_edited']);
+const BUFFERED_BEFORE_HISTORY = new Set(['joined', 'message', 'offline_messages', 'message_deleted', 'message_edited']);
 
 conn.addEventListener('frame', (event) => {
   const frame = event.detail;
+  handleRoomsFrame(frame);
   if (!historyLoaded && BUFFERED_BEFORE_HISTORY.has(frame.type)) earlyFrames.push(frame);
   else handleFrame(frame);
 });
@@ -576,6 +960,7 @@ conn.addEventListener('state', (event) => {
   else el.textContent = 'connecting…';
   if (state !== 'connected') {
     setJoined(false); // a new socket must join again before we send
+    joinedRooms.clear();
     typingIndicator.clearAll();
     markWaiting();
   }
@@ -627,6 +1012,7 @@ document.addEventListener('visibilitychange', () => {
   if (!document.hidden) {
     unread = 0;
     updateTitle();
+    scheduleRead();
   }
 });
 
@@ -636,7 +1022,10 @@ scroller.addEventListener(
     if (scroller.scrollTop < OLDER_TRIGGER_PX && scroller.scrollHeight > scroller.clientHeight) loadOlder();
     const toBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
     if (detached && toBottom < NEWER_TRIGGER_PX && scroller.scrollHeight > scroller.clientHeight) loadNewer();
-    if (view.isNearBottom() && !detached) jumpButton.hidden = true;
+    if (view.isNearBottom() && !detached) {
+      jumpButton.hidden = true;
+      scheduleRead();
+    }
   },
   { passive: true },
 );
@@ -649,7 +1038,7 @@ jumpButton.addEventListener('click', async () => {
   $('composer').focus();
 });
 
-new SearchPanel({
+const search = new SearchPanel({
   form: $('search-form'),
   input: $('search-input'),
   scope: $('search-scope'),
@@ -664,8 +1053,47 @@ new SearchPanel({
   onError: redirectIfLoggedOut,
 });
 
+const sidebar = new Sidebar({
+  root: $('sidebar'),
+  rooms: $('sidebar-rooms'),
+  dms: $('sidebar-dms'),
+  toggle: $('sidebar-toggle'),
+  toggleBadge: $('sidebar-toggle-badge'),
+  roomForm: $('new-room-form'),
+  dmForm: $('new-dm-form'),
+  directory,
+  urls: { rooms: ROOMS_URL, dms: config.dmsUrl || '/api/dms/' },
+  onOpen: (slug) => openRoom(slug),
+  onError: redirectIfLoggedOut,
+});
+sidebar.setActive(ROOM);
+$('sidebar-backdrop').addEventListener('click', () => sidebar.close());
+
+const notifier = new Notifier({ button: $('notify-enable'), onOpen: (slug) => openRoom(slug) });
+
+const roomMembers = new RoomMembersPanel({
+  section: $('room-members'),
+  list: $('room-member-list'),
+  form: $('member-add-form'),
+  input: $('member-add-input'),
+  error: $('member-add-error'),
+  leave: $('leave-room'),
+  me: ME,
+  isStaff: Boolean(config.isStaff),
+  onLeft: (slug) => {
+    conn.leave(slug); // a public room keeps no event for a leave: say it here
+    roomGone(slug, `You left ${directory.get(slug)?.name ?? slug}.`);
+  },
+  onError: redirectIfLoggedOut,
+});
+roomMembers.show(directory.get(ROOM));
+renderHeader();
+
 // Resend anything whose ack is overdue; refresh "3 min ago" labels.
-setInterval(() => flushOutbox(), 5000);
+setInterval(() => {
+  flushOutbox();
+  flushOtherRooms();
+}, 5000);
 setInterval(() => view.refreshTimes(), 30_000);
 
 // The member list is folded on phones, where it would push the chat down.
@@ -681,5 +1109,7 @@ if (window.matchMedia('(pointer: fine)').matches) $('composer').focus({ preventS
 // Unsent messages from an earlier visit appear at once and go out after the join.
 for (const item of outbox.list()) view.addPending(item);
 markWaiting();
+history.replaceState({ room: ROOM }, '', location.href);
 conn.connect();
 loadInitial();
+loadDirectory();

@@ -61,6 +61,13 @@ export class SearchPanel {
     this.#load();
   }
 
+  // Another room opened: search there, and close what the previous one showed.
+  reset(room) {
+    this.room = room;
+    this.panel.hidden = true;
+    this.params = null;
+  }
+
   hide() {
     this.panel.hidden = true;
     this.params = null;
