@@ -41,12 +41,15 @@ def _fresh_rate_limits(settings):
     """Each test starts with empty rate-limit windows: own Redis keys, a clear twin."""
     from chat.ratelimit import memory_limiter
     from chat.tickets import memory_tickets
+    from voiceflow.breaker import redis_breaker
 
     settings.REDIS_KEY_PREFIX = f"{settings.REDIS_KEY_PREFIX}:{uuid.uuid4().hex[:8]}"
     memory_limiter.clear()
     memory_tickets.clear()
+    redis_breaker.reset()  # a Redis a test killed is not the next test's
     yield
     memory_limiter.clear()
+    redis_breaker.reset()
 
 
 @pytest.fixture(autouse=True)

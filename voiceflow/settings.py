@@ -262,6 +262,9 @@ REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 2)
 # The store modules (rate limits, presence) never block on Redis: a hung server must
 # fail their frame in seconds, not after the channel layer's long read timeout.
 REDIS_STORE_TIMEOUT = env_float("REDIS_STORE_TIMEOUT", 2)
+# Once Redis is found unreachable, it is asked again (one PING) this often; meanwhile
+# every caller takes its fallback at once (voiceflow.breaker).
+REDIS_RETRY_INTERVAL = env_float("REDIS_RETRY_INTERVAL", 1.0)
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "vf")
 
 # Proxies whose X-Forwarded-For names the client (IPs or CIDRs); none by default.
