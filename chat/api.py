@@ -22,10 +22,11 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from presence import selectors as presence_selectors
 from voiceflow import metrics
+from voiceflow.breaker import UNREACHABLE
 
 from . import access, ratelimit, selectors, services
 from .auth import header, host_allowed, token_user
-from .errors import ChatError, Invalid
+from .errors import ChatError, Invalid, Unavailable
 from .payloads import message_data
 from .serializers import (
     DmOpenSerializer,
@@ -57,6 +58,8 @@ def exception_handler(exc, context):
         exc = serializers.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages
         )
+    if isinstance(exc, UNREACHABLE):  # what only Redis knows (presence) is unknown
+        exc = Unavailable("Redis is unreachable; retry later.")
     if isinstance(exc, ChatError):
         data, status_code, headers = _chat_error(exc)
         return Response(data, status=status_code, headers=headers)

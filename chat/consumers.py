@@ -226,10 +226,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             socket_user(self.scope),
             return_exceptions=True,
         )
-        if isinstance(attempt, Unavailable):
-            logger.warning("connection limit unchecked: Redis unavailable")
-            await self._refuse(CLOSE_SERVICE_DOWN, client)
-            return
         if isinstance(attempt, BaseException):
             raise attempt
         if not attempt.allowed:
@@ -248,6 +244,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._refuse(CLOSE_UNAUTHENTICATED, client)
             return
         try:
+            # With Redis unreachable, registered once it answers (presence pauses).
             registered = await presence_services.presence_connect(
                 sid=self.connection_id, user_id=user.id, username=user.username
             )
@@ -490,7 +487,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
         if slug in self.rooms:  # a re-join on this socket (a reconnect's is free)
-            await self._presence_frame_hit(unchecked_ok=True)
+            await self._presence_frame_hit()
         hit = await self._join_hit(slug)
         # Subscribe before reading what was missed, so nothing falls in between.
         await self.hub.room_add(slug, self)
@@ -825,8 +822,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not known:  # Redis lost it (restarted empty), or swept while alive
             await self.presence_restore()
 
-    async def presence_restore(self):
-        """Be in presence again, with this socket's rooms, without a reconnect."""
+    async def presence_restore(self, resync=False):
+        """Be in presence again, with this socket's rooms, without a reconnect
+        (`resync`: afresh, even if the store still knows it)."""
         if not self.presence_registered:
             return
         try:
@@ -836,6 +834,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 username=self.user.username,
                 rooms=list(self.rooms),
                 away=self.away,
+                resync=resync,
             )
         except Exception:
             logger.warning("presence restore failed", exc_info=True)
@@ -884,39 +883,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return room
 
     async def _join_hit(self, slug):
-        """The join's counted hit; None for a member's join refused or left unchecked.
+        """The join's counted hit; None for a member's join refused.
 
-        A member's join is served without counting, even over the limit or with Redis
-        down, so recovery after a reconnect always works; others get the refusal.
+        A member's join is served without counting, even over the limit, so recovery
+        after a reconnect always works; others get the refusal.
         """
-        try:
-            decision = await ratelimit.rate_hit("join", self.user.pk)
-        except Unavailable as unchecked:
-            refusal = unchecked
-        else:
-            if decision.allowed:
-                return decision
-            refusal = decision.refusal("joins")
+        decision = await ratelimit.rate_hit("join", self.user.pk)
+        if decision.allowed:
+            return decision
         if await socket_database_sync_to_async(selectors.is_member)(self.user, slug):
             return None
-        raise refusal
+        raise decision.refusal("joins")
 
-    async def _presence_frame_hit(self, unchecked_ok=False):
-        """Count a `status`, a `leave` or a re-join; raise RateLimited over the limit.
-
-        With Redis down, a re-join is served (recovery), the others are `unavailable`.
-        """
-        try:
-            await ratelimit.rate_enforce("presence", self.user.pk, "presence changes")
-        except Unavailable:
-            if not unchecked_ok:
-                raise
+    async def _presence_frame_hit(self):
+        """Count a `status`, a `leave` or a re-join; RateLimited over the limit."""
+        await ratelimit.rate_enforce("presence", self.user.pk, "presence changes")
 
     async def _typing_allowed(self):
-        try:
-            return (await ratelimit.rate_hit("typing", self.user.pk)).allowed
-        except Unavailable:
-            return False  # typing is best effort: dropped like one over the limit
+        return (await ratelimit.rate_hit("typing", self.user.pk)).allowed
 
     async def _unsubscribe(self, slug):
         if self.rooms.pop(slug, None) is not None:
