@@ -305,12 +305,19 @@ if REDIS_URL:
                 "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_CONNECT_TIMEOUT,
                 "CONNECTION_POOL_KWARGS": {"max_connections": REDIS_MAX_CONNECTIONS},
+                # Redis down: a cache miss (sessions fall back to the database).
+                "IGNORE_EXCEPTIONS": True,
             },
         }
     }
+    # Sessions in the database, read through the cache.
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Cache errors ignored (IGNORE_EXCEPTIONS) are still logged, through our handlers.
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+DJANGO_REDIS_LOGGER = "voiceflow.cache"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": f"django.contrib.auth.password_validation.{name}"}
