@@ -123,10 +123,12 @@ class Hub:
 
     async def _group_add(self, slug):
         """Join the room's group; with Redis down, leave that for `_resubscribe`."""
-        if redis_breaker.allows():
+        if self.channel is not None and redis_breaker.allows():
             try:
-                await self.layer.group_add(room_group(slug), self.channel)
-            except UNREACHABLE as error:
+                # The layer's own timeout is its long blocking read's.
+                async with asyncio.timeout(settings.REDIS_STORE_TIMEOUT):
+                    await self.layer.group_add(room_group(slug), self.channel)
+            except (*UNREACHABLE, TimeoutError) as error:
                 redis_breaker.failed(error)
             else:
                 self.subscribed.add(slug)
@@ -153,6 +155,9 @@ class Hub:
         }
 
     async def _receive_events(self):
+        while self.channel is None:  # started while Redis was unreachable
+            await asyncio.sleep(settings.REDIS_RETRY_INTERVAL)
+            self.channel = await _channel(self.layer)
         while True:
             event = await self.layer.receive(self.channel)
             try:
@@ -200,7 +205,8 @@ class Hub:
             for socket in list(self.sockets):
                 socket.silence_check(now)
             idle = self.resubscribing is None or self.resubscribing.done()
-            if self.unsubscribed and not redis_breaker.down and idle:
+            ready = self.channel is not None and not redis_breaker.down
+            if self.unsubscribed and ready and idle:
                 self.resubscribing = asyncio.ensure_future(self._resubscribe())
 
 
@@ -226,12 +232,24 @@ async def hub():
     async with lock:
         current = _hubs.get(layer)
         if current is None:
-            channel = await layer.new_channel()
-            await layer.group_add(USER_EVENTS_GROUP, channel)
-            current = Hub(layer, channel)
+            current = Hub(layer, await _channel(layer))
             current.start()
             _hubs[layer] = current
     return current
+
+
+async def _channel(layer):
+    """A new layer channel, in the user-events group; None while Redis is unreachable
+    (the Hub serves its sockets meanwhile and gets one once Redis answers)."""
+    if not redis_breaker.allows():
+        return None
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add(USER_EVENTS_GROUP, channel)
+    except UNREACHABLE as error:
+        redis_breaker.failed(error)
+        return None
+    return channel
 
 
 def hub_sizes():
