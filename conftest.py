@@ -65,6 +65,30 @@ async def _close_loop_clients():
     await loop_connections_close()
 
 
+class HandClock:
+    """A clock moved by hand: `clock.now += 1`."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def hand_clock():
+    return HandClock()
+
+
+@pytest.fixture
+def breaker_clock(hand_clock, monkeypatch):
+    """The Redis circuit breaker on a clock moved by hand."""
+    from voiceflow.breaker import redis_breaker
+
+    monkeypatch.setattr(redis_breaker, "clock", hand_clock)
+    return hand_clock
+
+
 @pytest.fixture
 def set_rate(settings):
     """Override one named rate limit for this test: set_rate("message", 3, window=1)."""

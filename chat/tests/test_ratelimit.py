@@ -170,24 +170,12 @@ async def test_a_refund_with_redis_down_is_swallowed(redis_server, settings, set
 # Redis unreachable: this process's memory, at the same rates, until it answers.
 
 
-class Clock:
-    """The breaker's clock, moved by hand."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
-def down(redis_server, settings, set_rate, monkeypatch):
+def down(redis_server, settings, set_rate, breaker_clock):
     """Limits on a private Redis, 3 messages a minute; the breaker on a clock."""
     settings.REDIS_URL = redis_server.url
     set_rate("message", 3)
-    clock = Clock()
-    monkeypatch.setattr(redis_breaker, "clock", clock)
-    return clock
+    return breaker_clock
 
 
 async def test_with_redis_unreachable_limits_hold_in_memory_at_the_same_rate(

@@ -21,23 +21,6 @@ from voiceflow.breaker import redis_breaker
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-class Clock:
-    """The breaker's clock, moved by hand."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    fake = Clock()
-    monkeypatch.setattr(redis_breaker, "clock", fake)
-    return fake
-
-
 @pytest.fixture
 def private_redis(redis_server, settings, lobby):
     """Everything Redis holds, the channel layer too, on a Redis the test may kill."""
@@ -100,7 +83,7 @@ async def post(socket, body, room="lobby"):
 
 
 async def test_with_redis_gone_messages_are_acked_and_delivered_on_this_process(
-    alice, bob, private_redis, clock, set_rate
+    alice, bob, private_redis, breaker_clock, set_rate
 ):
     set_rate("message", 3)
     sender, watcher = await joined(alice), await joined(bob)
@@ -141,7 +124,7 @@ async def test_with_redis_gone_messages_are_acked_and_delivered_on_this_process(
     # Redis back: one probe per interval finds it; then limits, publishing and the
     # room's group are Redis' again.
     private_redis.start()
-    clock.now += 1
+    breaker_clock.now += 1
     await post(sender, "as Redis comes back")  # probes in the background
     assert (await reply(sender, "ack"))["client_id"] == "as Redis comes back"
     await redis_breaker.probing
@@ -163,7 +146,7 @@ async def test_with_redis_gone_messages_are_acked_and_delivered_on_this_process(
 
 
 async def test_with_redis_gone_tickets_are_issued_here_and_redeemed_here_once(
-    alice, private_redis, clock
+    alice, private_redis, breaker_clock
 ):
     before = await sync_to_async(ticket_issue)(alice.pk)  # in Redis
     # Killed before this loop's first socket: as for a process started meanwhile.

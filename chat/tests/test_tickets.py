@@ -78,15 +78,13 @@ async def test_with_redis_down_a_ticket_is_issued_and_redeemed_here_once(
 
 
 async def test_a_ticket_issued_while_redis_was_down_is_redeemed_after(
-    redis_server, settings, monkeypatch
+    redis_server, settings, breaker_clock
 ):
     settings.REDIS_URL = redis_server.url
-    clock = [1000.0]
-    monkeypatch.setattr(redis_breaker, "clock", lambda: clock[0])
     redis_server.kill()
     local = await tickets.ticket_aissue(4)
     redis_server.start()
-    clock[0] += 1
+    breaker_clock.now += 1
     assert (await tickets.ticket_aissue(5)).startswith(tickets.LOCAL_MARK)  # asks
     await redis_breaker.probing
     in_redis = await tickets.ticket_aissue(6)

@@ -23,22 +23,14 @@ class Probe:
         self.sync()
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
 def probe():
     return Probe()
 
 
 @pytest.fixture
-def clock():
-    return Clock()
+def clock(hand_clock):
+    return hand_clock
 
 
 @pytest.fixture
