@@ -347,6 +347,12 @@ def haproxy_states(state):
     }
 
 
+def haproxy_up(state, names):
+    """Whether HAProxy sends traffic to each of `names` ("UP 1/2": one check failed)."""
+    states = haproxy_states(state)
+    return all(states[name].startswith("UP") for name in names)
+
+
 def roll(args):
     """Replace every web process, one at a time, then the sweeper (a deploy).
 
@@ -358,8 +364,8 @@ def roll(args):
     clients reconnect through HAProxy to the other processes. Once it has exited,
     the Procfile's web line starts again on the same port (the new code, and the
     VOICEFLOW_* variables of this environment). When it answers /health/ready, it
-    leaves maintenance marked down, so HAProxy sends it traffic only once its own
-    checks pass (rise 2), as for any server coming up. Then the next one. A process
+    leaves maintenance for drain (checked, sent nothing) marked down; once HAProxy's
+    own checks pass (rise 2) it is put back in rotation. Then the next one. A process
     is taken out only while all the others are UP.
     """
     state = State(args.state)
@@ -374,10 +380,12 @@ def roll(args):
     began = time.monotonic()
     for n, port in enumerate(config["ports"], 1):
         name = f"web{n}"
-        states = haproxy_states(state)
-        down = [other for other in names if other != name and states[other] != "UP"]
-        if down:
-            raise SystemExit(f"not taking {name} out: {', '.join(down)} not UP")
+        others = [other for other in names if other != name]
+        wait_until(
+            lambda others=others: haproxy_up(state, others),
+            f"HAProxy showing {', '.join(others)} UP before taking {name} out",
+            timeout=30,
+        )
         started = time.monotonic()
         old = state.pid(name)
         haproxy_set(state, f"set server web/{name} state maint")
@@ -385,13 +393,17 @@ def roll(args):
         state.stop(name, timeout=WEB_STOP_TIMEOUT)
         process, log = web_start(state, n, port, env)
         web_wait_ready(port, process, log)
+        # Checked again but sent nothing (drain), marked down: HAProxy's own checks
+        # must pass (rise) before it is sent traffic, as for any server coming up.
+        haproxy_set(state, f"set server web/{name} state drain")
         haproxy_set(state, f"set server web/{name} health down")
-        haproxy_set(state, f"set server web/{name} state ready")
         wait_until(
-            lambda name=name: haproxy_states(state)[name] == "UP",
-            f"HAProxy's checks of {name}",
+            lambda name=name: haproxy_states(state)[name] == "DRAIN",
+            f"HAProxy's checks of {name} passing",
             log=state.logs / "haproxy.log",
         )
+        haproxy_set(state, f"set server web/{name} state ready")
+        wait_until(lambda name=name: haproxy_up(state, [name]), f"{name} UP")
         print(
             f"{name} on {port}: pid {old} -> {process.pid}, "
             f"{time.monotonic() - started:.1f} s",
