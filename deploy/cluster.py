@@ -42,9 +42,6 @@ HAPROXY_SOURCE = "127.0.0.2"  # HAProxy's address towards the web processes
 # that is going away; the stores last, so draining processes can still use them.
 STOP_ORDER = ["haproxy", *(f"web{n}" for n in range(1, WEB_COUNT + 1))]
 STOP_ORDER += ["sweeper", "pgbouncer", "redis"]
-# A web process exits within VOICEFLOW_DRAIN_TIMEOUT (10 s), its workers 5 s later at
-# worst; past this it is killed.
-WEB_STOP_TIMEOUT = 20
 
 
 def parse_args(argv=None):
@@ -68,6 +65,13 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--no-migrate", action="store_true", help="the database is migrated already"
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=20,
+        help="stop, roll: seconds a web process has to exit after SIGTERM before it "
+        "is killed: above VOICEFLOW_DRAIN_TIMEOUT (10 s) + 5 s",
     )
     parser.add_argument(
         "--settle",
@@ -390,7 +394,7 @@ def roll(args):
         old = state.pid(name)
         haproxy_set(state, f"set server web/{name} state maint")
         time.sleep(args.settle)
-        state.stop(name, timeout=WEB_STOP_TIMEOUT)
+        state.stop(name, timeout=args.stop_timeout)
         process, log = web_start(state, n, port, env)
         web_wait_ready(port, process, log)
         # Checked again but sent nothing (drain), marked down: HAProxy's own checks
@@ -503,7 +507,7 @@ def _start(args, state):
 def stop(args):
     state = State(args.state)
     for name in STOP_ORDER:
-        state.stop(name, timeout=WEB_STOP_TIMEOUT if name.startswith("web") else 5)
+        state.stop(name, timeout=args.stop_timeout if name.startswith("web") else 5)
     print("VoiceFlow cluster stopped")
 
 
