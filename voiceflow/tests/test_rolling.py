@@ -152,8 +152,8 @@ async def test_a_rolling_deploy_under_traffic_drops_nothing(cluster):
         assert rolled.returncode == 0, rolled.stdout + rolled.stderr
         print(f"\n{rolled.stdout}roll: {took:.1f} s under traffic")
 
-        # Grace periods of the last sockets moved are over by now: a sweep applies
-        # what is due. It must find no one to take offline or out of the room.
+        # Once the grace periods of the last sockets moved are over, a sweep applies
+        # what is due: it must find no one to take offline or out of the room.
         grace = float(cluster.settings["VOICEFLOW_OFFLINE_GRACE"])
         await asyncio.sleep(max(0.0, grace - (time.monotonic() - started - took)))
         report = await asyncio.to_thread(
