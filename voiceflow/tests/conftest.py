@@ -1,5 +1,9 @@
+import shutil
+
 import pytest
 
+from . import servers
+from .cluster import Cluster
 from .servers import ServerProcess
 
 
@@ -10,6 +14,19 @@ def server(transactional_db, settings):
     process = ServerProcess(REDIS_KEY_PREFIX=settings.REDIS_KEY_PREFIX).start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def cluster(settings):
+    """deploy/cluster.py's deployment on private ports (HAProxy, three web processes,
+    PgBouncer, Redis with a replica and Sentinels), stopped after the test."""
+    for tool in ("haproxy", "redis-server", "pgbouncer"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is not on PATH (.ci/run installs Debian's package).")
+    deployment = Cluster(settings)
+    servers.started.append(deployment)
+    yield deployment.start()
+    deployment.stop()
 
 
 @pytest.fixture
