@@ -240,29 +240,32 @@ def redis_start(state, port, replica_port, sentinel_ports):
             f"sentinel{n}", ["redis-server", str(conf), "--sentinel"]
         )
         wait_until(
-            lambda port=sentinel_port: port_open(port),
+            lambda p=sentinel_port: port_open(p),
             f"sentinel{n}",
             process=process,
             log=log,
         )
-
-    def sentinels_ready():
-        # Each must know the replica and the other Sentinels (they meet through the
-        # primary every 2 s), or a failover right after the start would not happen.
-        def knows_all(r):
-            master = r.sentinel_master(SENTINEL_MASTER)
-            others = len(sentinel_ports) - 1
-            return master["num-slaves"] >= 1 and master["num-other-sentinels"] >= others
-
-        return all(redis_answers(p, knows_all) for p in sentinel_ports)
-
-    wait_until(sentinels_ready, "the Redis Sentinels", timeout=30)
     return {
         # With Sentinel, REDIS_URL gives the database (and a password, if any).
         "REDIS_URL": f"redis://{SENTINEL_MASTER}/0",
         "REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in sentinel_ports),
         "REDIS_SENTINEL_MASTER": SENTINEL_MASTER,
     }
+
+
+def redis_sentinels_wait(sentinel_ports):
+    """Until each Sentinel knows the replica and the other Sentinels (they meet
+    through the primary every 2 s): before that a failover would not happen."""
+
+    def knows_all(sentinel):
+        master = sentinel.sentinel_master(SENTINEL_MASTER)
+        others = len(sentinel_ports) - 1
+        return master["num-slaves"] >= 1 and master["num-other-sentinels"] >= others
+
+    wait_until(
+        lambda: all(redis_answers(port, knows_all) for port in sentinel_ports),
+        "the Redis Sentinels",
+    )
 
 
 def pgbouncer_start(state, port, database_url, pool_size=10):
@@ -409,6 +412,7 @@ def _start(args, state):
             process=process,
             log=log,
         )
+    redis_sentinels_wait(sentinel_ports)  # they meet while the web processes start
     state.start("sweeper", ["bash", "-c", f"exec {procfile_command('sweeper')}"], env)
     balancer_env = {
         **os.environ,
