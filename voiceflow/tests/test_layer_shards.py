@@ -155,6 +155,18 @@ async def test_a_dead_shard_silences_its_rooms_and_the_others_still_deliver(
         for slug in rooms[1]:
             assert await settle(pairs[slug], timeout=5)
             assert sent[slug] in pairs[slug][1].received
+
+        # Back (empty): the processes subscribe again and its rooms deliver again.
+        await asyncio.to_thread(shards[1].start)
+        dead = {slug: pairs[slug] for slug in rooms[1]}
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+        while loop.time() < end:
+            sent = await acks(dead, {s: a.send("again") for s, (a, _) in dead.items()})
+            if await live_within(dead, sent, 0.5) == set(dead):
+                break
+        else:
+            pytest.fail("the restarted shard's rooms did not deliver again")
     finally:
         for client in clients:
             client.stop()
