@@ -16,10 +16,11 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from chat import broadcast, ratelimit, selectors, sockets, tickets
-from chat.api import _json_send
 from presence.selectors import presence_totals
 from presence.services import SocketTyping, process_sizes
 from voiceflow.redis import redis_pipelined
+
+from .responses import json_send
 
 logger = logging.getLogger(__name__)
 
@@ -207,4 +208,4 @@ async def probe(scope, receive, send):
         ready, reason = await readiness()
         status = 200 if ready else 503
         body = {"status": "ready"} if ready else {"status": "unready", "reason": reason}
-    await _json_send(send, body, status, headers)
+    await json_send(send, body, status, headers)

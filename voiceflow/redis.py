@@ -274,8 +274,8 @@ class PipelinedRedis:
 
     Every command issued in one turn of the event loop leaves in one write and the
     replies come back in order. redis-py's async client checks a connection out of its
-    pool, writes and reads once per command: ~50-150 µs of CPU each here, against
-    ~5-50 µs for this. Errors are redis-py's, so callers handle both alike.
+    pool, writes and reads once per command, several times the CPU of this. Errors are
+    redis-py's, so callers handle both alike.
 
     With Sentinels, every new connection asks them for the primary (the one that
     answered last is asked first) and checks its ROLE; a lost connection or a

@@ -213,8 +213,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
 # Message inserts run on this many connections, each room always on the same one
 # (FIFO per room, rooms in parallel). Posts queued behind a busy one go out in one
-# statement (group commit), so fewer connections mean bigger batches: on PostgreSQL 2
-# sustained more than 4 on a 2-core machine. SQLite has one writer: more only queue.
+# statement (group commit), so fewer connections mean bigger batches, hence a small
+# default on PostgreSQL. SQLite has one writer: more only queue.
 DB_THREADS = env_int(
     "VOICEFLOW_DB_THREADS",
     1 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else 2,
@@ -270,8 +270,8 @@ if WEB_CONCURRENCY < 1:
 # wait after every PostgreSQL reply; Python's default is 0.005).
 GIL_SWITCH_INTERVAL = env_float("VOICEFLOW_GIL_SWITCH_INTERVAL", 0.001)
 # The web process's garbage collector thresholds (gc.set_threshold; Python's are
-# 700,10,10). With a thousand sockets connecting, full collections of the whole heap
-# took 22-222 ms each, on the loop: connect p99 176 ms, 96 ms with these.
+# 700,10,10). With those, a burst of connects runs full collections of the whole
+# heap, each stalling the event loop; these make them rare.
 try:
     GC_THRESHOLD = tuple(
         int(n) for n in env_list("VOICEFLOW_GC_THRESHOLD", [20000, 50, 100])
