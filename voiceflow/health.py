@@ -18,8 +18,8 @@ from django.db import close_old_connections, connections
 from chat import broadcast, ratelimit, selectors, sockets, tickets
 from presence.selectors import presence_totals
 from presence.services import SocketTyping, process_sizes
-from voiceflow.redis import redis_pipelined
 
+from .redis import redis_pipelined
 from .responses import json_send
 
 logger = logging.getLogger(__name__)
