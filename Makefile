@@ -11,8 +11,9 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow
 TEST_REDIS_PREFIX ?= vftest
 
 # `make cluster`: HAProxy on CLUSTER_PORT in front of three web processes, PgBouncer,
-# a private Redis and the sweeper (docs/scaling.md); `make cluster-down` stops it.
-# `make cluster-roll` replaces its web processes one at a time (a rolling deploy).
+# a private Redis primary, replica and three Sentinels, and the sweeper
+# (docs/scaling.md); `make cluster-down` stops it. `make cluster-roll` replaces its web
+# processes one at a time (a rolling deploy).
 CLUSTER_PORT ?= 8000
 CLUSTER_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow_cluster
 

@@ -5,8 +5,9 @@
     python deploy/cluster.py roll
     python deploy/cluster.py stop
 
-`start` runs, all on 127.0.0.1: a private Redis, PgBouncer in transaction pooling in
-front of PostgreSQL, three web processes (the Procfile's web line, WEB_CONCURRENCY
+`start` runs, all on 127.0.0.1: a private Redis primary, a replica of it and three
+Sentinels that fail over to the replica, PgBouncer in transaction pooling in front of
+PostgreSQL, three web processes (the Procfile's web line, WEB_CONCURRENCY
 workers each), the sweeper, and HAProxy (deploy/haproxy.cfg) balancing the web
 processes. Pid files, logs and generated configuration go under --state (default
 .cluster/, git-ignored). `roll` replaces the web processes one at a time behind
@@ -37,11 +38,18 @@ from urllib.parse import unquote, urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 WEB_COUNT = 3  # deploy/haproxy.cfg names three servers
+SENTINEL_COUNT = 3  # the fewest that still fail over with one of them down
 HAPROXY_SOURCE = "127.0.0.2"  # HAProxy's address towards the web processes
 # Stopped in this order: the balancer first, so no new client lands on a process
 # that is going away; the stores last, so draining processes can still use them.
 STOP_ORDER = ["haproxy", *(f"web{n}" for n in range(1, WEB_COUNT + 1))]
-STOP_ORDER += ["sweeper", "pgbouncer", "redis"]
+STOP_ORDER += ["sweeper", "pgbouncer"]
+# The Sentinels before the Redis servers: no failover on the way out.
+STOP_ORDER += [
+    *(f"sentinel{n}" for n in range(1, SENTINEL_COUNT + 1)),
+    "redis2",
+    "redis1",
+]
 
 
 def parse_args(argv=None):
@@ -55,7 +63,13 @@ def parse_args(argv=None):
         default="8101,8102,8103",
         help=f"{WEB_COUNT} comma-separated ports of the web processes",
     )
-    parser.add_argument("--redis-port", type=int, default=6380)
+    parser.add_argument("--redis-port", type=int, default=6380, help="the primary's")
+    parser.add_argument("--redis-replica-port", type=int, default=6381)
+    parser.add_argument(
+        "--sentinel-ports",
+        default="26380,26381,26382",
+        help=f"{SENTINEL_COUNT} comma-separated ports of the Redis Sentinels",
+    )
     parser.add_argument("--pgbouncer-port", type=int, default=6432)
     parser.add_argument(
         "--database-url",
@@ -187,26 +201,92 @@ def _reap(pid):
         pass
 
 
-# Redis: one private server. A later Sentinel setup replaces this function: every
-# process takes its Redis from REDIS_URL alone.
-def redis_start(state, port):
-    """A private redis-server on `port`, keeping nothing on disk; its URL."""
-    process, log = state.start(
-        "redis",
-        [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
+# Redis: a primary and a replica, watched by three Sentinels (a quorum of two), which
+# the web processes and the sweeper ask for the primary. Timings for one machine: a
+# primary silent for SENTINEL_DOWN_AFTER_MS is down, and a failover not done within
+# SENTINEL_FAILOVER_TIMEOUT_MS is given up and tried again later (docs/scaling.md has
+# production values).
+SENTINEL_MASTER = "voiceflow"
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 2000
+
+
+def redis_server_start(state, name, port, *options):
+    """A private redis-server on `port`, keeping nothing on disk."""
+    argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port)]
+    argv += ["--save", "", "--appendonly", "no", *options]
+    process, log = state.start(name, argv)
+    wait_until(lambda: port_open(port), name, process=process, log=log)
+
+
+def redis_answers(port, check):
+    """check(client) on the Redis or Sentinel at `port`; False while it fails."""
+    import redis
+
+    client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+    try:
+        return check(client)
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def redis_start(state, port, replica_port, sentinel_ports):
+    """The Redis servers and Sentinels; the settings that make a process use them."""
+    redis_server_start(state, "redis1", port)
+    redis_server_start(
+        state, "redis2", replica_port, "--replicaof", "127.0.0.1", str(port)
     )
-    wait_until(lambda: port_open(port), "redis-server", process=process, log=log)
-    return f"redis://127.0.0.1:{port}/0"
+    wait_until(
+        lambda: redis_answers(
+            replica_port,
+            lambda r: r.info("replication")["master_link_status"] == "up",
+        ),
+        "the Redis replica's link to the primary",
+    )
+    quorum = len(sentinel_ports) // 2 + 1
+    for n, sentinel_port in enumerate(sentinel_ports, 1):
+        # Sentinel rewrites its file with what it learns (replicas, other Sentinels).
+        conf = state.path / f"sentinel{n}.conf"
+        conf.write_text(
+            f"bind 127.0.0.1\nport {sentinel_port}\ndir {state.path}\n"
+            f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {port} {quorum}\n"
+            f"sentinel down-after-milliseconds {SENTINEL_MASTER} "
+            f"{SENTINEL_DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SENTINEL_MASTER} "
+            f"{SENTINEL_FAILOVER_TIMEOUT_MS}\n"
+        )
+        process, log = state.start(
+            f"sentinel{n}", ["redis-server", str(conf), "--sentinel"]
+        )
+        wait_until(
+            lambda p=sentinel_port: port_open(p),
+            f"sentinel{n}",
+            process=process,
+            log=log,
+        )
+    return {
+        # With Sentinel, REDIS_URL gives the database (and a password, if any).
+        "REDIS_URL": f"redis://{SENTINEL_MASTER}/0",
+        "REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in sentinel_ports),
+        "REDIS_SENTINEL_MASTER": SENTINEL_MASTER,
+    }
+
+
+def redis_sentinels_wait(sentinel_ports):
+    """Until each Sentinel knows the replica and the other Sentinels (they meet
+    through the primary every 2 s): before that a failover would not happen."""
+
+    def knows_all(sentinel):
+        master = sentinel.sentinel_master(SENTINEL_MASTER)
+        others = len(sentinel_ports) - 1
+        return master["num-slaves"] >= 1 and master["num-other-sentinels"] >= others
+
+    wait_until(
+        lambda: all(redis_answers(port, knows_all) for port in sentinel_ports),
+        "the Redis Sentinels",
+    )
 
 
 def pgbouncer_start(state, port, database_url, pool_size=10):
@@ -438,8 +518,12 @@ def _start(args, state):
     web_ports = [int(port) for port in args.web_ports.split(",")]
     if len(web_ports) != WEB_COUNT:
         raise SystemExit(f"--web-ports takes {WEB_COUNT} ports")
+    sentinel_ports = [int(port) for port in args.sentinel_ports.split(",")]
+    if len(sentinel_ports) != SENTINEL_COUNT:
+        raise SystemExit(f"--sentinel-ports takes {SENTINEL_COUNT} ports")
     sqlite = args.database_url.startswith("sqlite")
-    ports = [args.port, args.stats_port, args.redis_port, *web_ports]
+    ports = [args.port, args.stats_port, *web_ports]
+    ports += [args.redis_port, args.redis_replica_port, *sentinel_ports]
     ports += [] if sqlite else [args.pgbouncer_port]
     taken = [port for port in ports if not port_free(port)]
     if taken:
@@ -453,7 +537,7 @@ def _start(args, state):
     metrics.mkdir()
     # What this deployment sets for its processes (kept for `roll`).
     own = {
-        "REDIS_URL": redis_start(state, args.redis_port),
+        **redis_start(state, args.redis_port, args.redis_replica_port, sentinel_ports),
         # HAProxy connects from here (and clients from 127.0.0.1, not trusted).
         "TRUSTED_PROXIES": HAPROXY_SOURCE,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
@@ -478,6 +562,7 @@ def _start(args, state):
     ]
     for port, process, log in web:
         web_wait_ready(port, process, log)
+    redis_sentinels_wait(sentinel_ports)  # they meet while the web processes start
     sweeper_start(state, env)
     balancer_env = {
         **os.environ,
@@ -500,7 +585,10 @@ def _start(args, state):
     print(f"  HAProxy stats  http://127.0.0.1:{args.stats_port}/")
     print(f"  web processes  {', '.join(map(str, web_ports))}")
     print(f"  database       {env['DATABASE_URL']}")
-    print(f"  redis          {env['REDIS_URL']}")
+    print(
+        f"  redis          primary {args.redis_port}, replica "
+        f"{args.redis_replica_port}, sentinels {env['REDIS_SENTINELS']}"
+    )
     print(f"  state, logs    {state.path}")
 
 

@@ -17,8 +17,9 @@ def server(transactional_db, settings):
 
 @pytest.fixture
 def cluster(settings):
-    """deploy/cluster.py's deployment on private ports (voiceflow/tests/deployment.py),
-    on this run's database."""
+    """deploy/cluster.py's deployment on private ports (HAProxy, three web processes,
+    PgBouncer, Redis with a replica and Sentinels; voiceflow/tests/deployment.py),
+    stopped after the test."""
     from .deployment import Cluster
 
     for tool in ("haproxy", "redis-server", "pgbouncer"):

@@ -35,7 +35,7 @@ async def recovery_after(clients, killed_at, timeout):
 async def test_a_web_process_killed_behind_haproxy_loses_and_duplicates_nothing(
     cluster,
 ):
-    api = cluster.api()
+    api = cluster.api()  # every request through the balancer
     run = uuid.uuid4().hex[:6]
     tokens = [api.register(f"c-{run}-{i}") for i in range(9)]
     slug = f"cluster-{run}"
