@@ -34,32 +34,31 @@ def _attnames(model):
 ROOM_FIELDS = _attnames(Room)
 USER_FIELDS = _attnames(get_user_model())
 
+
+def _insert_one(private):
+    member = (
+        f"AND EXISTS (SELECT 1 FROM {_MEMBERSHIPS} "
+        "WHERE room_id = %s AND user_id = %s) "
+    )
+    return (
+        f"WITH bump AS (UPDATE {_ROOMS} SET last_seq = last_seq + 1 "
+        "WHERE id = %s AND NOT is_locked AND NOT EXISTS "
+        f"(SELECT 1 FROM {_MUTES} WHERE user_id = %s AND until > %s) "
+        f"{member if private else ''}RETURNING last_seq) "
+        f"INSERT INTO {_MESSAGES} (room_id, seq, user_id, body, client_id, "
+        "created_at) SELECT %s, last_seq, %s, %s, %s, %s FROM bump "
+        "RETURNING 0, id, seq"
+    )
+
+
 # Params: room_id, user_id, created_at, room_id, user_id, body, client_id, created_at
 # (the post's). A row (0, id, seq) if stored.
-# ORM: OrmStore.message_insert: allowed room .update(last_seq=F(…) + 1); create
-MESSAGE_INSERT_ONE = (
-    f"WITH bump AS (UPDATE {_ROOMS} SET last_seq = last_seq + 1 "
-    "WHERE id = %s AND NOT is_locked AND NOT EXISTS "
-    f"(SELECT 1 FROM {_MUTES} WHERE user_id = %s AND until > %s) "
-    "RETURNING last_seq) "
-    f"INSERT INTO {_MESSAGES} (room_id, seq, user_id, body, client_id, "
-    "created_at) SELECT %s, last_seq, %s, %s, %s, %s FROM bump "
-    "RETURNING 0, id, seq"
-)
+# ORM: OrmStore.message_insert: unlocked, unmuted .update(last_seq=F(…) + 1); create
+MESSAGE_INSERT_ONE = _insert_one(private=False)
 
 # MESSAGE_INSERT_ONE in a private room: also room_id, user_id after created_at.
-# ORM: OrmStore.message_insert, room .filter(Exists(Membership…)) too
-MESSAGE_INSERT_ONE_PRIVATE = (
-    f"WITH bump AS (UPDATE {_ROOMS} SET last_seq = last_seq + 1 "
-    "WHERE id = %s AND NOT is_locked AND NOT EXISTS "
-    f"(SELECT 1 FROM {_MUTES} WHERE user_id = %s AND until > %s) "
-    f"AND EXISTS (SELECT 1 FROM {_MEMBERSHIPS} "
-    "WHERE room_id = %s AND user_id = %s) "
-    "RETURNING last_seq) "
-    f"INSERT INTO {_MESSAGES} (room_id, seq, user_id, body, client_id, "
-    "created_at) SELECT %s, last_seq, %s, %s, %s, %s FROM bump "
-    "RETURNING 0, id, seq"
-)
+# ORM: OrmStore.message_insert, the room also .filter(Exists(Membership…))
+MESSAGE_INSERT_ONE_PRIVATE = _insert_one(private=True)
 
 
 def _insert_many(private):
