@@ -26,15 +26,13 @@ def insert_statement(posts: list[Post]) -> tuple[str, list]:
     if len(posts) == 1:
         # A third cheaper for PostgreSQL than the general statement with one post.
         room_id, user_id, body, client_id, now, private = posts[0]
-        if private:
-            return sql.MESSAGE_INSERT_ONE_PRIVATE, [
-                *(room_id, user_id, now, room_id, user_id),
-                *(room_id, user_id, body, client_id, now),
-            ]
-        return sql.MESSAGE_INSERT_ONE, [
-            *(room_id, user_id, now),
-            *(room_id, user_id, body, client_id, now),
-        ]
+        statement, checks = sql.MESSAGE_INSERT_ONE, [room_id, user_id, now]
+        if private:  # public rooms' statement goes without the membership check
+            statement, checks = (
+                sql.MESSAGE_INSERT_ONE_PRIVATE,
+                [*checks, room_id, user_id],
+            )
+        return statement, [*checks, room_id, user_id, body, client_id, now]
     # A batch of public rooms' posts alone runs without the membership check.
     private = any(post.private for post in posts)
     # The posts travel as one JSON array: orjson encodes it in C, where psycopg
