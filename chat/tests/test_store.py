@@ -127,14 +127,22 @@ async def test_a_refused_post_or_a_replay_stores_nothing_and_leaves_no_gap():
             await insert(post(private, user, "member")),
             await insert(post(room, user, "second", "c-2")),
         ]
+        # The same at once (on PostgreSQL, statements shared by several posts).
+        outcomes += await asyncio.gather(
+            insert(post(room, user, "again", "c-2")),
+            insert(post(room, muted, "muted")),
+            insert(post(private, outsider, "outsider")),
+            insert(post(private, user, "member")),
+            insert(post(room, user, "third")),
+        )
         seqs = [outcome and outcome[1] for outcome in outcomes]
         return seqs, await stored(room), await stored(locked), await stored(private)
 
     seqs, room, locked, private = await alike(scenario)
-    assert seqs == [1, None, None, None, None, None, 1, 2]
-    assert room == ([(1, "first"), (2, "second")], 2)
+    assert seqs == [1, None, None, None, None, None, 1, 2, None, None, None, 2, 3]
+    assert room == ([(1, "first"), (2, "second"), (3, "third")], 3)
     assert locked == ([], 0)
-    assert private == ([(1, "member")], 1)
+    assert private == ([(1, "member"), (2, "member")], 2)
 
 
 async def test_a_socket_post_sent_twice_is_acked_twice_with_the_stored_message(
