@@ -4,11 +4,12 @@
         .venv/bin/python bench/insert_bench.py --posts 3000
 
 Migrates the database named in DATABASE_URL (use a scratch one: it gets rooms and
-messages), then runs the socket path's insert statement (`_message_insert_many`) on a
-connection made like the socket path's (autocommit; VOICEFLOW_DB_PREPARED applies),
-one batch after another, for batches of 1, 2, 5 and 20 posts spread over 10 rooms,
-each size warmed up first. Prints posts/s and the PostgreSQL backend's CPU per post
-(from /proc: the database must run on this machine).
+messages), then runs the socket path's insert statement
+(`chat.store.postgres.insert_statement`) on a connection made like the socket path's
+(autocommit; VOICEFLOW_DB_PREPARED applies), one batch after another, for batches of
+1, 2, 5 and 20 posts spread over 10 rooms, each size warmed up first. Prints posts/s
+and the PostgreSQL backend's CPU per post (from /proc: the database must run on this
+machine).
 """
 
 import argparse
@@ -32,7 +33,8 @@ from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from chat.models import Room  # noqa: E402
-from chat.services import _message_insert_many  # noqa: E402
+from chat.store import Post  # noqa: E402
+from chat.store.postgres import insert_statement  # noqa: E402
 from voiceflow.db import _loop_connection_params  # noqa: E402
 
 
@@ -48,10 +50,12 @@ def run(conn, rooms, user_id, posts, size, quiet=False):
     started, cpu = time.perf_counter(), backend_cpu_seconds(pid)
     for first in range(0, posts, size):
         batch = [
-            (rooms[(first + n) % len(rooms)], user_id, "x" * 100, None, now(), False)
+            Post(
+                rooms[(first + n) % len(rooms)], user_id, "x" * 100, None, now(), False
+            )
             for n in range(size)
         ]
-        sql, params = _message_insert_many(batch)
+        sql, params = insert_statement(batch)
         assert len(conn.execute(sql, params).fetchall()) == size
     wall = time.perf_counter() - started
     cpu = backend_cpu_seconds(pid) - cpu

@@ -5,9 +5,9 @@ it is not a DM. Seeing is what joining, reading history and posting need (postin
 has its own further rules: lock, mute). A room someone may not see does not exist for
 them: they get the same `not_found` as for a slug that was never created.
 
-The rule is written three ways, kept side by side here: a Q over rooms (querysets),
-a Q over users (who may see one room: mentions), and an SQL condition (the socket
-path's statements on the event loop, which check it in the same statement).
+The rule is written as a Q over rooms (querysets) and a Q over users (who may see
+one room: mentions) here, and as an SQL condition in chat.store.sql's ROOM_JOIN (a
+join on the event loop checks it in the same statement).
 
 Who may delete others' messages (a moderator) is a permission, not staff status:
 user_can_moderate.
@@ -74,23 +74,6 @@ def room_audience_q(*, room: Room) -> Q:
 def room_audience(*, room: Room) -> QuerySet:
     """The users who may see `room`."""
     return get_user_model().objects.filter(room_audience_q(room=room))
-
-
-def room_visible_sql(*, user, alias: str) -> tuple[str, list]:
-    """The rule as an SQL condition on the rooms table aliased `alias`, with params.
-
-    For the raw statements of the socket path; the same rule as room_visible_q.
-    """
-    memberships = Membership._meta.db_table
-    sql = (
-        f"({alias}.visibility = %s OR EXISTS (SELECT 1 FROM {memberships} vm "
-        f"WHERE vm.room_id = {alias}.id AND vm.user_id = %s)"
-    )
-    params = [_PUBLIC, user.pk]
-    if user.is_staff:
-        sql += f" OR {alias}.kind = %s"
-        params.append(_ROOM)
-    return sql + ")", params
 
 
 def user_can_moderate(*, user, room: Room | None = None) -> bool:

@@ -5,13 +5,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import get_user
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
-from rest_framework.authentication import TokenAuthentication
-from rest_framework.exceptions import AuthenticationFailed
-
-from voiceflow.db import on_loop, socket_database_sync_to_async
 
 from . import selectors
 from .ratelimit import scope_secure
@@ -89,19 +84,12 @@ def _trusted_origin(wanted, trusted):
     return wanted == _origin_parts(trusted)
 
 
-@socket_database_sync_to_async
-def _active_user(user_id):
-    return get_user_model().objects.filter(pk=user_id, is_active=True).first()
-
-
 async def _ticket_user(ticket):
     """The active user a ticket was issued for (redeeming it), or None."""
     user_id = await ticket_redeem(ticket)
     if user_id is None:
         return None
-    if on_loop():
-        return await selectors.user_active_aget(user_id)
-    return await _active_user(user_id)
+    return await selectors.user_active_aget(user_id)
 
 
 async def _session_user(scope):
@@ -144,20 +132,9 @@ def _token_key(authorization):
         return None
 
 
-@socket_database_sync_to_async
-def _token_active_user(key):
-    try:
-        user, _token = TokenAuthentication().authenticate_credentials(key)
-    except AuthenticationFailed:  # unknown key, or the user is inactive
-        return None
-    return user
-
-
 async def token_user(authorization):
     """The active user of an Authorization header's API token, or None (none, bad)."""
     key = _token_key(authorization)
     if key is None:
         return None
-    if on_loop():
-        return await selectors.token_user_aget(key)
-    return await _token_active_user(key)
+    return await selectors.token_user_aget(key)

@@ -18,7 +18,7 @@ from django.db import DatabaseError
 from presence import selectors as presence_selectors
 from presence import services as presence_services
 from voiceflow import metrics
-from voiceflow.db import on_loop, socket_database_sync_to_async
+from voiceflow.db import socket_database_sync_to_async
 from voiceflow.websocket import FRAME_EXTENSION, OUTPUT_EXTENSION, text_frame
 
 from . import access, broadcast, last_seqs, ratelimit, selectors, services, sockets
@@ -87,11 +87,11 @@ class Joined:
 async def _join(user, slug, since, changes_since):
     """Membership plus what the socket missed, in one trip to the database.
 
-    A first join (no `since`) on PostgreSQL is one statement on the loop; the rest
-    go to a thread.
+    A first join (no `since`) is the store's (on PostgreSQL one statement on the
+    loop); the rest go to a thread.
     """
-    if since is None and on_loop():
-        room, became_member = await services.room_join_on_loop(user=user, slug=slug)
+    if since is None:
+        room, became_member = await services.room_join_visible(user=user, slug=slug)
         return Joined(
             room, room.last_seq, [], False, room.last_change, [], False, became_member
         )
@@ -310,12 +310,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _offline_queue_send(self):
         """`offline_messages` right after hello, if the offline queue holds any."""
         try:
-            # Read with the user's row when the ticket was redeemed on the loop.
+            # Read with the user's row when the socket came with a ticket.
             marked = getattr(self.user, "has_offline_mark", None)
-            if marked is None and on_loop():
+            if marked is None:
                 marked = await selectors.offline_mark_aexists(self.user.pk)
             if marked is False:
-                return  # the common case, checked without a thread or a transaction
+                return  # the common case, checked without a transaction
             queue = await _offline_queue_take(user=self.user)
         except Exception:
             # The mark stays (the transaction rolled back): the next connect gets it.

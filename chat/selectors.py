@@ -4,14 +4,10 @@ import re
 
 import orjson
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.db import DEFAULT_DB_ALIAS, connection
+from django.db import connection
 from django.db.models import Count, F, IntegerField, Max, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
-
-from voiceflow.db import on_loop, socket_connection, socket_database_sync_to_async
 
 from . import access
 from .errors import Invalid, NotFound
@@ -21,10 +17,10 @@ from .models import (
     Message,
     MessageMention,
     Mute,
-    OfflineMark,
     Room,
 )
 from .payloads import timestamp
+from .store import message_store, sql
 from .validators import text_clean
 
 _slug_re = re.compile(SLUG_PATTERN)
@@ -45,76 +41,30 @@ def room_get(slug):
         raise NotFound(f"No room {slug!r}.", field="room") from None
 
 
-def columns(model):
-    """(the SELECT list of `model`'s concrete fields, their attnames) for raw reads."""
-    fields = model._meta.concrete_fields
-    return ", ".join(f'"{f.column}"' for f in fields), [f.attname for f in fields]
-
-
 async def user_active_aget(user_id):
-    """The active user with this id, or None: one statement on the loop (PostgreSQL).
+    """The active user with this id, or None (never blocks the loop).
 
     Annotated like a queryset would: `has_offline_mark`, read in the same statement,
     so a connecting socket learns whether it has an offline queue at no extra cost.
     """
-    user_model = get_user_model()
-    select, names = columns(user_model)
-    row = await socket_connection().fetchone(
-        f"SELECT {select}, EXISTS (SELECT 1 FROM {OfflineMark._meta.db_table} "
-        f"WHERE user_id = %s) FROM {user_model._meta.db_table} "
-        "WHERE id = %s AND is_active",
-        [user_id, user_id],
-    )
-    if row is None:
-        return None
-    user = user_model.from_db(DEFAULT_DB_ALIAS, names, row[:-1])
-    user.has_offline_mark = row[-1]
-    return user
+    return await message_store().user_active(user_id)
 
 
 async def token_user_aget(key):
-    """The active user of an API token, or None: one statement on the loop.
-
-    PostgreSQL only; the same answer as DRF's TokenAuthentication (unknown key or
-    inactive user: None).
-    """
-    user_model = get_user_model()
-    select, names = columns(user_model)
-    users, tokens = user_model._meta.db_table, Token._meta.db_table
-    prefixed = ", ".join(f"u.{column}" for column in select.split(", "))
-    row = await socket_connection().fetchone(
-        f"SELECT {prefixed} FROM {tokens} t JOIN {users} u ON u.id = t.user_id "
-        "WHERE t.key = %s AND u.is_active",
-        [key],
-    )
-    return None if row is None else user_model.from_db(DEFAULT_DB_ALIAS, names, row)
+    """The active user of an API token, or None: the same answer as DRF's
+    TokenAuthentication (unknown key or inactive user: None)."""
+    return await message_store().token_user(key)
 
 
 async def offline_mark_aexists(user_id):
-    """True if the user has an offline mark: one statement on the loop (PostgreSQL)."""
-    row = await socket_connection().fetchone(
-        f"SELECT 1 FROM {OfflineMark._meta.db_table} WHERE user_id = %s", [user_id]
-    )
-    return row is not None
+    """True if the user has an offline mark (without taking it)."""
+    return await message_store().offline_mark_exists(user_id)
 
 
 async def room_last_seqs_aget(slugs: list[str]) -> dict[str, int]:
-    """{slug: last_seq} of the rooms with these slugs, in one statement.
-
-    On the loop on PostgreSQL, else on a socket-read thread: never blocks the loop.
-    """
-    if on_loop():
-        rows = await socket_connection().fetchall(
-            f"SELECT slug, last_seq FROM {Room._meta.db_table} WHERE slug = ANY(%s)",
-            [list(slugs)],
-        )
-        return dict(rows)
-    return await _room_last_seqs(list(slugs))
-
-
-@socket_database_sync_to_async
-def _room_last_seqs(slugs):
-    return dict(Room.objects.filter(slug__in=slugs).values_list("slug", "last_seq"))
+    """{slug: last_seq} of the rooms with these slugs, in one statement (never
+    blocks the loop)."""
+    return await message_store().room_last_seqs(list(slugs))
 
 
 def is_member(user, slug):
@@ -265,12 +215,8 @@ def mute_until(user_id, now=None):
 
 def deployment_totals():
     """{"totalUsers", "totalRooms"}: registered users and rooms, in one query."""
-    users = get_user_model()._meta.db_table
-    rooms = Room._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT (SELECT COUNT(*) FROM {users}), (SELECT COUNT(*) FROM {rooms})"
-        )
+        cursor.execute(sql.DEPLOYMENT_TOTALS)
         total_users, total_rooms = cursor.fetchone()
     return {"totalUsers": total_users, "totalRooms": total_rooms}
 
@@ -448,10 +394,7 @@ def _search_newest(rows, wanted, *, before, phrase):
 def _table_rows_estimate(model):
     """PostgreSQL's estimate of the table's rows (from its last ANALYZE)."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
-            [model._meta.db_table],
-        )
+        cursor.execute(sql.TABLE_ROWS_ESTIMATE, [model._meta.db_table])
         return cursor.fetchone()[0]
 
 

@@ -7,25 +7,19 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import orjson
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
 
 from voiceflow import metrics
-from voiceflow.db import (
-    on_loop,
-    room_database_sync_to_async,
-    room_writer,
-    socket_connection,
-)
+from voiceflow.db import room_database_sync_to_async
 
 from . import access, broadcast, ratelimit, selectors
 from .errors import Forbidden, Invalid, NotFound, Unavailable
@@ -40,6 +34,7 @@ from .models import (
     Room,
 )
 from .payloads import message_data
+from .store import Counter, Post, message_store
 from .validators import CONTROL_CHARS, text_clean, validate_name_text
 
 logger = logging.getLogger(__name__)
@@ -280,28 +275,13 @@ def room_join(*, user, room):
     return Membership.objects.get_or_create(user=user, room=room)[1]
 
 
-async def room_join_on_loop(*, user, slug):
-    """(room, whether `user` just became a member): one statement on the loop.
+async def room_join_visible(*, user, slug: str) -> tuple[Room, bool]:
+    """(room, whether `user` just became a member) for the room with this slug.
 
-    PostgreSQL only: the room's row if `user` may see it (chat.access, checked in
-    the statement) and an upserted membership (ON CONFLICT DO NOTHING, so a member's
-    join writes nothing). NotFound for an unknown slug or a room they may not see.
+    NotFound for an unknown slug or a room `user` may not see (chat.access). A
+    member's join writes nothing.
     """
-    select, names = selectors.columns(Room)
-    memberships = Membership._meta.db_table
-    visible, visible_params = access.room_visible_sql(user=user, alias="r")
-    row = await socket_connection().fetchone(
-        f"WITH room AS (SELECT {select} FROM {Room._meta.db_table} r "
-        f"WHERE slug = %s AND {visible}), "
-        f"joined AS (INSERT INTO {memberships} (user_id, room_id, joined_at) "
-        "SELECT %s, id, %s FROM room ON CONFLICT (room_id, user_id) DO NOTHING "
-        "RETURNING 1) "
-        "SELECT room.*, EXISTS (SELECT 1 FROM joined) FROM room",
-        [slug, *visible_params, user.id, timezone.now()],
-    )
-    if row is None:
-        raise NotFound(f"No room {slug!r}.", field="room")
-    return Room.from_db(DEFAULT_DB_ALIAS, names, row[:-1]), row[-1]
+    return await message_store().room_join(user=user, slug=slug)
 
 
 def membership_end(*, user, room, removed=False):
@@ -337,125 +317,20 @@ def membership_read(*, user, room, seq) -> tuple[dict, bool]:
     return state, bool(moved)
 
 
-def _room_next_seq(room_id, user_id, now):
-    """Bump the room's seq under its row lock.
-
-    Returns (seq, is_locked, id of the poster's current mute or None), or None if the
-    room is gone: the mute is read in the same statement, so checking it is free.
-    """
-    return _room_counter_take(room_id, "last_seq", 1, user_id, now)
-
-
-def _room_counter_take(room_id, counter, count, user_id, now):
-    """Add `count` to the room's `counter` column under its row lock.
+def _room_counter_take(room_id, counter: Counter, count, user_id, now):
+    """Add `count` to the room's `counter` under its row lock (to the commit).
 
     Returns (its new value, is_locked, id of the user's current mute or None), or
-    None if the room is gone. The lock is held to the commit, so what takes numbers
-    from one room's counter commits in their order.
+    None if the room is gone: the mute is read with the counter, so checking it is
+    free.
     """
-    rooms, mutes = Room._meta.db_table, Mute._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {rooms} SET {counter} = {counter} + %s WHERE id = %s "
-            f"RETURNING {counter}, is_locked, (SELECT id FROM {mutes} "
-            "WHERE user_id = %s AND until > %s ORDER BY until DESC LIMIT 1)",
-            [count, room_id, user_id, connection.ops.adapt_datetimefield_value(now)],
-        )
-        return cursor.fetchone()
-
-
-def _message_insert_many(posts):
-    """PostgreSQL: bump the seqs and insert messages, one statement for all `posts`.
-
-    `posts` are (room_id, user_id, body, client_id, created_at, private). A post is
-    stored only in an unlocked room by a poster who is not muted and, in a private
-    room, is a member; rows are (index in `posts`, id, seq) for the stored ones, with
-    seqs in `posts` order per room. A post with no row was refused, or its room is
-    gone: the checked path then says why (and applies chat.access in full).
-    """
-    if len(posts) == 1:
-        # A third cheaper for PostgreSQL than the general statement with one post.
-        return _message_insert_one(*posts[0])
-    rooms, mutes = Room._meta.db_table, Mute._meta.db_table
-    messages, memberships = Message._meta.db_table, Membership._meta.db_table
-    # Rooms are locked in id order (`locked`), so that batches of several rooms from
-    # several processes cannot deadlock; the bump then updates rows already locked.
-    # The posts travel as one JSON array: orjson encodes it in C, where psycopg
-    # builds each of six array parameters element by element in Python.
-    # A batch of public rooms' posts alone runs without the membership check.
-    private = any(post[5] for post in posts)
-    member = (
-        f" AND (NOT post.private OR EXISTS (SELECT 1 FROM {memberships} vm "
-        "WHERE vm.room_id = post.room_id AND vm.user_id = post.user_id))"
-        if private
-        else ""
+    return message_store().room_counter_take(
+        room_id=room_id, counter=counter, count=count, user_id=user_id, now=now
     )
-    sql = (
-        "WITH post AS (SELECT * FROM json_to_recordset(%s::json) AS p(ord int, "
-        "room_id bigint, user_id bigint, body text, client_id text, "
-        f"created_at timestamptz{', private boolean' if private else ''})), "
-        "allowed AS (SELECT * FROM post WHERE NOT EXISTS (SELECT 1 FROM "
-        f"{mutes} m WHERE m.user_id = post.user_id AND m.until > post.created_at)"
-        f"{member}), "
-        "counted AS (SELECT room_id, count(*) AS n FROM allowed GROUP BY room_id), "
-        f"locked AS (SELECT id FROM {rooms} WHERE id IN (SELECT room_id FROM counted) "
-        "AND NOT is_locked ORDER BY id FOR UPDATE), "
-        f"bump AS (UPDATE {rooms} r SET last_seq = r.last_seq + c.n FROM counted c "
-        "WHERE r.id = c.room_id AND r.id IN (SELECT id FROM locked) "
-        "RETURNING r.id, r.last_seq, c.n), "
-        "numbered AS (SELECT a.*, b.last_seq - b.n + row_number() OVER "
-        "(PARTITION BY a.room_id ORDER BY a.ord) AS seq "
-        "FROM allowed a JOIN bump b ON b.id = a.room_id), "
-        f"inserted AS (INSERT INTO {messages} (room_id, seq, user_id, body, "
-        "client_id, created_at) SELECT room_id, seq, user_id, body, client_id, "
-        "created_at FROM numbered RETURNING id, room_id, seq) "
-        "SELECT n.ord, i.id, i.seq FROM inserted i "
-        "JOIN numbered n ON n.room_id = i.room_id AND n.seq = i.seq"
-    )
-    rows = [
-        {
-            "ord": index,
-            "room_id": room_id,
-            "user_id": user_id,
-            "body": body,
-            "client_id": client_id,
-            "created_at": created_at,
-            **({"private": is_private} if private else {}),
-        }
-        for index, (room_id, user_id, body, client_id, created_at, is_private) in (
-            enumerate(posts)
-        )
-    ]
-    return sql, [orjson.dumps(rows).decode()]
-
-
-def _message_insert_one(room_id, user_id, body, client_id, now, private):
-    """_message_insert_many for one post: the bump matches an unlocked room whose
-    poster is not muted (and a member, if `private`), and the insert takes its seq."""
-    rooms, mutes = Room._meta.db_table, Mute._meta.db_table
-    messages = Message._meta.db_table
-    params = [room_id, user_id, now]
-    member = ""
-    if private:  # public rooms' statement stays as it was
-        member = (
-            f"AND EXISTS (SELECT 1 FROM {Membership._meta.db_table} "
-            "WHERE room_id = %s AND user_id = %s) "
-        )
-        params += [room_id, user_id]
-    sql = (
-        f"WITH bump AS (UPDATE {rooms} SET last_seq = last_seq + 1 "
-        "WHERE id = %s AND NOT is_locked AND NOT EXISTS "
-        f"(SELECT 1 FROM {mutes} WHERE user_id = %s AND until > %s) {member}"
-        "RETURNING last_seq) "
-        f"INSERT INTO {messages} (room_id, seq, user_id, body, client_id, "
-        "created_at) SELECT %s, last_seq, %s, %s, %s, %s FROM bump "
-        "RETURNING 0, id, seq"
-    )
-    return sql, [*params, room_id, user_id, body, client_id, now]
 
 
 def _inserted(row, room_id, user, body, client_id, now):
-    """The Message a fast insert returned (None if it returned no row)."""
+    """The Message the store inserted: row (id, seq), or None if it returned none."""
     if row is None:
         return None
     return Message(
@@ -467,19 +342,6 @@ def _inserted(row, room_id, user, body, client_id, now):
         client_id=client_id,
         created_at=now,
     )
-
-
-def _message_insert_fast(room, user, body, client_id, now):
-    """The fast insert on this thread's connection: the new Message, or None."""
-    room_id = room.id
-    stamp = connection.ops.adapt_datetimefield_value(now)
-    sql, params = _message_insert_one(
-        room_id, user.id, body, client_id, stamp, not room.is_public
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return _inserted(row and row[1:], room_id, user, body, client_id, now)
 
 
 def message_stored(user, client_id):
@@ -498,10 +360,10 @@ def _stored_by_client_id(user, client_id):
 
 def _message_insert_checked(room, user, body, client_id, now):
     """Check access (NotFound), bump the seq, check lock and mute (Forbidden),
-    insert; the new Message."""
+    insert; the new Message. In the caller's transaction."""
     if not room.is_public and not access.room_can_see(user=user, room=room):
         raise NotFound(f"No room {room.slug!r}.", field="room")
-    bumped = _room_next_seq(room.id, user.id, now)
+    bumped = _room_counter_take(room.id, "last_seq", 1, user.id, now)
     if bumped is None:
         raise Forbidden("This room no longer exists.", field="room")
     seq, room.is_locked, mute_id = bumped
@@ -519,44 +381,25 @@ def _message_insert_checked(room, user, body, client_id, now):
 def message_post(*, user, room, body, client_id=None, ensure_membership=True):
     """Store a message with the room's next seq; a known client_id replays the original.
 
-    The seq is taken under the room row's lock inside the insert's transaction, so seqs
-    are gap-free and in commit order. A duplicate client_id (also a racing one) hits
-    the unique constraint, rolls back the bump, and returns the stored message.
+    Checked in full (access, lock, mute: a refusal says why), with its mentions and,
+    if `ensure_membership`, the poster's membership, in one transaction. The seq is
+    taken under the room row's lock inside it, so seqs are gap-free and in commit
+    order. A duplicate client_id (also a racing one) hits the unique constraint,
+    rolls back the bump, and returns the stored message.
     """
     body = clean_body(body)
     client_id = clean_client_id(client_id)
     started = time.perf_counter()
-    fast = connection.vendor == "postgresql"
-    checked = False
     # Only a body with an "@" pays for looking up whom it mentions.
     mentioned = _mentions_resolve(room, body) if "@" in body else []
     try:
-        message = None
-        if (
-            fast
-            and not ensure_membership
-            and not mentioned
-            and connection.get_autocommit()
-        ):
-            # Outside a transaction the statement is one of its own: bump, checks and
-            # insert commit in one round trip, with no BEGIN and COMMIT around it.
+        with transaction.atomic():
             now = timezone.now()
-            message = _message_insert_fast(room, user, body, client_id, now)
-            fast = False  # refused (None): the checked path below says why
-        if message is None:
-            with transaction.atomic():
-                now = timezone.now()
-                if fast:
-                    message = _message_insert_fast(room, user, body, client_id, now)
-                if message is None:  # SQLite, or refused: the checked path says why
-                    checked = True
-                    message = _message_insert_checked(room, user, body, client_id, now)
-                if mentioned:
-                    _mentions_store(message, mentioned)
-                if ensure_membership:
-                    Membership.objects.get_or_create(user=user, room_id=room.id)
-        if not checked:
-            room.is_locked = False  # the fast statement matches unlocked rooms only
+            message = _message_insert_checked(room, user, body, client_id, now)
+            if mentioned:
+                _mentions_store(message, mentioned)
+            if ensure_membership:
+                Membership.objects.get_or_create(user=user, room_id=room.id)
     except IntegrityError:
         stored = client_id and _stored_by_client_id(user, client_id)
         if not stored:
@@ -568,26 +411,21 @@ def message_post(*, user, room, body, client_id=None, ensure_membership=True):
     return PostResult(data, created=True)
 
 
-async def _message_post_on_loop(user, room, body, client_id):
-    """message_post's common case on the room's async connection, with no thread hop.
+async def _message_post_quick(user, room, body, client_id):
+    """A socket's plain post, stored by the store's one-step insert.
 
-    The statement commits on its own (autocommit). None when it stored nothing:
-    refused, or a replay (the unique client_id); message_post then says why, or
+    One commit of its own, with no reason given: None when it stored nothing
+    (refused, or a replay of a stored client_id); message_post then says why, or
     returns the stored message.
     """
     started = time.perf_counter()
     now = timezone.now()
-    post = (room.id, user.id, body, client_id, now, not room.is_public)
-    try:
-        # Group commit: posts queued while the room's connection is busy share one
-        # statement and one commit; under load, batches grow instead of the queue.
-        row = await room_writer(room.id).batched(_message_insert_many, post)
-    except IntegrityError:
-        return None
+    post = Post(room.id, user.id, body, client_id, now, not room.is_public)
+    row = await message_store().message_insert(post)
     message = _inserted(row, room.id, user, body, client_id, now)
     if message is None:
         return None
-    room.is_locked = False  # the statement matches unlocked rooms only
+    room.is_locked = False  # the insert stores in unlocked rooms only
     metrics.MESSAGE_STORE_SECONDS.observe(time.perf_counter() - started)
     metrics.MESSAGES_STORED.inc()
     data = message_data(message, room_slug=room.slug, username=user.username)
@@ -613,10 +451,10 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
         return PostResult(stored, created=False)
     try:
         result = None
-        # A body that may mention someone takes the thread: its mentions are stored
-        # in the insert's transaction.
-        if not ensure_membership and on_loop() and "@" not in body:
-            result = await _message_post_on_loop(user, room, body, client_id)
+        # A body that may mention someone, or a post that makes its poster a member,
+        # takes message_post: those rows are stored in the insert's transaction.
+        if not ensure_membership and "@" not in body:
+            result = await _message_post_quick(user, room, body, client_id)
         if result is None:
             # The room's own writer thread: rooms insert in parallel, one room in order.
             result = await room_database_sync_to_async(room.id)(message_post)(
@@ -742,11 +580,6 @@ def _edited_event(message, room_slug, username):
     }
 
 
-def _room_changes_take(room_id, count, user_id, now):
-    """Take `count` numbers of the room's change counter (see _room_counter_take)."""
-    return _room_counter_take(room_id, "last_change", count, user_id, now)
-
-
 def messages_delete(*, actor, messages, reason=""):
     """Soft-delete messages (a moderator's bulk action); returns how many were live.
 
@@ -767,7 +600,9 @@ def messages_delete(*, actor, messages, reason=""):
         # Rooms in id order, so that two bulk deletions cannot deadlock.
         for room_id in sorted(by_room):
             in_room = by_room[room_id]
-            last = _room_changes_take(room_id, len(in_room), actor.pk, now)[0]
+            last = _room_counter_take(
+                room_id, "last_change", len(in_room), actor.pk, now
+            )[0]
             for change, message in enumerate(in_room, start=last - len(in_room) + 1):
                 _soft_delete(actor, message, message.room.slug, reason, change, now)
     return len(rows)
@@ -790,7 +625,7 @@ def message_delete(*, user, room, message_id) -> DeleteResult:
         deleted = message.deleted_at is None
         if deleted:
             now = timezone.now()
-            change = _room_changes_take(room.id, 1, user.id, now)[0]
+            change = _room_counter_take(room.id, "last_change", 1, user.id, now)[0]
             reason = "by its author" if own else "by a moderator"
             _soft_delete(user, message, room.slug, reason, change, now)
     return DeleteResult(_deleted_event(message, room.slug), deleted)
@@ -851,7 +686,7 @@ def message_edit_store(*, user, room, message_id, body, now=None):
             )
         if message.body == body:
             return EditResult(_edited_event(message, room.slug, user.username), False)
-        taken = _room_changes_take(room.id, 1, user.id, now)
+        taken = _room_counter_take(room.id, "last_change", 1, user.id, now)
         if taken is None:
             raise Forbidden("This room no longer exists.", field="room")
         change, room.is_locked, mute_id = taken

@@ -9,8 +9,8 @@ and at once after a call that hit a database error, so a broken connection is st
 dropped before the next call.
 
 On PostgreSQL the socket path's message inserts and simple reads (one autocommitted
-statement each) skip threads altogether: LoopConnection runs them on async connections
-of the event loop.
+statement each: chat.store.postgres) skip threads altogether: LoopConnection runs them
+on async connections of the event loop.
 """
 
 import asyncio
@@ -244,13 +244,6 @@ def _loop_connection_params():
     # sharing it) for the kernel's TCP timeout.
     params.setdefault("connect_timeout", 10)
     return params
-
-
-def on_loop():
-    """True where the socket path's statements run on the loop (PostgreSQL)."""
-    # Not connections["default"].vendor: on the loop, that builds a DatabaseWrapper
-    # for each task's context, kept as long as the task (~3 KB per socket).
-    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 
 _loop_connections: dict = {}  # event loop -> (writers, readers)

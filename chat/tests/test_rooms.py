@@ -11,7 +11,6 @@ from rest_framework.test import APIClient
 from chat import services
 from chat.models import Membership, Message, MessageMention, Room
 from chat.tests.test_consumers import joined, send_message, signed_in
-from voiceflow.db import on_loop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -473,14 +472,13 @@ def test_the_room_list_costs_the_same_queries_for_any_number_of_rooms(alice, bob
     }
 
 
-@pytest.mark.skipif(not on_loop(), reason="loop connections: PostgreSQL")
-async def test_one_batch_stores_a_private_rooms_posts_by_members_only(
+async def test_the_quick_insert_stores_a_private_rooms_posts_by_members_only(
     team, alice, bob, carol, lobby
 ):
     posts = [(bob, team, "member"), (carol, team, "outsider"), (carol, lobby, "public")]
     results = await asyncio.gather(
         *(
-            services._message_post_on_loop(user, room, body, None)
+            services._message_post_quick(user, room, body, None)
             for user, room, body in posts
         )
     )

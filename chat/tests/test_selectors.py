@@ -1,21 +1,16 @@
-"""Reads on the event loop's PostgreSQL connections (the socket path)."""
+"""The socket path's reads, through the process's store (on PostgreSQL, the event
+loop's connections)."""
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from chat import selectors
 from chat.models import OfflineMark
 
-# The loop's connections are their own: they see committed rows only.
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql", reason="loop connections: PostgreSQL"
-    ),
-]
+# The loop's connections and the threads' are their own: committed rows only.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def test_an_active_user_is_read_whole_and_an_inactive_one_not_at_all(alice):

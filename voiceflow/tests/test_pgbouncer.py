@@ -6,9 +6,9 @@ import shutil
 import tempfile
 
 import pytest
+from django.db import connection
 
 from deploy import cluster
-from voiceflow.db import on_loop
 
 from . import servers
 from .servers import ServerProcess, free_port
@@ -17,7 +17,10 @@ from .test_e2e import frame, open_joined
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not on_loop(), reason="PgBouncer pools PostgreSQL connections"),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql",
+        reason="PgBouncer pools PostgreSQL connections",
+    ),
 ]
 
 
