@@ -123,13 +123,14 @@ class Hub:
 
     async def _group_add(self, slug):
         """Join the room's group; with Redis down, leave that for `_resubscribe`."""
-        if self.channel is not None and redis_breaker.allows():
+        breaker = _layer_breaker()
+        if self.channel is not None and breaker.allows():
             try:
                 # The layer's own timeout is its long blocking read's.
                 async with asyncio.timeout(settings.REDIS_STORE_TIMEOUT):
                     await self.layer.group_add(room_group(slug), self.channel)
             except (*UNREACHABLE, TimeoutError) as error:
-                redis_breaker.failed(error)
+                breaker.failed(error)
             else:
                 self.subscribed.add(slug)
                 self.unsubscribed.discard(slug)
@@ -139,7 +140,7 @@ class Hub:
     async def _resubscribe(self):
         """Join the groups of the rooms joined here while Redis was down."""
         for slug in list(self.unsubscribed):
-            if redis_breaker.down:
+            if _layer_breaker().down:
                 return
             await self._subscription_sync(slug)
 
@@ -205,9 +206,31 @@ class Hub:
             for socket in list(self.sockets):
                 socket.silence_check(now)
             idle = self.resubscribing is None or self.resubscribing.done()
-            ready = self.channel is not None and not redis_breaker.down
+            ready = self.channel is not None and not _layer_breaker().down
             if self.unsubscribed and ready and idle:
                 self.resubscribing = asyncio.ensure_future(self._resubscribe())
+
+
+class _ShardErrors:
+    """A sharded layer's errors are its shard's own: they open no breaker (the other
+    shards and the store's Redis may answer) and none gates them."""
+
+    down = False
+
+    def allows(self) -> bool:
+        return True
+
+    def failed(self, error: BaseException | None = None) -> None:
+        pass
+
+
+_SHARD_ERRORS = _ShardErrors()
+
+
+def _layer_breaker():
+    """The breaker of the layer's operations: Redis's, unless the layer has servers
+    of its own (REDIS_LAYER_URLS)."""
+    return _SHARD_ERRORS if settings.REDIS_LAYER_URLS else redis_breaker
 
 
 def _discard(index, key, socket):
@@ -241,13 +264,14 @@ async def hub():
 async def _channel(layer):
     """A new layer channel, in the user-events group; None while Redis is unreachable
     (the Hub serves its sockets meanwhile and gets one once Redis answers)."""
-    if not redis_breaker.allows():
+    breaker = _layer_breaker()
+    if not breaker.allows():
         return None
     try:
         channel = await layer.new_channel()
         await layer.group_add(USER_EVENTS_GROUP, channel)
     except UNREACHABLE as error:
-        redis_breaker.failed(error)
+        breaker.failed(error)
         return None
     return channel
 
@@ -275,11 +299,12 @@ async def _publish(group, event):
     published one reaches them through the layer, like everyone's."""
     layer = get_channel_layer()
     started = time.perf_counter()
-    if not redis_breaker.down or redis_breaker.allows():
+    breaker = _layer_breaker()
+    if not breaker.down or breaker.allows():
         try:
             await layer.group_send(group, event)
         except UNREACHABLE as error:
-            redis_breaker.failed(error)
+            breaker.failed(error)
             _route_here(layer, event)
     else:
         _route_here(layer, event)

@@ -29,7 +29,7 @@ def private_redis(redis_server, settings, lobby):
         "default": {
             "BACKEND": "voiceflow.layers.PubSubChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": redis_server.url, "socket_connect_timeout": 1}],
+                "shards": [{"url": redis_server.url}],
                 "prefix": f"{settings.REDIS_KEY_PREFIX}:layer:",
             },
         }
