@@ -7,6 +7,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from channels.consumer import get_handler_name
@@ -21,12 +22,20 @@ from voiceflow import metrics
 from voiceflow.db import on_loop, socket_database_sync_to_async
 from voiceflow.websocket import FRAME_EXTENSION, OUTPUT_EXTENSION, text_frame
 
-from . import access, broadcast, last_seqs, ratelimit, selectors, services, sockets
+from . import (
+    access,
+    broadcast,
+    frames,
+    last_seqs,
+    ratelimit,
+    selectors,
+    services,
+    sockets,
+)
 from .auth import origin_allowed, socket_user
-from .errors import ChatError, Forbidden, Invalid, NotFound, Unavailable
+from .errors import ChatError, Forbidden, NotFound, Unavailable
 from .models import Room
 from .payloads import message_data
-from .validators import json_too_deep
 
 logger = logging.getLogger(__name__)
 
@@ -39,35 +48,6 @@ CLOSE_KICKED = 4403
 CLOSE_SILENT = 4408
 CLOSE_TOO_MANY = 4429
 _UNKNOWN = object()
-
-
-def _room_slug(frame):
-    slug = frame.get("room")
-    if not isinstance(slug, str) or not slug:
-        raise Invalid("room is required.", field="room")
-    return slug
-
-
-def _optional_seq(frame, name):
-    value = frame.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise Invalid(f"{name} must be a non-negative integer.", field=name)
-    return value
-
-
-def _utf8_size(text):
-    # surrogatepass: a str from a test harness may hold lone surrogates; never crash.
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _frame_ref(frame):
-    """The frame's client_id for an error's `ref`, if it is a well-formed one."""
-    client_id = frame.get("client_id")
-    if isinstance(client_id, str) and len(client_id) <= 64:
-        return client_id
-    return None
 
 
 @dataclass(frozen=True)
@@ -187,7 +167,7 @@ async def _resume(coro, waiting):
 class ChatConsumer(AsyncWebsocketConsumer):
     """Parses frames, calls services, replies; layer events are forwarded as is."""
 
-    user = None
+    user: Any = None
     close_code = None
     # When this user's mute ends: loaded on the first typing frame, then kept fresh by
     # `user.muted` events, so typing costs no database trip. (Posting re-checks it in
@@ -197,7 +177,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     away = False  # this socket's last `status` frame said away
     draining = False
     silenced = False
-    hub = None
+    hub: Any = None
     # Broadcast frames wait here while a frame is in hand (so `joined` comes before the
     # room's live messages) or while the socket's write buffer is full.
     holds = 0
@@ -428,53 +408,58 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await super().close(code=code, reason=reason)
 
     async def receive(self, text_data=None, bytes_data=None):
-        limit = settings.VOICEFLOW["MAX_FRAME_BYTES"]
         if text_data is None:
-            if len(bytes_data or b"") > limit:
+            if frames.frame_too_large(bytes_data or b""):
                 await self.close(code=CLOSE_TOO_LARGE)
-                return
-            await self.send_error(Invalid("Frames must be JSON text."), None, None)
+            else:
+                await self._refused(frames.binary_refusal())
             return
-        if len(text_data) * 4 > limit and _utf8_size(text_data) > limit:
+        if frames.frame_too_large(text_data):
             await self.close(code=CLOSE_TOO_LARGE)
             return
         if self.user is None or self.draining:
             # Closing: frames that raced the close are ignored (unacked, so resent).
             return
         self.last_frame_at = asyncio.get_running_loop().time()
-        try:
-            frame = orjson.loads(text_data)
-        except orjson.JSONDecodeError:
-            await self.send_error(Invalid("Frame is not valid JSON."), None, None)
+        frame = frames.frame_decode(text_data)
+        if isinstance(frame, frames.Refusal):
+            await self._refused(frame)
             return
-        if not isinstance(frame, dict):
-            await self.send_error(Invalid("Frame is not a JSON object."), None, None)
-            return
-        kind = frame.get("type")
+        kind = frame.kind
         metrics.FRAMES_RECEIVED.labels(metrics.frame_type(kind)).inc()
-        handler = self.frame_handlers.get(kind) if isinstance(kind, str) else None
-        ref = _frame_ref(frame)
-        request = kind if isinstance(kind, str) and len(kind) <= 64 else None
-        if json_too_deep(frame, settings.VOICEFLOW["MAX_JSON_DEPTH"]):
-            await self.send_error(Invalid("Frame is nested too deeply."), request, ref)
-            return
-        typing_start = kind == "typing" and frame.get("state") == "start"
-        await self._presence_touch(active=kind == "message" or typing_start)
-        if handler is None:
-            detail = f"Unknown frame type {request!r}." if request else "No frame type."
-            await self.send_error(Invalid(detail), request, ref)
-            return
+        await self._presence_touch(active=frame.active)
         try:
-            await handler(self, frame)
-        except ChatError as error:
+            await self.frame_handlers[kind](self, frame)
+        except Exception as error:
+            await self._failed(error, kind, frame.ref)
+
+    async def _refused(self, refusal):
+        """Reply to a refused frame; presence hears of it as of any frame."""
+        if refusal.counted:
+            metrics.FRAMES_RECEIVED.labels(metrics.frame_type(refusal.request)).inc()
+        if refusal.heard:
+            await self._presence_touch(active=refusal.active)
+        try:
+            if refusal.room is not None:
+                await self._joined_room(refusal.room)  # not joined is said first
+        except Exception as error:
+            await self._failed(error, refusal.request, refusal.ref)
+            return
+        await self.send_error(refusal.error, refusal.request, refusal.ref)
+
+    async def _failed(self, error, request, ref):
+        """The error reply to a frame that raised `error`."""
+        if isinstance(error, ChatError):
             await self.send_error(error, request, ref)
-        except DatabaseError:
-            logger.warning("%s frame failed: database unavailable", kind, exc_info=True)
+        elif isinstance(error, DatabaseError):
+            logger.warning(
+                "%s frame failed: database unavailable", request, exc_info=error
+            )
             await self.send_error(
                 Unavailable("The database is unavailable; retry later."), request, ref
             )
-        except Exception:
-            logger.exception("%s frame failed", kind)
+        else:
+            logger.error("%s frame failed", request, exc_info=error)
             await self.send_error(
                 Unavailable("The server could not handle this frame; retry later."),
                 request,
@@ -483,10 +468,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # Client frames
 
-    async def frame_join(self, frame):
-        slug = _room_slug(frame)
-        since = _optional_seq(frame, "since")
-        changes_since = _optional_seq(frame, "changes_since")
+    async def frame_join(self, frame: frames.Join):
+        slug = frame.room
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
         if slug in self.rooms:  # a re-join on this socket (a reconnect's is free)
@@ -495,7 +478,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Subscribe before reading what was missed, so nothing falls in between.
         await self.hub.room_add(slug, self)
         try:
-            join = await _join(self.user, slug, since, changes_since)
+            join = await _join(self.user, slug, frame.since, frame.changes_since)
         except Exception:
             if slug not in self.rooms:
                 await self.hub.room_remove(slug, self)
@@ -519,8 +502,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             }
         )
 
-    async def frame_leave(self, frame):
-        slug = _room_slug(frame)
+    async def frame_leave(self, frame: frames.Leave):
+        slug = frame.room
         if slug in self.rooms:
             await self._presence_frame_hit()
             await self.socket_typing.stop(slug)
@@ -533,13 +516,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
         await self.send_frame({"type": "left", "room": slug})
 
-    async def frame_message(self, frame):
-        room = await self._joined_room(frame)
+    async def frame_message(self, frame: frames.Message):
+        room = await self._joined_room(frame.room)
         result = await services.message_send(
             user=self.user,
             room=room,
-            body=frame.get("body"),
-            client_id=frame.get("client_id"),
+            body=frame.body,
+            client_id=frame.client_id,
             ensure_membership=False,
         )
         await self.socket_typing.stop(room.slug)
@@ -555,11 +538,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             }
         )
 
-    async def frame_typing(self, frame):
-        room = await self._joined_room(frame)
-        state = frame.get("state")
-        if state not in ("start", "stop"):
-            raise Invalid("state must be 'start' or 'stop'.", field="state")
+    async def frame_typing(self, frame: frames.Typing):
+        room = await self._joined_room(frame.room)
         if self.muted_until is _UNKNOWN:
             self.muted_until = await _mute_until(self.user.pk)
         refusal = selectors.mute_refusal(self.muted_until)
@@ -567,63 +547,49 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise Forbidden(refusal, field="room")
         if not await self._typing_allowed():
             return  # the contract: over the limit, typing is dropped without an error
-        if state == "start":
+        if frame.state == "start":
             await self.socket_typing.start(room.slug)
         else:
             await self.socket_typing.stop(room.slug)
 
-    async def frame_delete(self, frame):
-        room = await self._joined_room(frame)
-        result = await _message_delete(
-            user=self.user, room=room, message_id=frame.get("id")
-        )
+    async def frame_delete(self, frame: frames.Delete):
+        room = await self._joined_room(frame.room)
+        result = await _message_delete(user=self.user, room=room, message_id=frame.id)
         # The room hears of it after the commit (this socket too, being in the room);
         # a tombstone deleted again is confirmed to the sender alone.
         if not result.deleted:
             await self.send_frame({"type": "message_deleted", **result.event})
 
-    async def frame_edit(self, frame):
-        room = await self._joined_room(frame)
+    async def frame_edit(self, frame: frames.Edit):
+        room = await self._joined_room(frame.room)
         result = await services.message_edit(
-            user=self.user,
-            room=room,
-            message_id=frame.get("id"),
-            body=frame.get("body"),
+            user=self.user, room=room, message_id=frame.id, body=frame.body
         )
         # No ack: the room hears `message_edited` after the commit, this socket
         # too; an edit that changes nothing is confirmed to the sender alone.
         if not result.edited:
             await self.send_frame({"type": "message_edited", **result.event})
 
-    async def frame_read(self, frame):
-        slug = _room_slug(frame)
-        seq = frame.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise Invalid("seq must be a non-negative integer.", field="seq")
+    async def frame_read(self, frame: frames.Read):
+        slug = frame.room
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
-        state, moved = await _membership_read(self.user, slug, seq)
+        state, moved = await _membership_read(self.user, slug, frame.seq)
         # Moved: every socket of the user hears it (this one too, as its reply) from
         # the broadcast; not moved: this socket alone gets the state as it is.
         if not moved:
             await self.send_frame({"type": "read", **state})
 
-    async def frame_ping(self, frame):
-        ts = frame.get("ts")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise Invalid("ts is required and must be a number.", field="ts")
+    async def frame_ping(self, frame: frames.Ping):
         seqs = await last_seqs.last_seqs_get(slugs=self.rooms) if self.rooms else None
         await self.send_frame(
-            {"type": "pong", "ts": ts, "server_ts": int(time.time() * 1000)}
+            {"type": "pong", "ts": frame.ts, "server_ts": int(time.time() * 1000)}
             | ({"last_seq": seqs} if seqs is not None else {})
         )
 
-    async def frame_status(self, frame):
-        status = frame.get("status")
-        if status not in ("online", "away"):
-            raise Invalid("status must be 'online' or 'away'.", field="status")
+    async def frame_status(self, frame: frames.Status):
         await self._presence_frame_hit()
-        self.away = status == "away"
+        self.away = frame.status == "away"
         await presence_services.presence_set_away(
             sid=self.connection_id, away=self.away
         )
@@ -872,8 +838,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # Helpers
 
-    async def _joined_room(self, frame):
-        slug = _room_slug(frame)
+    async def _joined_room(self, slug):
         room = self.rooms.get(slug)
         if room is None:
             if not selectors.is_room_slug(slug) or not await _room_visible(
