@@ -275,8 +275,7 @@ def _checks(cls: type[Frame]) -> list[tuple[str, bool, Callable | None, Any]]:
 
 
 def _orjson_ints(*values: object) -> None:
-    """Refuse integers past 64 bits: orjson reads them as floats, so the checked way
-    decodes such a frame (and refuses it, or echoes the float)."""
+    """Refuse integers past 64 bits: orjson reads them as floats (the checked way)."""
     for value in values:
         if type(value) is int and not -(2**63) <= value < 2**64:
             raise ValueError("an integer past 64 bits")
