@@ -11,11 +11,14 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow
 TEST_REDIS_PREFIX ?= vftest
 
 # `make cluster`: HAProxy on CLUSTER_PORT in front of three web processes, PgBouncer,
-# a private Redis and the sweeper (docs/scaling.md); `make cluster-down` stops it.
+# a private Redis primary, replica and three Sentinels, and the sweeper
+# (docs/scaling.md); `make cluster-down` stops it. `make cluster-roll` replaces its web
+# processes one at a time (a rolling deploy).
 CLUSTER_PORT ?= 8000
 CLUSTER_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/voiceflow_cluster
 
-.PHONY: install run test test-embedded test-redis test-browser lint cluster cluster-down
+.PHONY: install run test test-embedded test-redis test-browser lint cluster cluster-down \
+	cluster-roll
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +56,9 @@ test-redis: install
 cluster: install
 	$(BIN)/python deploy/cluster.py start --port $(CLUSTER_PORT) \
 		--database-url $(CLUSTER_DATABASE_URL)
+
+cluster-roll: install
+	$(BIN)/python deploy/cluster.py roll
 
 cluster-down:
 	$(BIN)/python deploy/cluster.py stop

@@ -41,12 +41,15 @@ def _fresh_rate_limits(settings):
     """Each test starts with empty rate-limit windows: own Redis keys, a clear twin."""
     from chat.ratelimit import memory_limiter
     from chat.tickets import memory_tickets
+    from voiceflow.breaker import redis_breaker
 
     settings.REDIS_KEY_PREFIX = f"{settings.REDIS_KEY_PREFIX}:{uuid.uuid4().hex[:8]}"
     memory_limiter.clear()
     memory_tickets.clear()
+    redis_breaker.reset()  # a Redis a test killed is not the next test's
     yield
     memory_limiter.clear()
+    redis_breaker.reset()
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +63,30 @@ async def _close_loop_clients():
     await hubs_stop()
     await redis_clients_close()
     await loop_connections_close()
+
+
+class HandClock:
+    """A clock moved by hand: `clock.now += 1`."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def hand_clock():
+    return HandClock()
+
+
+@pytest.fixture
+def breaker_clock(hand_clock, monkeypatch):
+    """The Redis circuit breaker on a clock moved by hand."""
+    from voiceflow.breaker import redis_breaker
+
+    monkeypatch.setattr(redis_breaker, "clock", hand_clock)
+    return hand_clock
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 import functools
 import math
 
-import orjson
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -22,10 +21,12 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from presence import selectors as presence_selectors
 from voiceflow import metrics
+from voiceflow.breaker import UNREACHABLE
+from voiceflow.responses import json_send
 
 from . import access, ratelimit, selectors, services
 from .auth import header, host_allowed, token_user
-from .errors import ChatError, Invalid
+from .errors import ChatError, Invalid, Unavailable
 from .payloads import message_data
 from .serializers import (
     DmOpenSerializer,
@@ -57,6 +58,8 @@ def exception_handler(exc, context):
         exc = serializers.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else exc.messages
         )
+    if isinstance(exc, UNREACHABLE):  # what only Redis knows (presence) is unknown
+        exc = Unavailable("Redis is unreachable; retry later.")
     if isinstance(exc, ChatError):
         data, status_code, headers = _chat_error(exc)
         return Response(data, status=status_code, headers=headers)
@@ -164,30 +167,10 @@ class WsTicketFastPath:
                 raise decision.refusal("requests")  # as ClientIpThrottle refuses
             ticket = await ticket_aissue(user.pk)
         except ChatError as error:
-            await _json_send(send, *_chat_error(error))
+            await json_send(send, *_chat_error(error))
             return
         body = {"ticket": ticket, "expires_in": settings.VOICEFLOW["TICKET_TTL"]}
-        await _json_send(send, body, 200, {})
-
-
-async def _json_send(send, data, status_code, headers):
-    """A JSON response with the headers Django's security middleware would add."""
-    body = orjson.dumps(data)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status_code,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-content-type-options", b"nosniff"),
-                (b"x-frame-options", settings.X_FRAME_OPTIONS.encode()),
-                (b"referrer-policy", settings.SECURE_REFERRER_POLICY.encode()),
-                *[(k.lower().encode(), v.encode()) for k, v in headers.items()],
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+        await json_send(send, body, 200, {})
 
 
 def _room_data(user, rooms, many=False):

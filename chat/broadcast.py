@@ -4,6 +4,11 @@ Fan-out is per process, not per socket: each process has one layer channel (its
 `Hub`), subscribed to the groups of the rooms its sockets joined, plus one group for
 user events (kicks, mutes). An event arrives once per process, is routed to the local
 sockets by room or user, and its text, encoded once by the sender, is written to each.
+
+While Redis is unreachable (voiceflow.breaker) an event that cannot be published is
+routed to this process's own sockets alone; the other processes' sockets recover it by
+seq once Redis is back. A room joined meanwhile is served here at once and its group
+joined when Redis answers again.
 """
 
 import asyncio
@@ -16,6 +21,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from voiceflow import metrics
+from voiceflow.breaker import UNREACHABLE, redis_breaker
 
 from .socket_writer import prebuilt_frame
 
@@ -51,19 +57,25 @@ class Hub:
         self.users = {}  # user id → its sockets here
         self.rooms = {}  # room slug → the sockets here that joined it
         self.subscribed = set()  # room slugs whose group our channel is in
+        self.unsubscribed = set()  # joined here, group not joined yet (Redis down)
+        self.resubscribing = None  # the task joining those once Redis answers
         # room slug → [lock around (un)subscribing its group, callers holding or
         # waiting for it]; dropped with its last caller, so rooms come and go
         self.room_locks = {}
         self.presence_seen = deque(maxlen=256)  # presence ids handled (one per room)
         self.tasks = []
+        self.loop = None
 
     def start(self):
+        self.loop = asyncio.get_running_loop()
         self.tasks = [
             asyncio.ensure_future(self._receive_events()),
             asyncio.ensure_future(self._watch_silence()),
         ]
 
     async def stop(self):
+        if self.resubscribing is not None:
+            self.tasks.append(self.resubscribing)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -98,9 +110,10 @@ class Hub:
         try:
             async with entry[0]:
                 wanted = slug in self.rooms
+                if not wanted:
+                    self.unsubscribed.discard(slug)
                 if wanted and slug not in self.subscribed:
-                    await self.layer.group_add(room_group(slug), self.channel)
-                    self.subscribed.add(slug)
+                    await self._group_add(slug)
                 elif not wanted and slug in self.subscribed:
                     self.subscribed.discard(slug)
                     await self.layer.group_discard(room_group(slug), self.channel)
@@ -109,6 +122,28 @@ class Hub:
             if not entry[1]:
                 del self.room_locks[slug]
 
+    async def _group_add(self, slug):
+        """Join the room's group; with Redis down, leave that for `_resubscribe`."""
+        if self.channel is not None and redis_breaker.allows():
+            try:
+                # The layer's own timeout is its long blocking read's.
+                async with asyncio.timeout(settings.REDIS_STORE_TIMEOUT):
+                    await self.layer.group_add(room_group(slug), self.channel)
+            except (*UNREACHABLE, TimeoutError) as error:
+                redis_breaker.failed(error)
+            else:
+                self.subscribed.add(slug)
+                self.unsubscribed.discard(slug)
+                return
+        self.unsubscribed.add(slug)
+
+    async def _resubscribe(self):
+        """Join the groups of the rooms joined here while Redis was down."""
+        for slug in list(self.unsubscribed):
+            if redis_breaker.down:
+                return
+            await self._subscription_sync(slug)
+
     def sizes(self):
         """How many entries each of its indexes holds (for /health)."""
         return {
@@ -116,10 +151,14 @@ class Hub:
             "hubUsers": len(self.users),
             "hubRooms": len(self.rooms),
             "hubSubscribed": len(self.subscribed),
+            "hubUnsubscribed": len(self.unsubscribed),
             "hubRoomLocks": len(self.room_locks),
         }
 
     async def _receive_events(self):
+        while self.channel is None:  # started while Redis was unreachable
+            await asyncio.sleep(settings.REDIS_RETRY_INTERVAL)
+            self.channel = await _channel(self.layer)
         while True:
             event = await self.layer.receive(self.channel)
             try:
@@ -157,7 +196,8 @@ class Hub:
         metrics.FRAMES_SENT.labels(metrics.frame_type(frame_type)).inc(len(targets))
 
     async def _watch_silence(self):
-        """One timer for all sockets: each closes itself once silent too long."""
+        """One timer for all sockets: each closes itself once silent too long. It
+        also joins, once Redis answers, the groups left unjoined while it did not."""
         loop = asyncio.get_running_loop()
         while True:
             dead_after = settings.VOICEFLOW["DEAD_AFTER"]
@@ -165,6 +205,10 @@ class Hub:
             now = loop.time()
             for socket in list(self.sockets):
                 socket.silence_check(now)
+            idle = self.resubscribing is None or self.resubscribing.done()
+            ready = self.channel is not None and not redis_breaker.down
+            if self.unsubscribed and ready and idle:
+                self.resubscribing = asyncio.ensure_future(self._resubscribe())
 
 
 def _discard(index, key, socket):
@@ -189,12 +233,24 @@ async def hub():
     async with lock:
         current = _hubs.get(layer)
         if current is None:
-            channel = await layer.new_channel()
-            await layer.group_add(USER_EVENTS_GROUP, channel)
-            current = Hub(layer, channel)
+            current = Hub(layer, await _channel(layer))
             current.start()
             _hubs[layer] = current
     return current
+
+
+async def _channel(layer):
+    """A new layer channel, in the user-events group; None while Redis is unreachable
+    (the Hub serves its sockets meanwhile and gets one once Redis answers)."""
+    if not redis_breaker.allows():
+        return None
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add(USER_EVENTS_GROUP, channel)
+    except UNREACHABLE as error:
+        redis_breaker.failed(error)
+        return None
+    return channel
 
 
 def hub_sizes():
@@ -214,74 +270,97 @@ async def hubs_stop():
     _hub_locks.clear()
 
 
-async def _to_room(slug, frame):
-    """Forward one frame, encoded once, to every socket that joined room `slug`."""
+async def _publish(group, event):
+    """Hand `event` to the layer for every process's sockets in `group`. One that
+    cannot be published (Redis unreachable) goes to this process's sockets alone; a
+    published one reaches them through the layer, like everyone's."""
+    layer = get_channel_layer()
+    started = time.perf_counter()
+    if not redis_breaker.down or redis_breaker.allows():
+        try:
+            await layer.group_send(group, event)
+        except UNREACHABLE as error:
+            redis_breaker.failed(error)
+            _route_here(layer, event)
+    else:
+        _route_here(layer, event)
+    if group != USER_EVENTS_GROUP:
+        metrics.FANOUT_SECONDS.observe(time.perf_counter() - started)
+
+
+def _route_here(layer, event):
+    local = _hubs.get(layer)
+    if local is not None and local.loop is asyncio.get_running_loop():
+        local.route(event)
+
+
+def _to_room(slug, frame):
+    """(group, event) forwarding one frame, encoded once, to every socket that
+    joined room `slug`."""
     event = {
         "type": "chat.message",
         "room": slug,
         "text": encode(frame),
         "frame_type": frame["type"],
     }
-    started = time.perf_counter()
-    await get_channel_layer().group_send(room_group(slug), event)
-    metrics.FANOUT_SECONDS.observe(time.perf_counter() - started)
+    return room_group(slug), event
 
 
 async def message_created(message):
     """Send a stored message to every socket that joined its room."""
-    await _to_room(message["room"], {"type": "message", **message})
+    await _publish(*_to_room(message["room"], {"type": "message", **message}))
 
 
 async def message_deleted(event):
     """Tell a room's sockets that a message is now a tombstone."""
-    await _to_room(event["room"], {"type": "message_deleted", **event})
+    await _publish(*_to_room(event["room"], {"type": "message_deleted", **event}))
 
 
 async def message_edited(event):
     """Tell a room's sockets a message's new body (the whole message object)."""
-    await _to_room(event["room"], {"type": "message_edited", **event})
+    await _publish(*_to_room(event["room"], {"type": "message_edited", **event}))
 
 
 async def room_lock_changed(slug, locked):
     """Tell a room's sockets that posting there was switched off or on."""
-    await _to_room(slug, {"type": "room_locked", "room": slug, "locked": locked})
+    frame = {"type": "room_locked", "room": slug, "locked": locked}
+    await _publish(*_to_room(slug, frame))
 
 
-async def _to_user(user_id, event):
+def _to_user(user_id, event):
+    """(group, event) for every socket of a user."""
     # Rare, so one group every process is in; each Hub picks the user's sockets.
-    await get_channel_layer().group_send(
-        USER_EVENTS_GROUP, {**event, "user_id": user_id}
-    )
+    return USER_EVENTS_GROUP, {**event, "user_id": user_id}
 
 
 async def user_muted(user_id, until):
     """Tell every socket of a user until when they are muted (None: not muted)."""
-    await _to_user(user_id, {"type": "user.muted", "until": until})
+    await _publish(*_to_user(user_id, {"type": "user.muted", "until": until}))
 
 
 async def user_kicked(user_id):
     """Close every socket of a user (code 4403) in every process."""
-    await _to_user(user_id, {"type": "user.kicked"})
+    await _publish(*_to_user(user_id, {"type": "user.kicked"}))
 
 
 async def user_room_removed(user_id, slug):
     """Every socket of a user leaves room `slug` (its group here and everywhere) and
     gets `room_removed`."""
-    await _to_user(user_id, {"type": "user.room_removed", "room": slug})
+    await _publish(*_to_user(user_id, {"type": "user.room_removed", "room": slug}))
 
 
-async def _to_user_frame(user_id, frame):
-    """Forward one frame, encoded once, to every socket of a user."""
+def _to_user_frame(user_id, frame):
+    """(group, event) forwarding one frame, encoded once, to every socket of a user."""
     event = {"type": "user.frame", "text": encode(frame), "frame_type": frame["type"]}
-    await _to_user(user_id, event)
+    return _to_user(user_id, event)
 
 
 async def user_room_added(user_id, slug):
     """Tell every socket of a user they are now a member of room `slug`."""
-    await _to_user_frame(user_id, {"type": "room_added", "room": slug})
+    await _publish(*_to_user_frame(user_id, {"type": "room_added", "room": slug}))
 
 
 async def user_read(user_id, state):
     """Tell every socket of a user their read state in a room moved (`state` is
     {"room", "last_read_seq", "unread", "mentions"})."""
-    await _to_user_frame(user_id, {"type": "read", **state})
+    await _publish(*_to_user_frame(user_id, {"type": "read", **state}))

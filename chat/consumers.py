@@ -167,10 +167,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             socket_user(self.scope),
             return_exceptions=True,
         )
-        if isinstance(attempt, Unavailable):
-            logger.warning("connection limit unchecked: Redis unavailable")
-            await self._refuse(CLOSE_SERVICE_DOWN, client)
-            return
         if isinstance(attempt, BaseException):
             raise attempt
         if not attempt.allowed:
@@ -190,6 +186,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.presence = SocketPresence(self.connection_id, user.id, user.username)
         try:
+            # With Redis unreachable, registered once it answers (presence pauses).
             registered = await self.presence.register()
         except Exception:
             logger.warning("presence store unavailable at connect", exc_info=True)
@@ -418,7 +415,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
         if slug in self.rooms:  # a re-join on this socket (a reconnect's is free)
-            await self._presence_frame_hit(unchecked_ok=True)
+            await self._presence_frame_hit()
         hit = await self._join_hit(slug)
         # Subscribe before reading what was missed, so nothing falls in between.
         await self.hub.room_add(slug, self)
@@ -579,9 +576,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     logger.warning("presence exit of %s failed", slug, exc_info=True)
             await self.writer.send_frame({"type": "room_removed", "room": slug})
 
-    async def presence_restore(self):
-        """Be in presence again, with this socket's rooms, without a reconnect."""
-        if not await self.presence.restore(list(self.rooms)):
+    async def presence_restore(self, resync=False):
+        """Be in presence again, with this socket's rooms, without a reconnect
+        (`resync`: afresh, even if the store still knows it)."""
+        if not await self.presence.restore(list(self.rooms), resync):
             await self.presence.end()
             await self.close(code=CLOSE_TOO_MANY)
 
@@ -598,39 +596,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return room
 
     async def _join_hit(self, slug):
-        """The join's counted hit; None for a member's join refused or left unchecked.
+        """The join's counted hit; None for a member's join refused.
 
-        A member's join is served without counting, even over the limit or with Redis
-        down, so recovery after a reconnect always works; others get the refusal.
+        A member's join is served without counting, even over the limit, so recovery
+        after a reconnect always works; others get the refusal.
         """
-        try:
-            decision = await ratelimit.rate_hit("join", self.user.pk)
-        except Unavailable as unchecked:
-            refusal = unchecked
-        else:
-            if decision.allowed:
-                return decision
-            refusal = decision.refusal("joins")
+        decision = await ratelimit.rate_hit("join", self.user.pk)
+        if decision.allowed:
+            return decision
         if await socket_database_sync_to_async(selectors.is_member)(self.user, slug):
             return None
-        raise refusal
+        raise decision.refusal("joins")
 
-    async def _presence_frame_hit(self, unchecked_ok=False):
-        """Count a `status`, a `leave` or a re-join; raise RateLimited over the limit.
-
-        With Redis down, a re-join is served (recovery), the others are `unavailable`.
-        """
-        try:
-            await ratelimit.rate_enforce("presence", self.user.pk, "presence changes")
-        except Unavailable:
-            if not unchecked_ok:
-                raise
+    async def _presence_frame_hit(self):
+        """Count a `status`, a `leave` or a re-join; RateLimited over the limit."""
+        await ratelimit.rate_enforce("presence", self.user.pk, "presence changes")
 
     async def _typing_allowed(self):
-        try:
-            return (await ratelimit.rate_hit("typing", self.user.pk)).allowed
-        except Unavailable:
-            return False  # typing is best effort: dropped like one over the limit
+        return (await ratelimit.rate_hit("typing", self.user.pk)).allowed
 
     async def _unsubscribe(self, slug):
         if self.rooms.pop(slug, None) is not None:

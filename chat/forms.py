@@ -22,9 +22,9 @@ from .validators import validate_name_text, validate_new_username
 class RateLimitedForm:
     """A form whose submissions count against rate limits (chat.ratelimit) first.
 
-    Over a limit the form is invalid with one non-field error (code `rate_limited`,
-    or `unavailable` when Redis is down) and nothing else is checked: no password is
-    hashed, nothing is saved. `refusal_status(form)` gives the page's HTTP status.
+    Over a limit the form is invalid with one non-field error (code `rate_limited`)
+    and nothing else is checked: no password is hashed, nothing is saved.
+    `refusal_status(form)` gives the page's HTTP status.
     """
 
     def rate_limits(self) -> list[tuple[str, str]]:

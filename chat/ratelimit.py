@@ -8,6 +8,10 @@ this one. A refused check logs nothing, so refusals never extend the wait, and
 Redis: one Lua script per check (EVALSHA, EVAL once if the script cache is empty), so a
 check is one atomic round trip; each key expires one window after its newest hit.
 Key: `<REDIS_KEY_PREFIX>:rl:<limit name>:<who>` (user id or client IP).
+
+Fail-soft: while Redis is unreachable (voiceflow.breaker), checks go to this process's
+in-memory twin at the same rates, so limits hold per process instead of refusing
+everything; once Redis answers again, checks go back to it.
 """
 
 import hashlib
@@ -25,6 +29,7 @@ from django.conf import settings
 from rest_framework.throttling import BaseThrottle
 
 from voiceflow import metrics
+from voiceflow.breaker import redis_breaker, redis_usable
 from voiceflow.redis import redis_key, redis_pipelined, redis_sync_client
 
 from .errors import RateLimited, Unavailable
@@ -61,6 +66,7 @@ class Decision:
     retry_after: float  # seconds; 0 when allowed
     key: str
     member: str | None
+    local: bool = False  # counted in this process's memory, not in Redis
 
     def refusal(self, what):
         return RateLimited(
@@ -148,9 +154,10 @@ class MemoryRateLimiter:
                 member = _member(now * 1000)
                 log.append((now, member))
                 self._logs[key] = (window, log)
-                return Decision(True, 0.0, key, member)
+                return Decision(True, 0.0, key, member, local=True)
             freeing = log[len(log) - limit][0]
-            return Decision(False, max(0.0, freeing + window - now), key, None)
+            wait = max(0.0, freeing + window - now)
+            return Decision(False, wait, key, None, local=True)
 
     async def hit(self, key, limit, window, now):
         return self.hit_sync(key, limit, window, now)
@@ -183,11 +190,7 @@ class MemoryRateLimiter:
 
 
 memory_limiter = MemoryRateLimiter()
-
-
-def limiter():
-    """Redis with REDIS_URL (shared by every process), else the in-memory twin."""
-    return RedisRateLimiter() if settings.REDIS_URL else memory_limiter
+redis_limiter = RedisRateLimiter()  # REDIS_URL, read at each call
 
 
 def rate(name):
@@ -200,14 +203,18 @@ def rate(name):
 async def rate_hit(name, who, *, now=None):
     """Count one `name` hit for `who`; the Decision says whether it is allowed.
 
-    Raises Unavailable if the shared store cannot be reached.
+    In Redis (every process's hits together); in this process's memory without
+    REDIS_URL, or while Redis is unreachable.
     """
     limit, window = rate(name)
     key = redis_key("rl", name, who)
-    decision = await limiter().hit(
-        key, limit, window, time.time() if now is None else now
-    )
-    return _counted(name, decision)
+    now = time.time() if now is None else now
+    if redis_usable():
+        try:
+            return _counted(name, await redis_limiter.hit(key, limit, window, now))
+        except Unavailable as unreachable:
+            redis_breaker.failed(unreachable.__cause__)
+    return _counted(name, memory_limiter.hit_sync(key, limit, window, now))
 
 
 async def rate_enforce(name: str, who, what: str) -> "Decision":
@@ -222,10 +229,13 @@ def rate_hit_sync(name, who, *, now=None):
     """rate_hit for sync code (DRF throttles): same script, blocking client."""
     limit, window = rate(name)
     key = redis_key("rl", name, who)
-    decision = limiter().hit_sync(
-        key, limit, window, time.time() if now is None else now
-    )
-    return _counted(name, decision)
+    now = time.time() if now is None else now
+    if redis_usable():
+        try:
+            return _counted(name, redis_limiter.hit_sync(key, limit, window, now))
+        except Unavailable as unreachable:
+            redis_breaker.failed(unreachable.__cause__)
+    return _counted(name, memory_limiter.hit_sync(key, limit, window, now))
 
 
 def _counted(name, decision):
@@ -238,17 +248,22 @@ async def rate_refund(decision):
     """Un-count an allowed hit that turned out to be a replay (best effort)."""
     if not decision.allowed:
         return
+    if decision.local:
+        memory_limiter.refund_sync(decision)
+        return
+    if redis_breaker.down:
+        return  # the hit stays counted: the user is limited slightly early, never late
     try:
-        await limiter().refund(decision)
+        await redis_limiter.refund(decision)
     except redis.exceptions.RedisError:
-        pass  # the hit stays counted: the user is limited slightly early, never late
+        pass  # counted, as above
 
 
 def rate_hits_sync(limits: list[tuple[str, str]]) -> list[Decision]:
     """Count one hit on each (name, who) limit, in order, for sync views and forms.
 
     Over one of them: the hits already counted are refunded (a refused attempt counts
-    nowhere) and RateLimited is raised. Redis down raises Unavailable.
+    nowhere) and RateLimited is raised.
     """
     decisions: list = []
     for name, who in limits:
@@ -263,9 +278,13 @@ def rate_hits_sync(limits: list[tuple[str, str]]) -> list[Decision]:
 def rate_refund_sync(decisions: list[Decision]) -> None:
     """Un-count allowed hits (a login that succeeded, a form that was refused)."""
     for decision in decisions:
-        if decision.allowed:
+        if not decision.allowed:
+            continue
+        if decision.local:
+            memory_limiter.refund_sync(decision)
+        elif not redis_breaker.down:
             try:
-                limiter().refund_sync(decision)
+                redis_limiter.refund_sync(decision)
             except redis.exceptions.RedisError:
                 pass  # counted: limited slightly early, never late
 
@@ -358,7 +377,7 @@ class ClientIpThrottle(BaseThrottle):
     Sync views run in a worker thread, so this uses the limiter's blocking client (the
     same Lua script): async_to_sync would make a new event loop, and with it a new
     Redis connection, per request wherever no server loop is running (tests, WSGI).
-    Refusals raise RateLimited (429 + Retry-After); Redis down raises Unavailable (503).
+    Refusals raise RateLimited (429 + Retry-After).
     """
 
     def allow_request(self, request, view):

@@ -599,22 +599,17 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
 
     Only new messages count against the limit: the hit is taken before the insert
     (one Redis round trip, no extra database query on the hot path) and refunded when
-    the insert turns out to be a replay or fails. A replay refused by the limit (or
-    unchecked, Redis down) is looked up and acked anyway: resends are never limited.
+    the insert turns out to be a replay or fails. A replay refused by the limit is
+    looked up and acked anyway: resends are never limited.
     """
     body, client_id = clean_body(body), clean_client_id(client_id)
-    try:
-        decision = await ratelimit.rate_hit("message", user.pk)
-    except Unavailable as unchecked:
-        refusal = unchecked
-    else:
-        refusal = None if decision.allowed else decision.refusal("messages")
-    if refusal:
+    decision = await ratelimit.rate_hit("message", user.pk)
+    if not decision.allowed:
         stored = client_id and await database_sync_to_async(message_stored)(
             user, client_id
         )
         if not stored:
-            raise refusal
+            raise decision.refusal("messages")
         return PostResult(stored, created=False)
     try:
         result = None

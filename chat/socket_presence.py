@@ -87,8 +87,8 @@ class SocketPresence:
             logger.warning("presence touch failed", exc_info=True)
             return True
 
-    async def restore(self, rooms: list[str]) -> bool:
-        """Be in presence again, in `rooms`; False if no slot is left (close it)."""
+    async def restore(self, rooms: list[str], resync: bool = False) -> bool:
+        """Be in presence again (`resync`: afresh); False if no slot is left."""
         if not self.registered:
             return True
         try:
@@ -98,6 +98,7 @@ class SocketPresence:
                 username=self.username,
                 rooms=rooms,
                 away=self.away,
+                resync=resync,
             )
         except Exception:
             logger.warning("presence restore failed", exc_info=True)

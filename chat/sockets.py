@@ -77,13 +77,13 @@ def consumer_closed(consumer):
 
 
 async def sockets_presence_restore(batch=100):
-    """Register every live socket of this process in presence again (the presence
-    store lost them: Redis came back empty), `batch` at a time."""
+    """Register every live socket of this process in presence afresh (Redis came back
+    empty, or answers again after an outage), `batch` at a time."""
     consumers = list(_consumers)
     for start in range(0, len(consumers), batch):
+        chunk = consumers[start : start + batch]
         await asyncio.gather(
-            *(c.presence_restore() for c in consumers[start : start + batch]),
-            return_exceptions=True,
+            *(c.presence_restore(resync=True) for c in chunk), return_exceptions=True
         )
 
 

@@ -2,6 +2,12 @@
 
 Issued and redeemed on the event loop in one round trip each (SET, GETDEL); the
 sync REST view (session-authenticated requests) issues them with a blocking client.
+
+While Redis is unreachable (voiceflow.breaker), tickets are issued in this process's
+memory, marked as such: single-use and hashed all the same, but redeemable only by
+this process. Another process cannot tell such a ticket from a forged one, so it
+answers "unavailable" (close 1013: the client retries with a new ticket), never
+"unauthenticated"; so does any process for a Redis ticket while Redis is down.
 """
 
 import hashlib
@@ -13,9 +19,13 @@ from collections import OrderedDict
 import redis
 from django.conf import settings
 
+from voiceflow.breaker import UNREACHABLE, redis_breaker, redis_usable
 from voiceflow.redis import redis_key, redis_pipelined, redis_sync_client
 
 from .errors import Unavailable
+
+# Starts the tickets issued in a process's memory in shared mode (Redis down).
+LOCAL_MARK = "l."
 
 
 def _key(ticket):
@@ -92,38 +102,65 @@ class MemoryTicketStore:
 
 
 memory_tickets = MemoryTicketStore()
+redis_tickets = RedisTicketStore()  # REDIS_URL, read at each call
 
 
-def ticket_store():
-    """Redis with REDIS_URL (shared by every process), else the in-memory twin."""
-    return RedisTicketStore() if settings.REDIS_URL else memory_tickets
-
-
-def _new():
+def _new(mark=""):
     """A new ticket, its store key and its lifetime."""
-    ticket = secrets.token_urlsafe(32)
+    ticket = mark + secrets.token_urlsafe(32)
     return ticket, _key(ticket), settings.VOICEFLOW["TICKET_TTL"]
+
+
+def _local(user_id, error=None):
+    """A ticket in this process's memory; marked as such in shared mode."""
+    if error is not None:
+        redis_breaker.failed(error)
+    ticket, key, ttl = _new(LOCAL_MARK if settings.REDIS_URL else "")
+    memory_tickets.issue(key, user_id, ttl)
+    return ticket
 
 
 def ticket_issue(user_id):
     """A new ticket for `user_id`, valid once within the ticket TTL."""
+    if not redis_usable():
+        return _local(user_id)
     ticket, key, ttl = _new()
-    ticket_store().issue(key, user_id, ttl)
+    try:
+        redis_tickets.issue(key, user_id, ttl)
+    except Unavailable as unreachable:
+        return _local(user_id, unreachable.__cause__)
     return ticket
 
 
 async def ticket_aissue(user_id):
     """ticket_issue on the event loop."""
+    if not redis_usable():
+        return _local(user_id)
     ticket, key, ttl = _new()
-    await ticket_store().aissue(key, user_id, ttl)
+    try:
+        await redis_tickets.aissue(key, user_id, ttl)
+    except Unavailable as unreachable:
+        return _local(user_id, unreachable.__cause__)
     return ticket
 
 
 async def ticket_redeem(ticket):
     """The user id the ticket was issued for, once; None if unknown, used or expired.
 
-    Raises the store's error if Redis is unreachable (the socket closes with 1013).
+    Raises Unavailable when it cannot tell (the socket closes with 1013): a ticket
+    of another process's memory, or Redis unreachable.
     """
     if not _well_formed(ticket):
         return None
-    return await ticket_store().redeem(_key(ticket))
+    key = _key(ticket)
+    if not settings.REDIS_URL or ticket.startswith(LOCAL_MARK):
+        user_id = await memory_tickets.redeem(key)
+        if user_id is None and settings.REDIS_URL:
+            raise Unavailable("This ticket may be another server's; retry.")
+        return user_id
+    if redis_usable():
+        try:
+            return await redis_tickets.redeem(key)
+        except UNREACHABLE as error:
+            redis_breaker.failed(error)
+    raise Unavailable("Tickets cannot be checked; retry later.")

@@ -97,6 +97,7 @@ def room(request, slug):
         selectors.room_queryset_visible(user=request.user), slug=slug
     )
     name = selectors.room_name_for(user=request.user, room=room)
+    is_moderator = access.user_can_moderate(user=request.user)
     client_config = {
         "room": room.slug,
         "roomName": name,
@@ -113,10 +114,10 @@ def room(request, slug):
         "searchUrl": reverse("api-search"),
         "heartbeatInterval": settings.VOICEFLOW["HEARTBEAT_INTERVAL"],
         "editWindow": settings.VOICEFLOW["EDIT_WINDOW"],
-        # Delete on others' messages too; the server checks again on every delete.
-        "canModerate": access.user_can_moderate(user=request.user, room=room),
-        # The same in any room but DMs: what the page applies to the rooms it opens.
-        "isModerator": access.user_can_moderate(user=request.user),
+        # Delete on others' messages too (never in DMs); the server checks again on
+        # every delete. isModerator is what the page applies to the rooms it opens.
+        "canModerate": is_moderator and room.kind == Room.Kind.ROOM,
+        "isModerator": is_moderator,
     }
     return render(
         request,

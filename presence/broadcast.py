@@ -2,12 +2,18 @@
 
 Presence reaches sockets through the room groups chat subscribes them to; chat tells
 presence how room groups are named (`use_room_groups`), so presence never imports chat.
+
+While Redis is unreachable (voiceflow.breaker) these events are dropped: presence and
+typing pause, and what they would have said is made right once it is back
+(services.presence_restore).
 """
 
 import uuid
 
 import orjson
 from channels.layers import get_channel_layer
+
+from voiceflow.breaker import UNREACHABLE, redis_breaker
 
 _room_group = None
 
@@ -28,6 +34,16 @@ def _encode(frame):
     return orjson.dumps(frame).decode()
 
 
+async def _send(group, event):
+    """Publish `event`, or drop it while Redis is unreachable."""
+    if not redis_breaker.allows():
+        return
+    try:
+        await get_channel_layer().group_send(group, event)
+    except UNREACHABLE as error:
+        redis_breaker.failed(error)
+
+
 async def presence_changed(username, status, rooms):
     """A `presence` event to every socket in `rooms`; sockets in several rooms get one.
 
@@ -42,9 +58,8 @@ async def presence_changed(username, status, rooms):
         "rooms": sorted(rooms),
         "text": _encode({"type": "presence", "user": username, "status": status}),
     }
-    layer = get_channel_layer()
     for slug in sorted(rooms):
-        await layer.group_send(room_group(slug), event)
+        await _send(room_group(slug), event)
 
 
 async def member_joined(slug, username):
@@ -57,7 +72,7 @@ async def member_left(slug, username):
 
 async def _member_event(kind, slug, username):
     text = _encode({"type": kind, "room": slug, "user": username})
-    await get_channel_layer().group_send(
+    await _send(
         room_group(slug), {"type": kind.replace("_", "."), "room": slug, "text": text}
     )
 
@@ -65,7 +80,7 @@ async def _member_event(kind, slug, username):
 async def typing_changed(slug, user_id, username, state):
     """A `typing` event to the room; the sender's own sockets drop it (by user id)."""
     text = _encode({"type": "typing", "room": slug, "user": username, "state": state})
-    await get_channel_layer().group_send(
+    await _send(
         room_group(slug),
         {"type": "typing", "room": slug, "user_id": user_id, "text": text},
     )

@@ -4,6 +4,8 @@ import time
 
 from django.conf import settings
 
+from voiceflow.breaker import UNREACHABLE
+
 from .status import presence_status
 from .store import presence_store
 
@@ -31,16 +33,22 @@ async def room_presence(slug, now=None):
 
 
 async def room_members(slug, now=None):
-    """`joined.members`: the users `room_presence` lists, as {"username", "status"}."""
-    return [
-        {"username": row["username"], "status": row["status"]}
-        for row in await room_presence(slug, now)
-    ]
+    """`joined.members`: the users `room_presence` lists, as {"username", "status"};
+    none while Redis is unreachable (presence pauses)."""
+    try:
+        rows = await room_presence(slug, now)
+    except UNREACHABLE:
+        return []
+    return [{"username": row["username"], "status": row["status"]} for row in rows]
 
 
 async def room_online_counts(slugs):
-    """{slug: number of users `room_presence` lists} for each slug."""
-    return await presence_store().room_counts(list(slugs))
+    """{slug: number of users `room_presence` lists} for each slug; {} (no counts)
+    while Redis is unreachable."""
+    try:
+        return await presence_store().room_counts(list(slugs))
+    except UNREACHABLE:
+        return {}
 
 
 async def presence_totals():

@@ -8,6 +8,11 @@ one member event per user and room, per PRESENCE_EVENT_INTERVAL. The first chang
 goes out at once; changes within the interval wait for its end, when the state as it
 is then is sent (nothing if it is back to what was last sent). So a user flapping a
 room or their status costs the room one event a second, and the last one is right.
+
+While Redis is unreachable presence pauses: the writes a socket makes (connect,
+touches, joins, leaves, status, disconnect) store and send nothing and raise nothing
+(`_paused`); once Redis answers again, each server process registers its live sockets
+afresh (`presence_watch_start`), so the store is right again without a reconnect.
 """
 
 import asyncio
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from voiceflow import metrics
+from voiceflow.breaker import UNREACHABLE, redis_breaker
 
 from . import broadcast
 from .signals import user_went_offline
@@ -49,6 +55,23 @@ _watchers: weakref.WeakKeyDictionary = (
 
 def _clock(now):
     return time.time() if now is None else now
+
+
+def _paused(default):
+    """While Redis is unreachable, the decorated write returns `default` instead of
+    raising: presence pauses, and the restore after the outage makes it right."""
+
+    def decorate(write):
+        @functools.wraps(write)
+        async def paused(*args, **kwargs):
+            try:
+                return await write(*args, **kwargs)
+            except UNREACHABLE:
+                return default
+
+        return paused
+
+    return decorate
 
 
 def _spawn(coro):
@@ -154,6 +177,7 @@ async def _went_offline(user, now):
         logger.exception("user_went_offline hook for user %s failed", user.user_id)
 
 
+@_paused(True)
 async def presence_connect(*, sid, user_id, username, now=None):
     """Register a new socket; False if the user already has the most sockets allowed."""
     now = _clock(now)
@@ -166,6 +190,7 @@ async def presence_connect(*, sid, user_id, username, now=None):
     return True
 
 
+@_paused(None)
 async def presence_disconnect(*, sid, now=None):
     """Forget a socket; its rooms and the user's status wait out the grace period."""
     now = _clock(now)
@@ -219,6 +244,7 @@ async def _settle_later(user_id):
     await _settle(presence_store(), user_id, rooms, time.time())
 
 
+@_paused(True)
 async def presence_touch(*, sid, user_id, active=False, now=None):
     """A frame arrived (throttled by the caller); `active` ones also count as activity.
 
@@ -234,6 +260,7 @@ async def presence_touch(*, sid, user_id, active=False, now=None):
     return True
 
 
+@_paused(None)
 async def presence_set_away(*, sid, away, now=None):
     """The socket's `status` frame: away, or online (which also counts as activity)."""
     now = _clock(now)
@@ -243,6 +270,7 @@ async def presence_set_away(*, sid, away, now=None):
         await _announce(store, user_id, now)
 
 
+@_paused(False)
 async def presence_room_enter(*, sid, user_id, username, slug, now=None):
     """The socket joined `slug`; `member_joined` if it is the user's first one there."""
     now = _clock(now)
@@ -263,6 +291,7 @@ async def presence_room_enter(*, sid, user_id, username, slug, now=None):
     return added
 
 
+@_paused(False)
 async def presence_room_exit(*, sid, user_id, username, slug, now=None):
     """The socket left `slug`; `member_left` if it was the user's last there: at once,
     or at the end of the event interval if one was sent less than that ago."""
@@ -295,13 +324,23 @@ async def _member_flush(user_id, username, slug):
         await broadcast.member_joined(slug, username)
 
 
-async def presence_restore(*, sid, user_id, username, rooms, away, now=None):
+@_paused(True)
+async def presence_restore(
+    *, sid, user_id, username, rooms, away, now=None, resync=False
+):
     """Register again a live socket the store lost (Redis came back empty), with its
     rooms and its `status: away`. Silent: nobody was told it went, so nobody is told
-    it is back. False if the user already holds the most sockets allowed."""
+    it is back. False if the user already holds the most sockets allowed.
+
+    `resync` (after Redis was unreachable): registered afresh even if the store still
+    knows it, so what changed meanwhile counts (rooms joined, left, its status); a
+    room it left meanwhile gets its `member_left` when the grace is over.
+    """
     now = _clock(now)
     store = presence_store()
-    if await store.socket_touch(sid, now):
+    if resync:
+        await store.socket_remove(sid, now)
+    elif await store.socket_touch(sid, now):
         return True  # known: restored already (its own touch, or the watch)
     cap = settings.VOICEFLOW["MAX_SOCKETS_PER_USER"]
     if await store.socket_add(sid, user_id, username, PROCESS_ID, now, cap) is None:
@@ -319,8 +358,9 @@ async def presence_restore(*, sid, user_id, username, rooms, away, now=None):
 
 def presence_watch_start(restore: Callable[[], Awaitable[None]]) -> None:
     """Shared mode: watch that the store still knows this process; when Redis comes
-    back empty (restarted without persistence), call `restore`, which registers the
-    process's live sockets again (`presence_restore`) instead of closing them.
+    back empty (restarted without persistence), or answers again after this process
+    found it unreachable, call `restore`, which registers the process's live sockets
+    again (`presence_restore`, resync) instead of closing them.
 
     One task per event loop, started by the first socket; a no-op in embedded mode.
     """
@@ -334,17 +374,23 @@ def presence_watch_start(restore: Callable[[], Awaitable[None]]) -> None:
 
 async def _watch_store(restore):
     watched = None  # the store whose mark is known to be set (the first check sets it)
+    outages = redis_breaker.outages  # those seen: a later one calls for a restore
     while True:
         store = presence_store()
         known, watched = watched is store, store
         try:
+            seen = redis_breaker.outages
             marked = await store.process_mark(PROCESS_ID)
         except Exception:
             logger.debug("presence store unreachable", exc_info=True)
         else:
-            if known and not marked:
+            lost = known and not marked
+            if lost or seen != outages:
+                outages = seen
                 logger.warning(
-                    "presence store lost this process's sockets: registering again",
+                    "presence store lost this process's sockets: registering again"
+                    if lost
+                    else "redis answers again: registering this process's sockets",
                     extra={"event": "presence_restored"},
                 )
                 try:

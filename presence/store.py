@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from voiceflow.breaker import UNREACHABLE, redis_breaker
+
 from .status import OFFLINE, ONLINE, SocketState, UserPresence
 
 
@@ -334,7 +336,11 @@ def _user_view(raw):
 
 
 class RedisPresenceStore:
-    """Presence in Redis, shared by every server process and the sweeper."""
+    """Presence in Redis, shared by every server process and the sweeper.
+
+    While Redis is known to be unreachable (voiceflow.breaker) every operation raises
+    RedisDown at once, without waiting for a connection.
+    """
 
     def __init__(self, client, prefix, ttl):
         self.client = client
@@ -342,13 +348,21 @@ class RedisPresenceStore:
         self.ttl = ttl
         self._scripts = {}
 
+    async def _command(self, call, *args):
+        redis_breaker.check()
+        try:
+            return await call(*args)
+        except UNREACHABLE as error:
+            redis_breaker.failed(error)
+            raise
+
     async def _run(self, source, *args):
         script = self._scripts.get(source)
         if script is None:
             script = self._scripts[source] = self.client.register_script(
                 _LUA_COMMON + source
             )
-        return await script(args=[self.prefix, self.ttl, *args])
+        return await self._command(script, (), [self.prefix, self.ttl, *args])
 
     async def socket_add(self, sid, user_id, username, process, now, cap):
         raw = await self._run(_SOCKET_ADD, sid, user_id, username, process, now, cap)
@@ -398,13 +412,15 @@ class RedisPresenceStore:
         return [int(uid) for uid in await self._run(_USERS_IDLE, before)]
 
     async def sockets_dead(self, before):
-        rows = await self.client.zrangebyscore(
-            f"{self.prefix}:sockets", "-inf", before, withscores=True
+        rows = await self._command(
+            self.client.zrangebyscore, f"{self.prefix}:sockets", "-inf", before, True
         )
         return [(sid, float(seen)) for sid, seen in rows]
 
     async def departures_due(self, before):
-        rows = await self.client.zrangebyscore(f"{self.prefix}:gone", "-inf", before)
+        rows = await self._command(
+            self.client.zrangebyscore, f"{self.prefix}:gone", "-inf", before
+        )
         return [_departure(entry) for entry in rows]
 
     async def departure_settle(self, user_id, slug, before):

@@ -50,7 +50,7 @@ class HotPathDatabaseSyncToAsync(SyncToAsync):
                 _checked.at = float("-inf")
 
 
-# One thread-sensitive worker used to serialize every room's inserts and every
+# Django's one thread-sensitive worker would serialize every room's inserts and every
 # socket's reads; these threads run them in parallel, each keeping its connection.
 _room_executors: list[ThreadPoolExecutor] = []
 _socket_executors: list[ThreadPoolExecutor] = []

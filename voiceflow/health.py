@@ -10,25 +10,23 @@ work.
 import asyncio
 import logging
 import os
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import close_old_connections, connections
 
 from chat import broadcast, ratelimit, selectors, sockets, tickets
-from chat.api import _json_send
 from presence.selectors import presence_totals
 from presence.services import SocketTyping, process_sizes
+
+from .redis import redis_pipelined
+from .responses import json_send
 
 logger = logging.getLogger(__name__)
 
 _db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-db")
 _db_future = None  # the check in flight, shared by concurrent requests
 _db_totals = {"totalUsers": 0, "totalRooms": 0}  # last figures read
-# event loop → client
-_redis_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Readiness pings on a thread of their own: a slow totals query must not make a load
 # balancer take the process out.
 _ping_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-ping")
@@ -108,25 +106,16 @@ async def database_check(timeout):
     return True, _db_totals
 
 
-def _redis_client():
-    # redis.asyncio connections belong to one event loop: one client per loop.
-    loop = asyncio.get_running_loop()
-    client = _redis_clients.get(loop)
-    if client is None:
-        timeout = settings.VOICEFLOW["HEALTH_TIMEOUT"]
-        client = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout
-        )
-        _redis_clients[loop] = client
-    return client
-
-
 async def redis_check(timeout):
-    """True if Redis answers PING in time; None when no Redis is configured."""
+    """True if Redis answers PING in time; None when no Redis is configured.
+
+    Asked on the store modules' own connection (through Sentinel when configured):
+    the Redis the hot path reaches is the one that counts.
+    """
     if not settings.REDIS_URL:
         return None
     try:
-        return bool(await asyncio.wait_for(_redis_client().ping(), timeout))
+        return await asyncio.wait_for(redis_pipelined().ping(), timeout)
     except Exception as error:
         logger.warning(
             "health: redis check failed: %r",
@@ -219,4 +208,4 @@ async def probe(scope, receive, send):
         ready, reason = await readiness()
         status = 200 if ready else 503
         body = {"status": "ready"} if ready else {"status": "unready", "reason": reason}
-    await _json_send(send, body, status, headers)
+    await json_send(send, body, status, headers)

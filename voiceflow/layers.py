@@ -2,7 +2,7 @@
 
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from .redis import redis_pipelined
+from .redis import RedisAddress, layer_host, redis_pipelined
 
 
 class PubSubChannelLayer(RedisPubSubChannelLayer):
@@ -11,16 +11,28 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
     channels-redis publishes under a per-process lock, one round trip at a time, so
     every room's broadcasts queued behind each other; here the PUBLISHes of one loop
     turn leave in one write. Subscribing and receiving stay channels-redis's own.
+
+    `shards`: the Redis servers (URLs, or RedisAddress keywords: the store's Redis
+    through Sentinel), each group and channel on one of them by channels-redis's
+    consistent hash of its name.
     """
 
-    def __init__(self, *args, hosts=None, **kwargs):
+    def __init__(self, *args, shards, **kwargs):
+        self.shards = [
+            RedisAddress(**shard) if isinstance(shard, dict) else RedisAddress(shard)
+            for shard in shards
+        ]
+        if not self.shards:
+            raise ValueError("PubSubChannelLayer needs at least one Redis shard.")
+        hosts = [layer_host(address) for address in self.shards]
         super().__init__(*args, hosts=hosts, **kwargs)
-        if not hosts or len(hosts) != 1:
-            raise ValueError("PubSubChannelLayer takes exactly one Redis host.")
-        host = hosts[0]
-        self.url = host["address"] if isinstance(host, dict) else host
 
     async def group_send(self, group, message):
         """Publish `message` once to the group; every subscribed process gets it."""
-        channel = self._get_layer()._get_group_channel_name(group)
-        await redis_pipelined(self.url).publish(channel, self.serialize(message))
+        layer = self._get_layer()
+        channel = layer._get_group_channel_name(group)
+        # On the shard channels-redis subscribes the group on: its own choice.
+        shard = layer._shards.index(layer._get_shard(channel))
+        await redis_pipelined(self.shards[shard]).publish(
+            channel, self.serialize(message)
+        )

@@ -1,18 +1,129 @@
-"""Redis clients for the store modules (the channel layer and cache have their own)."""
+"""Where Redis is, and the clients that talk to it.
+
+`redis_address` is the one place that turns the settings into "where is Redis":
+REDIS_URL, or the primary that the REDIS_SENTINELS name for REDIS_SENTINEL_MASTER.
+Every client stack starts from it: `PipelinedRedis` (the event loop's hot path: rate
+limits, tickets, presence, publishes, the /health ping), `redis_sync_client` (sync
+code), the channel layer (`layer_host`, channels-redis) and Django's cache
+(`cache_config`, django-redis).
+"""
 
 import asyncio
 import functools
 import hashlib
 import ssl
 from collections import deque
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 import redis
-import redis.asyncio
+import redis.sentinel
 from django.conf import settings
-from redis.asyncio.connection import parse_url
+from redis.connection import parse_url
 
-_async_clients: dict = {}
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where one Redis is.
+
+    `url` names the server, its database and credentials. With `sentinels` ((host,
+    port) pairs) the server is whichever is the primary of `master` when a connection
+    is made, as the Sentinels say; the URL then gives the scheme, credentials and
+    database only.
+    """
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+
+    def __post_init__(self) -> None:
+        sentinels = tuple((str(host), int(port)) for host, port in self.sentinels)
+        object.__setattr__(self, "sentinels", sentinels)
+        if bool(sentinels) != bool(self.master):
+            raise ValueError("Sentinels need the name of their master, and only they.")
+
+
+@functools.lru_cache(maxsize=64)
+def _store_address(url, sentinels, master):
+    return RedisAddress(url, sentinels, master)
+
+
+def redis_address(where: "RedisAddress | str | None" = None) -> RedisAddress:
+    """Where `where` is: the store's Redis (settings) when None, a URL as it says."""
+    if isinstance(where, RedisAddress):
+        return where
+    if where:
+        return _store_address(where, (), "")
+    sentinels = tuple(map(tuple, settings.REDIS_SENTINELS))
+    return _store_address(settings.REDIS_URL, sentinels, settings.REDIS_SENTINEL_MASTER)
+
+
+def _credentials(url):
+    """A URL's database, credentials and TLS flag as connection keywords (with
+    Sentinel, its host and port are not where the primary is)."""
+    options = parse_url(url)
+    for name in ("host", "port", "path", "connection_class"):
+        options.pop(name, None)
+    if url.startswith("rediss:"):
+        options["ssl"] = True
+    return options
+
+
+def sentinel_options(timeout: float) -> dict:
+    """Connection keywords for the Sentinels themselves: short timeouts, no retries
+    (a Sentinel that does not answer is skipped for the next one at once)."""
+    return {"socket_connect_timeout": timeout, "socket_timeout": timeout, "retry": None}
+
+
+def layer_host(address: RedisAddress) -> dict:
+    """channels-redis' entry in `hosts` for `address` (its subscriptions)."""
+    options = {
+        "max_connections": settings.REDIS_MAX_CONNECTIONS,
+        "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": settings.REDIS_CONNECT_TIMEOUT,
+    }
+    if not address.sentinels:
+        return {"address": address.url, **options}
+    return {
+        "sentinels": [list(sentinel) for sentinel in address.sentinels],
+        "master_name": address.master,
+        "sentinel_kwargs": sentinel_options(settings.REDIS_CONNECT_TIMEOUT),
+        **_credentials(address.url),
+        **options,
+    }
+
+
+def cache_config(
+    address: RedisAddress, *, key_prefix: str, timeout: float, max_connections: int
+) -> dict:
+    """settings.CACHES["default"] for django-redis on `address`."""
+    location = address.url
+    options: dict = {
+        "SOCKET_CONNECT_TIMEOUT": timeout,
+        "SOCKET_TIMEOUT": timeout,
+        "CONNECTION_POOL_KWARGS": {"max_connections": max_connections},
+        # Redis down: a cache miss (sessions fall back to the database).
+        "IGNORE_EXCEPTIONS": True,
+    }
+    if address.sentinels:
+        # django-redis asks the Sentinels for the primary its URL's host names. Not
+        # its SentinelClient: that reads from replicas, which may lag a write just made.
+        parts = urlsplit(address.url)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@{address.master}" if credentials else address.master
+        location = urlunsplit(parts._replace(netloc=netloc))
+        options["CONNECTION_FACTORY"] = "django_redis.pool.SentinelConnectionFactory"
+        options["SENTINELS"] = [list(sentinel) for sentinel in address.sentinels]
+        options["SENTINEL_KWARGS"] = sentinel_options(timeout)
+    return {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": location,
+        "KEY_PREFIX": key_prefix,
+        "OPTIONS": options,
+    }
+
+
 _sync_clients: dict = {}
 
 
@@ -29,37 +140,32 @@ def _options():
     }
 
 
-def redis_client(url=None):
-    """A redis.asyncio client for the running loop (connections never cross loops)."""
-    loop = asyncio.get_running_loop()
-    url = url or settings.REDIS_URL
-    # Tests (and async_to_sync without a server loop) make many short-lived loops.
-    for key in [key for key in _async_clients if key[0].is_closed()]:
-        del _async_clients[key]
-    client = _async_clients.get((loop, url))
-    if client is None:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(url, **_options())
-        client = redis.asyncio.Redis.from_pool(pool)
-        _async_clients[(loop, url)] = client
-    return client
+class _BlockingSentinelPool(
+    redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool
+):
+    """Connections to the primary the Sentinels name, waited for as in _options."""
 
 
-async def redis_clients_close():
-    """Close the running loop's clients (before the loop itself closes)."""
-    loop = asyncio.get_running_loop()
-    for key in [key for key in _async_clients if key[0] is loop]:
-        await _async_clients.pop(key).aclose()
-    for key in [key for key in _pipelined_clients if key[0] is loop]:
-        _pipelined_clients.pop(key).close()
-
-
-def redis_sync_client(url=None):
+def redis_sync_client(where: "RedisAddress | str | None" = None) -> redis.Redis:
     """A blocking, thread-safe client for sync code (DRF throttles in sync views)."""
-    url = url or settings.REDIS_URL
-    client = _sync_clients.get(url)
+    address = redis_address(where)
+    client = _sync_clients.get(address)
     if client is None:
-        pool = redis.BlockingConnectionPool.from_url(url, **_options())
-        client = _sync_clients[url] = redis.Redis.from_pool(pool)
+        if address.sentinels:
+            sentinels = redis.sentinel.Sentinel(
+                list(address.sentinels),
+                sentinel_kwargs=sentinel_options(settings.REDIS_CONNECT_TIMEOUT),
+            )
+            client = sentinels.master_for(
+                address.master,
+                connection_pool_class=_BlockingSentinelPool,
+                **_credentials(address.url),
+                **_options(),
+            )
+        else:
+            pool = redis.BlockingConnectionPool.from_url(address.url, **_options())
+            client = redis.Redis.from_pool(pool)
+        _sync_clients[address] = client
     return client
 
 
@@ -159,62 +265,130 @@ def _pack(args):
     return b"".join(out)
 
 
+# Replies from a server that is not (or not yet) a usable primary: a replica since a
+# failover, or one still loading its data. The connection is dropped, so the next
+# command connects again (through the Sentinels, to whichever is the primary then).
+_NOT_PRIMARY = ("READONLY", "LOADING", "MASTERDOWN")
+
+
 class PipelinedRedis:
     """A lean async Redis client for the hot path: one connection, auto-pipelined.
 
     Every command issued in one turn of the event loop leaves in one write and the
     replies come back in order. redis-py's async client checks a connection out of its
-    pool, writes and reads once per command: ~50-150 µs of CPU each here, against
-    ~5-50 µs for this. Errors are redis-py's, so callers handle both alike.
+    pool, writes and reads once per command, several times the CPU of this. Errors are
+    redis-py's, so callers handle both alike.
+
+    With Sentinels, every new connection asks them for the primary (the one that
+    answered last is asked first) and checks its ROLE; a lost connection or a
+    READONLY / LOADING reply makes the next command connect again, so a failover is
+    followed without a restart.
     """
 
-    def __init__(self, url):
-        options = parse_url(url)
+    def __init__(self, where: "RedisAddress | str"):
+        self.address = redis_address(where)
+        options = parse_url(self.address.url)
         self.host = options.get("host", "localhost")
         self.port = options.get("port", 6379)
         self.path = options.get("path")
-        self.ssl = ssl.create_default_context() if url.startswith("rediss:") else None
+        self.ssl = (
+            ssl.create_default_context()
+            if self.address.url.startswith("rediss:")
+            else None
+        )
         self.db = int(options.get("db") or 0)
         self.username = options.get("username")
         self.password = options.get("password")
+        self.sentinels = list(self.address.sentinels)
         self.timeout = settings.REDIS_STORE_TIMEOUT
         self.connect_timeout = settings.REDIS_CONNECT_TIMEOUT
         self.pipe = None
         self.connecting = asyncio.Lock()
-        self.scripts = {}
+        self.attempts = 0  # connection attempts made
+        self.failure = None  # the last attempt's error, if it failed
+
+    async def _connect(self, host, port, path=None, tls=None):
+        loop = asyncio.get_running_loop()
+        factory = functools.partial(_Pipe, self.timeout)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if path:
+                    _, pipe = await loop.create_unix_connection(factory, path)
+                else:
+                    _, pipe = await loop.create_connection(factory, host, port, ssl=tls)
+        except (OSError, TimeoutError) as error:
+            raise redis.exceptions.ConnectionError(
+                f"Cannot connect to Redis: {error}"
+            ) from error
+        return pipe
+
+    async def _primary(self):
+        """(host, port) of the primary, from the first Sentinel that names it."""
+        master = self.address.master
+        errors = []
+        for sentinel in list(self.sentinels):
+            try:
+                pipe = await self._connect(*sentinel)
+                try:
+                    reply = await pipe.call(
+                        _pack(["SENTINEL", "get-master-addr-by-name", master])
+                    )
+                finally:
+                    pipe._fail(redis.exceptions.ConnectionError("Asked."))
+            except redis.exceptions.RedisError as error:
+                reply = error
+            if isinstance(reply, list) and len(reply) == 2:
+                self.sentinels.remove(sentinel)
+                self.sentinels.insert(0, sentinel)
+                return reply[0], int(reply[1])
+            errors.append(f"{sentinel[0]}:{sentinel[1]} {reply!r}")
+        raise redis.exceptions.ConnectionError(
+            f"No Sentinel names the primary of {master!r}: {'; '.join(errors)}"
+        )
 
     async def _pipe(self):
+        attempt = self.attempts
         async with self.connecting:
             if self.pipe is not None and not self.pipe.closed:
                 return self.pipe
-            loop = asyncio.get_running_loop()
-            factory = functools.partial(_Pipe, self.timeout)
+            if self.attempts != attempt and self.failure is not None:
+                # The attempt this command waited for failed: so does the command,
+                # rather than every queued one connecting (and asking the
+                # Sentinels) again in turn.
+                raise type(self.failure)(*self.failure.args)
+            self.attempts += 1
             try:
-                async with asyncio.timeout(self.connect_timeout):
-                    if self.path:
-                        _, pipe = await loop.create_unix_connection(factory, self.path)
-                    else:
-                        _, pipe = await loop.create_connection(
-                            factory, self.host, self.port, ssl=self.ssl
-                        )
-            except (OSError, TimeoutError) as error:
-                raise redis.exceptions.ConnectionError(
-                    f"Cannot connect to Redis: {error}"
-                ) from error
-            setup = []
-            if self.password:
-                auth = (
-                    [self.username, self.password] if self.username else [self.password]
-                )
-                setup.append(pipe.call(_pack(["AUTH", *auth])))
-            if self.db:
-                setup.append(pipe.call(_pack(["SELECT", self.db])))
-            for reply in await asyncio.gather(*setup):
-                if isinstance(reply, redis.exceptions.ResponseError):
-                    pipe._fail(redis.exceptions.ConnectionError(str(reply)))
-                    raise redis.exceptions.AuthenticationError(str(reply))
-            self.pipe = pipe
-            return pipe
+                self.pipe = await self._open()
+            except redis.exceptions.RedisError as error:
+                self.failure = error
+                raise
+            self.failure = None
+            return self.pipe
+
+    async def _open(self):
+        if self.sentinels:
+            pipe = await self._connect(*await self._primary(), tls=self.ssl)
+        else:
+            pipe = await self._connect(self.host, self.port, self.path, self.ssl)
+        setup = []
+        if self.password:
+            auth = [self.username, self.password] if self.username else [self.password]
+            setup.append(pipe.call(_pack(["AUTH", *auth])))
+        if self.db:
+            setup.append(pipe.call(_pack(["SELECT", self.db])))
+        if self.sentinels:  # a Sentinel's answer may be stale by a failover
+            setup.append(pipe.call(_pack(["ROLE"])))
+        replies = await asyncio.gather(*setup)
+        role = replies.pop() if self.sentinels else ["master"]
+        for reply in replies:
+            if isinstance(reply, redis.exceptions.ResponseError):
+                pipe._fail(redis.exceptions.ConnectionError(str(reply)))
+                raise redis.exceptions.AuthenticationError(str(reply))
+        if not isinstance(role, list) or role[0] != "master":
+            error = redis.exceptions.ConnectionError(f"Not the primary: {role!r}")
+            pipe._fail(error)
+            raise error
+        return pipe
 
     async def execute_command(self, *args):
         pipe = self.pipe
@@ -222,8 +396,12 @@ class PipelinedRedis:
             pipe = await self._pipe()
         reply = await pipe.call(_pack(args))
         if isinstance(reply, redis.exceptions.ResponseError):
-            if str(reply).startswith("NOSCRIPT"):
-                raise redis.exceptions.NoScriptError(str(reply))
+            message = str(reply)
+            if message.startswith("NOSCRIPT"):
+                raise redis.exceptions.NoScriptError(message)
+            if message.startswith(_NOT_PRIMARY):
+                pipe._fail(redis.exceptions.ConnectionError(message))
+                raise redis.exceptions.ConnectionError(message)
             raise reply
         return reply
 
@@ -278,13 +456,20 @@ class PipelinedRedis:
 _pipelined_clients: dict = {}
 
 
-def redis_pipelined(url=None):
-    """The running loop's PipelinedRedis for `url` (default REDIS_URL)."""
+def redis_pipelined(where: "RedisAddress | str | None" = None) -> PipelinedRedis:
+    """The running loop's PipelinedRedis for `where` (default: the store's Redis)."""
     loop = asyncio.get_running_loop()
-    url = url or settings.REDIS_URL
-    client = _pipelined_clients.get((loop, url))
+    address = redis_address(where)
+    client = _pipelined_clients.get((loop, address))
     if client is None:
         for key in [key for key in _pipelined_clients if key[0].is_closed()]:
             _pipelined_clients.pop(key).close()
-        client = _pipelined_clients[(loop, url)] = PipelinedRedis(url)
+        client = _pipelined_clients[(loop, address)] = PipelinedRedis(address)
     return client
+
+
+async def redis_clients_close():
+    """Close the running loop's clients (before the loop itself closes)."""
+    loop = asyncio.get_running_loop()
+    for key in [key for key in _pipelined_clients if key[0] is loop]:
+        _pipelined_clients.pop(key).close()

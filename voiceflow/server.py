@@ -33,9 +33,8 @@ class DrainingServer(uvicorn.Server):
         from django.conf import settings
 
         # The database threads wait for the GIL after every PostgreSQL reply; with the
-        # default 5 ms switch interval and a busy event loop, each insert waited that
-        # long several times over (acks/s at 300 msgs/s offered: 222 at 5 ms, 282-293
-        # at 0.5 ms).
+        # default 5 ms switch interval and a busy event loop, each insert would wait
+        # that long several times over.
         sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL)
         gc.set_threshold(*settings.GC_THRESHOLD)
         # What exists now (modules, the app, settings) lives as long as the process:

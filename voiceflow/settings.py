@@ -9,6 +9,7 @@ import ipaddress
 import os
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -61,7 +62,41 @@ def env_list(name, default):
     )
 
 
+def redis_url_check(name, url):
+    """`url` if it is a redis://host[:port][/db], rediss:// or unix:// URL."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a malformed port raises ValueError
+    except ValueError:
+        parts = None
+    unix = parts is not None and parts.scheme == "unix"
+    if (
+        parts is None
+        or parts.scheme not in ("redis", "rediss", "unix")
+        or not (parts.path if unix else parts.hostname)
+        or not (unix or parts.path.strip("/").isdigit() or parts.path in ("", "/"))
+    ):
+        raise ImproperlyConfigured(
+            f"{name}: {url!r} is no redis://host[:port][/db], rediss:// or unix:// URL."
+        )
+    return url
+
+
+def env_host_ports(name):
+    """Comma-separated host:port pairs ([IPv6]:port too) as ((host, port), ...)."""
+    pairs = []
+    for item in env_list(name, []):
+        host, _, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not host:port.")
+        pairs.append((host, int(port)))
+    return tuple(pairs)
+
+
 REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    redis_url_check("REDIS_URL", REDIS_URL)
 DATABASE_URL = env_str("DATABASE_URL")
 EMBEDDED = not REDIS_URL
 
@@ -178,8 +213,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
 # Message inserts run on this many connections, each room always on the same one
 # (FIFO per room, rooms in parallel). Posts queued behind a busy one go out in one
-# statement (group commit), so fewer connections mean bigger batches: on PostgreSQL 2
-# sustained more than 4 on a 2-core machine. SQLite has one writer: more only queue.
+# statement (group commit), so fewer connections mean bigger batches, hence a small
+# default on PostgreSQL. SQLite has one writer: more only queue.
 DB_THREADS = env_int(
     "VOICEFLOW_DB_THREADS",
     1 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else 2,
@@ -235,8 +270,8 @@ if WEB_CONCURRENCY < 1:
 # wait after every PostgreSQL reply; Python's default is 0.005).
 GIL_SWITCH_INTERVAL = env_float("VOICEFLOW_GIL_SWITCH_INTERVAL", 0.001)
 # The web process's garbage collector thresholds (gc.set_threshold; Python's are
-# 700,10,10). With a thousand sockets connecting, full collections of the whole heap
-# took 22-222 ms each, on the loop: connect p99 176 ms, 96 ms with these.
+# 700,10,10). With those, a burst of connects runs full collections of the whole
+# heap, each stalling the event loop; these make them rare.
 try:
     GC_THRESHOLD = tuple(
         int(n) for n in env_list("VOICEFLOW_GC_THRESHOLD", [20000, 50, 100])
@@ -254,7 +289,32 @@ MEMORY_DEBUG_DIR = env_str("VOICEFLOW_MEMORY_DEBUG_DIR")
 TRACEMALLOC_FRAMES = env_int("VOICEFLOW_TRACEMALLOC_FRAMES", 0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Redis: the channel layer, the cache and the store modules share one server.
+# Redis: the channel layer, the cache and the store modules (voiceflow/redis.py
+# turns these into where each client connects). REDIS_URL names the server, its
+# database and password. With REDIS_SENTINELS the server is whichever the Sentinels
+# name as the primary of REDIS_SENTINEL_MASTER, found again after a failover, and
+# REDIS_URL gives only the scheme, database and credentials. REDIS_LAYER_URLS
+# spreads the channel layer's groups over servers of its own.
+REDIS_SENTINELS = env_host_ports("REDIS_SENTINELS")
+REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER")
+REDIS_LAYER_URLS = [
+    redis_url_check("REDIS_LAYER_URLS", url) for url in env_list("REDIS_LAYER_URLS", [])
+]
+if bool(REDIS_SENTINELS) != bool(REDIS_SENTINEL_MASTER):
+    raise ImproperlyConfigured(
+        "REDIS_SENTINELS and REDIS_SENTINEL_MASTER are set together or not at all."
+    )
+if (REDIS_SENTINELS or REDIS_LAYER_URLS) and not REDIS_URL:
+    raise ImproperlyConfigured(
+        "REDIS_SENTINELS and REDIS_LAYER_URLS need REDIS_URL (shared mode; with "
+        "Sentinel it gives the database and password, e.g. redis://mymaster/0)."
+    )
+if REDIS_SENTINELS and REDIS_URL.startswith("unix:"):
+    raise ImproperlyConfigured(
+        "With REDIS_SENTINELS, REDIS_URL is redis:// or rediss://."
+    )
+if len(set(REDIS_LAYER_URLS)) != len(REDIS_LAYER_URLS):
+    raise ImproperlyConfigured("REDIS_LAYER_URLS names a server twice.")
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 1000)
 # Above channels-redis' 5 s blocking reads, so an idle connection never times out.
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 30)
@@ -262,6 +322,9 @@ REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 2)
 # The store modules (rate limits, presence) never block on Redis: a hung server must
 # fail their frame in seconds, not after the channel layer's long read timeout.
 REDIS_STORE_TIMEOUT = env_float("REDIS_STORE_TIMEOUT", 2)
+# Once Redis is found unreachable, it is asked again (one PING) this often; meanwhile
+# every caller takes its fallback at once (voiceflow.breaker).
+REDIS_RETRY_INTERVAL = env_float("REDIS_RETRY_INTERVAL", 1.0)
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "vf")
 
 # Proxies whose X-Forwarded-For names the client (IPs or CIDRs); none by default.
@@ -275,39 +338,40 @@ for _proxy in TRUSTED_PROXIES:
         ) from None
 
 if REDIS_URL:
+    from voiceflow.redis import RedisAddress, cache_config
+
+    _store = {
+        "url": REDIS_URL,
+        "sentinels": REDIS_SENTINELS,
+        "master": REDIS_SENTINEL_MASTER,
+    }
     CHANNEL_LAYERS = {
         "default": {
             # Pub/sub publishes once per group and fans out inside each process;
             # it has no per-channel capacity that drops messages under load.
             "BACKEND": "voiceflow.layers.PubSubChannelLayer",
             "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "max_connections": REDIS_MAX_CONNECTIONS,
-                        "socket_timeout": REDIS_SOCKET_TIMEOUT,
-                        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
-                    }
-                ],
+                "shards": [{"url": url} for url in REDIS_LAYER_URLS] or [_store],
                 "prefix": f"{REDIS_KEY_PREFIX}:layer:",
             },
         }
     }
     CACHES = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": REDIS_KEY_PREFIX,
-            "OPTIONS": {
-                "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT,
-                "SOCKET_TIMEOUT": REDIS_CONNECT_TIMEOUT,
-                "CONNECTION_POOL_KWARGS": {"max_connections": REDIS_MAX_CONNECTIONS},
-            },
-        }
+        "default": cache_config(
+            RedisAddress(**_store),
+            key_prefix=REDIS_KEY_PREFIX,
+            timeout=REDIS_CONNECT_TIMEOUT,
+            max_connections=REDIS_MAX_CONNECTIONS,
+        )
     }
+    # Sessions in the database, read through the cache.
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Cache errors ignored (IGNORE_EXCEPTIONS) are still logged, through our handlers.
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+DJANGO_REDIS_LOGGER = "voiceflow.cache"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": f"django.contrib.auth.password_validation.{name}"}

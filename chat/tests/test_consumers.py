@@ -648,40 +648,6 @@ async def test_connection_limits_are_per_client_ip(alice, room, set_rate):
         await socket.disconnect()
 
 
-async def test_with_redis_down_frames_are_unavailable_and_the_socket_stays_open(
-    alice, room, redis_server, settings
-):
-    settings.REDIS_URL = redis_server.url  # the limiter's Redis (layer and cache stay)
-    socket = await joined(alice)
-    await send_message(socket, "kept", "up-1")
-    first_ack = await socket.receive_json_from()
-    assert (await socket.receive_json_from())["type"] == "message"
-    ticket = await sync_to_async(ticket_issue)(alice.pk)  # tickets live in Redis too
-    redis_server.kill()
-    await send_message(socket, "kept", "up-1")  # a resend is still acked
-    assert await socket.receive_json_from() == first_ack
-    await send_message(socket, "stored?", "down-1")
-    error = await socket.receive_json_from()
-    assert (error["code"], error["request"], error["ref"]) == (
-        "unavailable",
-        "message",
-        "down-1",
-    )
-    await sync_to_async(Room.objects.create)(slug="new-room", name="New")
-    await socket.send_json_to({"type": "join", "room": "new-room"})
-    assert (await socket.receive_json_from())["code"] == "unavailable"
-    # A member's re-join needs no limit: recovery keeps working.
-    await socket.send_json_to({"type": "join", "room": "lobby", "since": 0})
-    assert (await socket.receive_json_from())["type"] == "joined"
-    await socket.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
-    assert await socket.receive_nothing()  # typing is best effort: dropped
-    await assert_still_serving(socket)
-    assert await sync_to_async(Message.objects.count)() == 1
-    await socket.disconnect()
-    refused = await open_socket(ticket=ticket)
-    await assert_closed_with(refused, 1013)
-
-
 # Input hardening
 
 

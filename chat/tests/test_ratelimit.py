@@ -8,6 +8,7 @@ import redis
 from chat import ratelimit
 from chat.errors import Unavailable
 from chat.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from voiceflow.breaker import redis_breaker
 
 NOW = 1_764_000_000.0  # a clock passed in: windows slide without sleeping
 
@@ -164,8 +165,70 @@ async def test_a_refund_with_redis_down_is_swallowed(redis_server, settings, set
     decision = await ratelimit.rate_hit("message", 1)
     redis_server.kill()
     await ratelimit.rate_refund(decision)  # logs nothing fatal, raises nothing
-    with pytest.raises(Unavailable):
-        await ratelimit.rate_hit("message", 1)
+
+
+# Redis unreachable: this process's memory, at the same rates, until it answers.
+
+
+@pytest.fixture
+def down(redis_server, settings, set_rate, breaker_clock):
+    """Limits on a private Redis, 3 messages a minute; the breaker on a clock."""
+    settings.REDIS_URL = redis_server.url
+    set_rate("message", 3)
+    return breaker_clock
+
+
+async def test_with_redis_unreachable_limits_hold_in_memory_at_the_same_rate(
+    down, redis_server
+):
+    assert not (await ratelimit.rate_hit("message", 1, now=NOW)).local
+    redis_server.kill()
+    decisions = [await ratelimit.rate_hit("message", 1, now=NOW + t) for t in (1, 2)]
+    decisions += [await ratelimit.rate_hit("message", 1, now=NOW + 3) for _ in "ab"]
+    assert [(d.allowed, d.local) for d in decisions] == [
+        (True, True),
+        (True, True),
+        (True, True),  # the hit counted in Redis is not known here
+        (False, True),
+    ]
+    assert decisions[-1].retry_after == pytest.approx(58)  # the hit at NOW + 1
+    assert redis_breaker.down
+    await ratelimit.rate_refund(decisions[0])  # a refund frees the slot in memory
+    assert (await ratelimit.rate_hit("message", 1, now=NOW + 4)).allowed
+    assert not (await ratelimit.rate_hit("message", 1, now=NOW + 4)).allowed
+
+
+async def test_once_redis_answers_again_limits_are_counted_there_again(
+    down, redis_server
+):
+    redis_server.kill()
+    assert (await ratelimit.rate_hit("message", 1, now=NOW)).local
+    redis_server.start()
+    down.now += 0.5
+    assert (await ratelimit.rate_hit("message", 1, now=NOW)).local  # not yet asked
+    assert redis_breaker.probing is None
+    down.now += 0.5
+    assert (await ratelimit.rate_hit("message", 1, now=NOW)).local  # asks, meanwhile
+    await redis_breaker.probing
+    assert not redis_breaker.down
+    decision = await ratelimit.rate_hit("message", 1, now=NOW)
+    assert decision.allowed and not decision.local
+
+
+def test_sync_checks_fall_back_and_come_back_alike(down, redis_server):
+    assert not ratelimit.rate_hit_sync("message", 2, now=NOW).local
+    redis_server.kill()
+    assert [ratelimit.rate_hit_sync("message", 2, now=NOW).allowed for _ in "abcd"] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    redis_server.start()
+    assert ratelimit.rate_hit_sync("message", 2, now=NOW).local  # not asked yet
+    down.now += 1
+    decision = ratelimit.rate_hit_sync("message", 2, now=NOW)  # asks, then counts
+    assert (decision.allowed, decision.local) == (True, False)
 
 
 # Client IPs: the peer, unless a trusted proxy says otherwise.

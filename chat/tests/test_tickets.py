@@ -5,17 +5,18 @@ import asyncio
 import pytest
 
 from chat import tickets
-from chat.tickets import MemoryTicketStore, RedisTicketStore
+from chat.errors import Unavailable
+from voiceflow.breaker import redis_breaker
 
 
 @pytest.fixture(params=["redis", "memory"])
-def store(request, monkeypatch):
+def store(request, settings):
+    """Shared mode on the run's Redis, or embedded mode (this process's memory)."""
     if request.param == "memory":
-        chosen = MemoryTicketStore()
+        settings.REDIS_URL = ""
     else:
-        chosen = RedisTicketStore(request.getfixturevalue("test_redis_url"))
-    monkeypatch.setattr(tickets, "ticket_store", lambda: chosen)
-    return chosen
+        settings.REDIS_URL = request.getfixturevalue("test_redis_url")
+    return request.param
 
 
 async def test_a_ticket_is_redeemed_once_for_its_user(store):
@@ -53,3 +54,39 @@ async def test_a_ticket_expires_after_its_ttl(store, settings):
 def test_the_store_keeps_only_a_hash_of_the_ticket(store):
     ticket = tickets.ticket_issue(5)
     assert ticket not in tickets._key(ticket)
+
+
+# Redis unreachable: tickets in this process's memory, redeemable here once.
+
+
+async def test_with_redis_down_a_ticket_is_issued_and_redeemed_here_once(
+    redis_server, settings
+):
+    settings.REDIS_URL = redis_server.url
+    in_redis = await tickets.ticket_aissue(1)
+    redis_server.kill()
+    issued = [
+        await tickets.ticket_aissue(2),
+        await asyncio.to_thread(tickets.ticket_issue, 3),
+    ]
+    assert all(t.startswith(tickets.LOCAL_MARK) for t in issued)
+    assert [await tickets.ticket_redeem(t) for t in issued] == [2, 3]
+    # Used, another process's, or in Redis: cannot tell, so unavailable (1013).
+    for ticket in [*issued, tickets.LOCAL_MARK + "forged", in_redis]:
+        with pytest.raises(Unavailable):
+            await tickets.ticket_redeem(ticket)
+
+
+async def test_a_ticket_issued_while_redis_was_down_is_redeemed_after(
+    redis_server, settings, breaker_clock
+):
+    settings.REDIS_URL = redis_server.url
+    redis_server.kill()
+    local = await tickets.ticket_aissue(4)
+    redis_server.start()
+    breaker_clock.now += 1
+    assert (await tickets.ticket_aissue(5)).startswith(tickets.LOCAL_MARK)  # asks
+    await redis_breaker.probing
+    in_redis = await tickets.ticket_aissue(6)
+    assert not in_redis.startswith(tickets.LOCAL_MARK)
+    assert [await tickets.ticket_redeem(t) for t in (local, in_redis)] == [4, 6]

@@ -7,9 +7,11 @@ import pytest
 from channels.layers import get_channel_layer
 
 from presence.broadcast import room_group
+from presence.selectors import room_presence
 from presence.services import (
     presence_connect,
     presence_disconnect,
+    presence_restore,
     presence_room_enter,
     presence_sweep,
 )
@@ -94,4 +96,29 @@ async def test_a_sweep_turns_idle_users_away(lobby_events):
     assert (await presence_sweep(now=T0 + 300)).status_changes == 1
     assert await lobby_events(1) == [
         {"type": "presence", "user": "alice", "status": "away"}
+    ]
+
+
+async def test_a_resync_after_an_outage_makes_the_store_right_again(lobby_events):
+    # Redis kept its data through the outage; meanwhile the socket left the lobby for
+    # design and went away, none of which was stored.
+    await enter("a1", 1, "alice")
+    assert await presence_restore(
+        sid="a1",
+        user_id=1,
+        username="alice",
+        rooms=["design"],
+        away=True,
+        now=T0 + 2,
+        resync=True,
+    )
+    assert await room_presence("design", now=T0 + 2) == [
+        {"username": "alice", "status": "away", "connections": 1}
+    ]
+    report = await presence_sweep(now=T0 + 13)  # the lobby's grace is over
+    assert report.members_left == 1
+    assert await room_presence("lobby", now=T0 + 13) == []
+    assert await lobby_events(2) == [
+        {"type": "member_joined", "room": "lobby", "user": "alice"},
+        {"type": "member_left", "room": "lobby", "user": "alice"},
     ]

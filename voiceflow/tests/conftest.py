@@ -1,5 +1,8 @@
+import shutil
+
 import pytest
 
+from . import servers
 from .servers import ServerProcess
 
 
@@ -10,6 +13,22 @@ def server(transactional_db, settings):
     process = ServerProcess(REDIS_KEY_PREFIX=settings.REDIS_KEY_PREFIX).start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def cluster(settings):
+    """deploy/cluster.py's deployment on private ports (HAProxy, three web processes,
+    PgBouncer, Redis with a replica and Sentinels; voiceflow/tests/deployment.py),
+    stopped after the test."""
+    from .deployment import Cluster
+
+    for tool in ("haproxy", "redis-server", "pgbouncer"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is not on PATH (.ci/run installs Debian's package).")
+    deployment = Cluster(settings)
+    servers.started.append(deployment)
+    yield deployment.start()
+    deployment.stop()
 
 
 @pytest.fixture

@@ -242,15 +242,20 @@ class SweeperProcess:
 class RedisServer:
     """A private redis-server on a free port, for fault tests (never the shared one)."""
 
-    def __init__(self):
+    def __init__(self, *options, config=None):
+        # `options` are more redis-server arguments (e.g. --replicaof, --sentinel);
+        # a Sentinel needs a `config` file it can rewrite.
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.config = [str(config)] if config else []
+        self.options = list(options)
         self.process = None
 
     def start(self, timeout=10):
         self.process = subprocess.Popen(
             [
                 "redis-server",
+                *self.config,
                 "--bind",
                 "127.0.0.1",
                 "--port",
@@ -259,6 +264,7 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

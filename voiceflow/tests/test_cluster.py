@@ -3,117 +3,19 @@ loses no acked message and duplicates none; its clients come back through the
 balancer on the others."""
 
 import asyncio
-import csv
-import io
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 import websockets
 
 from bench.audit import history
 
-from . import servers
 from .clients import Client, audit, settle, steady_traffic, ticket_url
-from .servers import ROOT, ServerProcess, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-class Cluster:
-    """deploy/cluster.py's deployment on private ports, for one test."""
-
-    def __init__(self, settings):
-        self.state = Path(tempfile.mkdtemp(prefix="vf-cluster-"))
-        self.port, self.stats_port = free_port(), free_port()
-        self.web_ports = [free_port() for _ in range(3)]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
-            "SECRET_KEY": "cluster-test-secret-key",
-            "VOICEFLOW_FAST_PASSWORD_HASHER": "1",
-            "VOICEFLOW_RATE_LIMIT_MULTIPLIER": "1000",
-            "VOICEFLOW_OFFLINE_GRACE": "3",
-            "VOICEFLOW_DRAIN_WINDOW": "0.5",
-            "VOICEFLOW_DRAIN_TIMEOUT": "3",
-            "WEB_CONCURRENCY": "1",
-        }
-
-    def run(self, command, *extra):
-        return subprocess.run(
-            [sys.executable, "deploy/cluster.py", command, "--state", str(self.state)]
-            + list(extra),
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-
-    def start(self):
-        done = self.run(
-            "start",
-            "--port", str(self.port),
-            "--stats-port", str(self.stats_port),
-            "--web-ports", ",".join(map(str, self.web_ports)),
-            "--redis-port", str(free_port()),
-            "--pgbouncer-port", str(free_port()),
-            "--database-url", servers.test_database_url(),
-            "--no-migrate",
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr + self.output()
-        return self
-
-    def pid(self, name):
-        return int((self.state / f"{name}.pid").read_text())
-
-    def server_states(self):
-        """HAProxy's view of each web process: {"web1": "UP", ...}."""
-        url = f"http://127.0.0.1:{self.stats_port}/;csv"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            rows = csv.DictReader(io.StringIO(response.read().decode().lstrip("# ")))
-            return {
-                row["svname"]: row["status"] for row in rows if row["pxname"] == "web"
-            }
-
-    def logged_client(self, connection_id):
-        """The client address the web processes logged for a socket."""
-        for log in (self.state / "logs").glob("web*.log"):
-            for line in log.read_text().splitlines():
-                if connection_id in line and "socket_connected" in line:
-                    return json.loads(line)["client"]
-        return None
-
-    def output(self):
-        """Every component's log tail (the conftest adds it to a failure report)."""
-        return "".join(
-            f"\n--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
-            for log in sorted((self.state / "logs").glob("*.log"))
-        )
-
-    def stop(self):
-        self.run("stop")
-        shutil.rmtree(self.state, ignore_errors=True)
-
-
-@pytest.fixture
-def cluster(settings):
-    for tool in ("haproxy", "redis-server", "pgbouncer"):
-        if not shutil.which(tool):
-            pytest.fail(f"{tool} is not on PATH (.ci/run installs Debian's package).")
-    deployment = Cluster(settings)
-    servers.started.append(deployment)
-    yield deployment.start()
-    deployment.stop()
 
 
 async def recovery_after(clients, killed_at, timeout):
@@ -133,8 +35,7 @@ async def recovery_after(clients, killed_at, timeout):
 async def test_a_web_process_killed_behind_haproxy_loses_and_duplicates_nothing(
     cluster,
 ):
-    api = ServerProcess.__new__(ServerProcess)
-    api.base = cluster.base  # every request through the balancer
+    api = cluster.api()  # every request through the balancer
     run = uuid.uuid4().hex[:6]
     tokens = [api.register(f"c-{run}-{i}") for i in range(9)]
     slug = f"cluster-{run}"

@@ -1,36 +1,52 @@
-"""Store-module Redis clients against a real Redis."""
+"""Store-module Redis clients against a real Redis, and every client stack finding
+the primary through Sentinel."""
 
 import asyncio
 import hashlib
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 import pytest
 import redis
+from channels_redis.utils import create_pool
+from django_redis.cache import RedisCache
 
+from voiceflow import health
 from voiceflow import redis as store_redis
-from voiceflow.redis import PipelinedRedis, redis_client, redis_key, redis_sync_client
+from voiceflow.layers import PubSubChannelLayer
+from voiceflow.redis import (
+    PipelinedRedis,
+    RedisAddress,
+    cache_config,
+    layer_host,
+    redis_key,
+    redis_pipelined,
+    redis_sync_client,
+)
+
+from .servers import RedisServer, free_port
 
 
-async def test_commands_wait_for_a_free_connection_instead_of_failing(
-    settings, test_redis_url
+def test_commands_wait_for_a_free_connection_instead_of_failing(
+    settings, test_redis_url, monkeypatch
 ):
+    monkeypatch.setattr(store_redis, "_sync_clients", {})
     settings.REDIS_MAX_CONNECTIONS = 2
-    client = redis_client(test_redis_url)
+    client = redis_sync_client(test_redis_url)
+    assert client.connection_pool.max_connections == 2
     key = redis_key("pool-test")
     # 50 scripts at once on 2 connections: each waits its turn, none is refused.
-    results = await asyncio.gather(
-        *[client.eval("return redis.call('INCR', KEYS[1])", 1, key) for _ in range(50)]
-    )
+    with ThreadPoolExecutor(max_workers=50) as threads:
+        results = list(
+            threads.map(
+                lambda _: client.eval("return redis.call('INCR', KEYS[1])", 1, key),
+                range(50),
+            )
+        )
     assert sorted(results) == list(range(1, 51))
-    await client.delete(key)
-
-
-def test_the_sync_client_waits_too(settings, test_redis_url, monkeypatch):
-    monkeypatch.setattr(store_redis, "_sync_clients", {})
-    settings.REDIS_MAX_CONNECTIONS = 1
-    client = redis_sync_client(test_redis_url)
-    assert client.connection_pool.max_connections == 1
-    assert client.ping()
+    client.delete(key)
 
 
 # PipelinedRedis: the hot path's client (rate limits, tickets, presence, publishes).
@@ -125,3 +141,179 @@ async def test_a_stuck_redis_times_out_every_waiting_command(settings, redis_ser
         assert await client.ping()  # a new connection once Redis answers again
     finally:
         client.close()
+
+
+async def test_a_replica_s_readonly_reply_drops_the_connection(redis_server):
+    # What a primary demoted by a failover answers to writes: the client connects
+    # again (through Sentinel, to the new primary) instead of writing to it forever.
+    replica = RedisServer("--replicaof", "127.0.0.1", str(redis_server.port)).start()
+    client = PipelinedRedis(replica.url)
+    try:
+        wait_for(
+            lambda: direct(replica).info("replication")["master_link_status"] == "up",
+            10,
+            "the replica did not sync",
+        )
+        assert await client.ping()
+        first = client.pipe
+        with pytest.raises(redis.exceptions.ConnectionError, match="READONLY"):
+            await client.set("k", "v")
+        assert first.closed
+        assert await client.ping() and client.pipe is not first
+    finally:
+        client.close()
+        replica.kill()
+
+
+# Sentinel: every client stack asks the Sentinels for the primary and follows a
+# failover by itself.
+
+MASTER = "vf-test"
+
+
+def sentinel_conf(path, primary_port):
+    path.write_text(
+        f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 1\n"
+        f"sentinel down-after-milliseconds {MASTER} 500\n"
+        f"sentinel failover-timeout {MASTER} 2000\n"
+    )
+    return path
+
+
+def direct(server):
+    return redis.Redis(port=server.port, decode_responses=True, socket_timeout=2)
+
+
+def wait_for(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"{what} within {timeout} s")
+
+
+async def eventually(attempt, since, timeout=20):
+    """Seconds from `since` until `attempt()` first succeeds (errors meanwhile)."""
+    loop = asyncio.get_running_loop()
+    while loop.time() - since < timeout:
+        try:
+            if await attempt() not in (False, None):
+                return round(loop.time() - since, 2)
+        except (redis.RedisError, TimeoutError):
+            pass
+        await asyncio.sleep(0.05)
+    pytest.fail(f"not within {timeout} s")
+
+
+@pytest.fixture
+def sentinel_set(redis_server, tmp_path):
+    """A private primary, a replica of it and one Sentinel watching them."""
+    primary = redis_server
+    replica = RedisServer("--replicaof", "127.0.0.1", str(primary.port)).start()
+    sentinel = RedisServer(
+        "--sentinel", config=sentinel_conf(tmp_path / "sentinel.conf", primary.port)
+    ).start()
+    try:
+        wait_for(
+            lambda: any(
+                r["master-link-status"] == "ok"
+                for r in direct(sentinel).sentinel_slaves(MASTER)
+            ),
+            10,
+            "the Sentinel did not see the replica in sync",
+        )
+        yield primary, replica, sentinel
+    finally:
+        sentinel.kill()
+        replica.kill()
+
+
+def test_sentinel_settings_make_channels_redis_a_sentinel_pool():
+    address = RedisAddress(
+        "rediss://:pw@vf-test/3", (("10.0.0.1", 26379), ("10.0.0.2", 26379)), MASTER
+    )
+    pool = create_pool(layer_host(address))
+    assert pool.service_name == MASTER and pool.is_master
+    assert [
+        s.connection_pool.connection_kwargs["port"]
+        for s in pool.sentinel_manager.sentinels
+    ] == [26379, 26379]
+    assert pool.connection_kwargs["db"] == 3
+    assert pool.connection_kwargs["password"] == "pw"
+    assert pool.connection_class.__name__ == "SentinelManagedSSLConnection"
+
+
+async def test_every_client_finds_the_primary_through_sentinel_and_follows_a_failover(
+    settings, sentinel_set, monkeypatch
+):
+    primary, replica, sentinel = sentinel_set
+    # A Sentinel that is down is skipped; REDIS_URL gives the database only.
+    settings.REDIS_URL = f"redis://{MASTER}/0"
+    settings.REDIS_SENTINELS = (
+        ("127.0.0.1", free_port()),
+        ("127.0.0.1", sentinel.port),
+    )
+    settings.REDIS_SENTINEL_MASTER = MASTER
+    address = store_redis.redis_address()
+    assert address.sentinels == settings.REDIS_SENTINELS
+    monkeypatch.setattr(store_redis, "_sync_clients", {})
+    store = redis_pipelined()
+    sync = redis_sync_client()
+    conf = cache_config(address, key_prefix="t", timeout=1, max_connections=10)
+    cache = RedisCache(conf["LOCATION"], conf)
+    layer = PubSubChannelLayer(shards=[asdict(address)], prefix="vf-test:layer:")
+    channel = await layer.new_channel()
+    await layer.group_add("room.x", channel)
+    received: asyncio.Queue = asyncio.Queue()
+
+    async def receive():
+        while True:
+            received.put_nowait((await layer.receive(channel))["text"])
+
+    receiver = asyncio.ensure_future(receive())
+    key = redis_key("sentinel")
+
+    async def published(text, timeout):
+        await layer.group_send("room.x", {"type": "x", "text": text})
+        return await asyncio.wait_for(received.get(), timeout)
+
+    try:
+        assert await store.set(key, "store")
+        assert sync.set(f"{key}:sync", "sync")
+        cache.set("cache", "cached")
+        assert await published("before", 2) == "before"
+        assert await health.redis_check(1) is True
+        assert direct(primary).get(key) == "store"  # the primary, not the replica
+        assert direct(primary).get(f"{key}:sync") == "sync"
+
+        primary.kill()
+        killed_at = asyncio.get_running_loop().time()
+        # Errors while the Sentinel fails over; then each client finds the replica.
+        took = {
+            "store": await eventually(lambda: store.set(key, "after"), killed_at),
+            "sync": await eventually(
+                lambda: asyncio.to_thread(sync.set, f"{key}:sync", "after"), killed_at
+            ),
+            "cache": await eventually(
+                lambda: asyncio.to_thread(cache.set, "cache", "after"), killed_at
+            ),
+            "health": await eventually(lambda: health.redis_check(1), killed_at),
+            "layer": await eventually(lambda: published("after", 0.25), killed_at),
+        }
+        print(f"\nprimary killed; each client on the new one after (s): {took}")
+        assert int(direct(sentinel).sentinel_get_master_addr_by_name(MASTER)[1]) == (
+            replica.port
+        )
+        new_primary = direct(replica)
+        assert new_primary.get(key) == "after", "not written to the new primary"
+        assert new_primary.get(f"{key}:sync") == "after"
+        assert await asyncio.to_thread(cache.get, "cache") == "after"
+    finally:
+        receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
+        await layer.flush()
+        sync.close()
