@@ -22,7 +22,8 @@ from django.conf import settings
 
 from voiceflow import metrics
 from voiceflow.breaker import UNREACHABLE, redis_breaker
-from voiceflow.websocket import text_frame
+
+from .socket_writer import prebuilt_frame
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class Hub:
         if not targets:
             return
         text = event["text"]
-        frame = text_frame(text.encode())  # once per process, not per socket
+        frame = prebuilt_frame(text)  # once per process, not per socket
         ephemeral = kind if kind in EPHEMERAL else None
         for socket in list(targets):
             socket.deliver(text, frame, ephemeral)

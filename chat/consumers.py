@@ -1,73 +1,56 @@
-"""The chat socket at /ws/chat/: one per browser tab, any number of rooms."""
+"""The chat socket at /ws/chat/: one per browser tab, any number of rooms.
+
+An edge: the connect policy, then for each frame decode (chat.frames), authorize,
+call a service, reply. Its output is its SocketWriter's, its presence its
+SocketPresence's; the server's own closes are chat.socket_closing's.
+"""
 
 import asyncio
 import logging
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-import orjson
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from presence import selectors as presence_selectors
-from presence import services as presence_services
 from voiceflow import metrics
 from voiceflow.db import socket_database_sync_to_async
-from voiceflow.websocket import FRAME_EXTENSION, OUTPUT_EXTENSION, text_frame
 
-from . import access, broadcast, last_seqs, ratelimit, selectors, services, sockets
+from . import (
+    access,
+    broadcast,
+    frames,
+    last_seqs,
+    ratelimit,
+    selectors,
+    services,
+    socket_closing,
+    sockets,
+)
 from .auth import origin_allowed, socket_user
-from .errors import ChatError, Forbidden, Invalid, NotFound, Unavailable
+from .errors import ChatError, Forbidden, NotFound, Unavailable
 from .models import Room
 from .payloads import message_data
-from .validators import json_too_deep
+from .socket_presence import SocketPresence
+from .socket_writer import SocketWriter, prebuilt_frame
+
+# Tests of the write path import it from here.
+from .socket_writer import start_eagerly as _start_eagerly  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_LARGE = 1009
-CLOSE_RESTARTING = 1012
 CLOSE_SERVICE_DOWN = 1013
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_ORIGIN_REFUSED = 4403
-CLOSE_KICKED = 4403
-CLOSE_SILENT = 4408
 CLOSE_TOO_MANY = 4429
 _UNKNOWN = object()
-
-
-def _room_slug(frame):
-    slug = frame.get("room")
-    if not isinstance(slug, str) or not slug:
-        raise Invalid("room is required.", field="room")
-    return slug
-
-
-def _optional_seq(frame, name):
-    value = frame.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise Invalid(f"{name} must be a non-negative integer.", field=name)
-    return value
-
-
-def _utf8_size(text):
-    # surrogatepass: a str from a test harness may hold lone surrogates; never crash.
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _frame_ref(frame):
-    """The frame's client_id for an error's `ref`, if it is a well-formed one."""
-    client_id = frame.get("client_id")
-    if isinstance(client_id, str) and len(client_id) <= 64:
-        return client_id
-    return None
 
 
 @dataclass(frozen=True)
@@ -150,61 +133,19 @@ _offline_queue_take = socket_database_sync_to_async(services.offline_queue_take)
 _message_delete = socket_database_sync_to_async(services.message_delete)
 
 
-def _start_eagerly(coro):
-    """Run `coro` until it first waits: None if it finished, else a Task finishing it.
-
-    Python 3.12's eager tasks, by hand: a broadcast's write to a socket whose buffer
-    has room completes without a task or a trip through the event loop.
-    """
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
-        return None
-    return asyncio.ensure_future(_resume(coro, waiting))
-
-
-async def _resume(coro, waiting):
-    """Drive `coro`, suspended on `waiting` (a future, or None for a bare yield)."""
-    try:
-        while True:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                # As a Task does with what a coroutine yields: a future still marked
-                # blocking refuses another await ("await wasn't used with future").
-                waiting._asyncio_future_blocking = False
-                try:
-                    await waiting
-                except Exception:
-                    pass  # the coroutine sees the outcome when it resumes
-            waiting = coro.send(None)
-    except StopIteration as finished:
-        return finished.value
-    finally:
-        coro.close()
-
-
 class ChatConsumer(AsyncWebsocketConsumer):
     """Parses frames, calls services, replies; layer events are forwarded as is."""
 
-    user = None
-    close_code = None
+    user: Any = None
+    hub: Any = None
+    writer: SocketWriter
+    presence: SocketPresence
     # When this user's mute ends: loaded on the first typing frame, then kept fresh by
     # `user.muted` events, so typing costs no database trip. (Posting re-checks it in
     # the seq bump's statement.)
     muted_until = _UNKNOWN
-    presence_registered = False
-    away = False  # this socket's last `status` frame said away
     draining = False
     silenced = False
-    hub = None
-    # Broadcast frames wait here while a frame is in hand (so `joined` comes before the
-    # room's live messages) or while the socket's write buffer is full.
-    holds = 0
-    pending = None
-    pending_bytes = 0  # the size of `pending`
-    frame_queue = None  # the server's `voiceflow.frame` extension, if it has it
-    output_bytes = None  # the server's `voiceflow.output_bytes`, if it has it
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -243,11 +184,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if user is None:
             await self._refuse(CLOSE_UNAUTHENTICATED, client)
             return
+        self.presence = SocketPresence(self.connection_id, user.id, user.username)
         try:
             # With Redis unreachable, registered once it answers (presence pauses).
-            registered = await presence_services.presence_connect(
-                sid=self.connection_id, user_id=user.id, username=user.username
-            )
+            registered = await self.presence.register()
         except Exception:
             logger.warning("presence store unavailable at connect", exc_info=True)
             await self._refuse(CLOSE_SERVICE_DOWN, client, user)
@@ -256,8 +196,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._refuse(CLOSE_TOO_MANY, client, user)
             return
         self.user = user
-        self.user_id = user.pk
-        self._presence_start()
+        self.user_id = self.writer.user_id = user.pk
+        self.writer.connection_id = self.connection_id
+        self.presence.start()
         sockets.socket_opened(user.pk)
         sockets.consumer_opened(self)
         # The hub is in the user-events group: a kick or mute cannot slip past hello.
@@ -275,7 +216,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             },
         )
         conf = settings.VOICEFLOW
-        await self.send_frame(
+        await self.writer.send_frame(
             {
                 "type": "hello",
                 "user": user.username,
@@ -322,7 +263,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.warning("offline queue unavailable at connect", exc_info=True)
             return
         if queue and (queue.messages or queue.dropped):
-            await self.send_frame(
+            await self.writer.send_frame(
                 {
                     "type": "offline_messages",
                     "messages": queue.messages,
@@ -335,12 +276,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # events reach this process once, through its hub (deliver, user_event).
         self.scope = scope
         self.base_send = send
-        extensions = scope.get("extensions") or {}
-        self.frame_queue = extensions.get(FRAME_EXTENSION)
-        self.output_bytes = extensions.get(OUTPUT_EXTENSION)
         conf = settings.VOICEFLOW
-        self.soft_bytes = conf["SOCKET_SOFT_BYTES"]
-        self.hard_bytes = conf["SOCKET_HARD_BYTES"]
+        self.writer = SocketWriter(
+            send,
+            scope.get("extensions") or {},
+            conf["SOCKET_SOFT_BYTES"],
+            conf["SOCKET_HARD_BYTES"],
+        )
+        # The hub's broadcasts go straight to the writer: no call in between.
+        self.deliver = self.writer.deliver
         try:
             self.hub = await broadcast.hub()
             while True:
@@ -356,22 +300,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._release(code)
 
     async def drain(self):
-        """Server shutdown: once the frame in hand is handled and acked, leave presence
-        (a normal disconnect: the grace period runs, in the sweep if this process is
-        gone by then) and close with 1012 so the client reconnects elsewhere."""
-        async with self.dispatching:
-            if self.released or self.draining:
-                return
-            self.draining = True
-            await self._presence_end()
-            await self.close(code=CLOSE_RESTARTING)
+        """Server shutdown: close with 1012 between frames (socket_closing.drain)."""
+        await socket_closing.drain(self)
 
     async def _release(self, code):
         """Leave every group and the socket registry, once; log the close code."""
         if getattr(self, "released", True):
             return
         self.released = True
-        await self._presence_end()
+        if self.user is not None:
+            await self.presence.end()
         rooms = list(self.rooms)
         for slug in rooms:
             await self._unsubscribe(slug)
@@ -386,7 +324,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "event": "socket_disconnected",
                 "user_id": self.user.pk,
                 "connection_id": self.connection_id,
-                "code": self.close_code or code,
+                "code": self.writer.close_code or code,
                 "rooms": len(rooms),
             },
         )
@@ -400,78 +338,70 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         # Held while an event is handled, so a drain closes only between frames.
         async with self.dispatching:
-            self.holds += 1
+            self.writer.hold()
             try:
                 await handler(message)
             finally:
-                self.holds -= 1
-                self._pending_send()
-
-    async def send(self, text_data=None, bytes_data=None, close=False):
-        if self.close_code is not None:
-            # Closed by us (e.g. 4408): a layer event still in flight must not reach
-            # uvicorn, which raises on a send after close and kills the consumer.
-            return
-        try:
-            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
-        except OSError:
-            # The client left while this frame was on its way (uvicorn raises
-            # ClientDisconnected): its disconnect event is queued and comes next.
-            logger.debug("send to a closed socket dropped")
+                self.writer.release()
 
     async def close(self, code=None, reason=None):
-        if self.close_code is None:
-            self.close_code = code
+        self.writer.closing(code)
         await super().close(code=code, reason=reason)
 
     async def receive(self, text_data=None, bytes_data=None):
-        limit = settings.VOICEFLOW["MAX_FRAME_BYTES"]
         if text_data is None:
-            if len(bytes_data or b"") > limit:
+            if frames.frame_too_large(bytes_data or b""):
                 await self.close(code=CLOSE_TOO_LARGE)
-                return
-            await self.send_error(Invalid("Frames must be JSON text."), None, None)
+            else:
+                await self._refused(frames.binary_refusal())
             return
-        if len(text_data) * 4 > limit and _utf8_size(text_data) > limit:
+        if frames.frame_too_large(text_data):
             await self.close(code=CLOSE_TOO_LARGE)
             return
         if self.user is None or self.draining:
             # Closing: frames that raced the close are ignored (unacked, so resent).
             return
-        self.last_frame_at = asyncio.get_running_loop().time()
-        try:
-            frame = orjson.loads(text_data)
-        except orjson.JSONDecodeError:
-            await self.send_error(Invalid("Frame is not valid JSON."), None, None)
+        self.presence.heard()
+        frame = frames.frame_decode(text_data)
+        if isinstance(frame, frames.Refusal):
+            await self._refused(frame)
             return
-        if not isinstance(frame, dict):
-            await self.send_error(Invalid("Frame is not a JSON object."), None, None)
-            return
-        kind = frame.get("type")
+        kind = frame.kind
         metrics.FRAMES_RECEIVED.labels(metrics.frame_type(kind)).inc()
-        handler = self.frame_handlers.get(kind) if isinstance(kind, str) else None
-        ref = _frame_ref(frame)
-        request = kind if isinstance(kind, str) and len(kind) <= 64 else None
-        if json_too_deep(frame, settings.VOICEFLOW["MAX_JSON_DEPTH"]):
-            await self.send_error(Invalid("Frame is nested too deeply."), request, ref)
-            return
-        typing_start = kind == "typing" and frame.get("state") == "start"
-        await self._presence_touch(active=kind == "message" or typing_start)
-        if handler is None:
-            detail = f"Unknown frame type {request!r}." if request else "No frame type."
-            await self.send_error(Invalid(detail), request, ref)
-            return
+        if not await self.presence.touch(frame.active):
+            await self.presence_restore()
         try:
-            await handler(self, frame)
-        except ChatError as error:
+            await self.frame_handlers[kind](self, frame)
+        except Exception as error:
+            await self._failed(error, kind, frame.ref)
+
+    async def _refused(self, refusal):
+        """Reply to a refused frame; presence hears of it as of any frame."""
+        if refusal.counted:
+            metrics.FRAMES_RECEIVED.labels(metrics.frame_type(refusal.request)).inc()
+        if refusal.heard and not await self.presence.touch(refusal.active):
+            await self.presence_restore()
+        try:
+            if refusal.room is not None:
+                await self._joined_room(refusal.room)  # not joined is said first
+        except Exception as error:
+            await self._failed(error, refusal.request, refusal.ref)
+            return
+        await self.send_error(refusal.error, refusal.request, refusal.ref)
+
+    async def _failed(self, error, request, ref):
+        """The error reply to a frame that raised `error`."""
+        if isinstance(error, ChatError):
             await self.send_error(error, request, ref)
-        except DatabaseError:
-            logger.warning("%s frame failed: database unavailable", kind, exc_info=True)
+        elif isinstance(error, DatabaseError):
+            logger.warning(
+                "%s frame failed: database unavailable", request, exc_info=error
+            )
             await self.send_error(
                 Unavailable("The database is unavailable; retry later."), request, ref
             )
-        except Exception:
-            logger.exception("%s frame failed", kind)
+        else:
+            logger.error("%s frame failed", request, exc_info=error)
             await self.send_error(
                 Unavailable("The server could not handle this frame; retry later."),
                 request,
@@ -480,10 +410,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # Client frames
 
-    async def frame_join(self, frame):
-        slug = _room_slug(frame)
-        since = _optional_seq(frame, "since")
-        changes_since = _optional_seq(frame, "changes_since")
+    async def frame_join(self, frame: frames.Join):
+        slug = frame.room
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
         if slug in self.rooms:  # a re-join on this socket (a reconnect's is free)
@@ -492,7 +420,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Subscribe before reading what was missed, so nothing falls in between.
         await self.hub.room_add(slug, self)
         try:
-            join = await _join(self.user, slug, since, changes_since)
+            join = await _join(self.user, slug, frame.since, frame.changes_since)
         except Exception:
             if slug not in self.rooms:
                 await self.hub.room_remove(slug, self)
@@ -502,12 +430,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if hit and not join.became_member:
             await ratelimit.rate_refund(hit)  # a re-join never counts
         self.rooms[slug] = join.room
-        await self.send_frame(
+        await self.writer.send_frame(
             {
                 "type": "joined",
                 "room": slug,
                 "last_seq": join.last_seq,
-                "members": await self._presence_room_enter(slug),
+                "members": await self.presence.room_enter(slug),
                 "missed": join.missed,
                 "truncated": join.truncated,
                 "last_change": join.last_change,
@@ -516,32 +444,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
             }
         )
 
-    async def frame_leave(self, frame):
-        slug = _room_slug(frame)
+    async def frame_leave(self, frame: frames.Leave):
+        slug = frame.room
         if slug in self.rooms:
             await self._presence_frame_hit()
-            await self.socket_typing.stop(slug)
+            await self.presence.typing.stop(slug)
             await self._unsubscribe(slug)
-            await presence_services.presence_room_exit(
-                sid=self.connection_id,
-                user_id=self.user.id,
-                username=self.user.username,
-                slug=slug,
-            )
-        await self.send_frame({"type": "left", "room": slug})
+            await self.presence.room_exit(slug)
+        await self.writer.send_frame({"type": "left", "room": slug})
 
-    async def frame_message(self, frame):
-        room = await self._joined_room(frame)
+    async def frame_message(self, frame: frames.Message):
+        room = await self._joined_room(frame.room)
         result = await services.message_send(
             user=self.user,
             room=room,
-            body=frame.get("body"),
-            client_id=frame.get("client_id"),
+            body=frame.body,
+            client_id=frame.client_id,
             ensure_membership=False,
         )
-        await self.socket_typing.stop(room.slug)
+        await self.presence.typing.stop(room.slug)
         message = result.message
-        await self.send_frame(
+        await self.writer.send_frame(
             {
                 "type": "ack",
                 "client_id": message["client_id"],
@@ -552,11 +475,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             }
         )
 
-    async def frame_typing(self, frame):
-        room = await self._joined_room(frame)
-        state = frame.get("state")
-        if state not in ("start", "stop"):
-            raise Invalid("state must be 'start' or 'stop'.", field="state")
+    async def frame_typing(self, frame: frames.Typing):
+        room = await self._joined_room(frame.room)
         if self.muted_until is _UNKNOWN:
             self.muted_until = await _mute_until(self.user.pk)
         refusal = selectors.mute_refusal(self.muted_until)
@@ -564,66 +484,49 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise Forbidden(refusal, field="room")
         if not await self._typing_allowed():
             return  # the contract: over the limit, typing is dropped without an error
-        if state == "start":
-            await self.socket_typing.start(room.slug)
+        if frame.state == "start":
+            await self.presence.typing.start(room.slug)
         else:
-            await self.socket_typing.stop(room.slug)
+            await self.presence.typing.stop(room.slug)
 
-    async def frame_delete(self, frame):
-        room = await self._joined_room(frame)
-        result = await _message_delete(
-            user=self.user, room=room, message_id=frame.get("id")
-        )
+    async def frame_delete(self, frame: frames.Delete):
+        room = await self._joined_room(frame.room)
+        result = await _message_delete(user=self.user, room=room, message_id=frame.id)
         # The room hears of it after the commit (this socket too, being in the room);
         # a tombstone deleted again is confirmed to the sender alone.
         if not result.deleted:
-            await self.send_frame({"type": "message_deleted", **result.event})
+            await self.writer.send_frame({"type": "message_deleted", **result.event})
 
-    async def frame_edit(self, frame):
-        room = await self._joined_room(frame)
+    async def frame_edit(self, frame: frames.Edit):
+        room = await self._joined_room(frame.room)
         result = await services.message_edit(
-            user=self.user,
-            room=room,
-            message_id=frame.get("id"),
-            body=frame.get("body"),
+            user=self.user, room=room, message_id=frame.id, body=frame.body
         )
         # No ack: the room hears `message_edited` after the commit, this socket
         # too; an edit that changes nothing is confirmed to the sender alone.
         if not result.edited:
-            await self.send_frame({"type": "message_edited", **result.event})
+            await self.writer.send_frame({"type": "message_edited", **result.event})
 
-    async def frame_read(self, frame):
-        slug = _room_slug(frame)
-        seq = frame.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise Invalid("seq must be a non-negative integer.", field="seq")
+    async def frame_read(self, frame: frames.Read):
+        slug = frame.room
         if not selectors.is_room_slug(slug):
             raise NotFound(f"No room {slug!r}.", field="room")
-        state, moved = await _membership_read(self.user, slug, seq)
+        state, moved = await _membership_read(self.user, slug, frame.seq)
         # Moved: every socket of the user hears it (this one too, as its reply) from
         # the broadcast; not moved: this socket alone gets the state as it is.
         if not moved:
-            await self.send_frame({"type": "read", **state})
+            await self.writer.send_frame({"type": "read", **state})
 
-    async def frame_ping(self, frame):
-        ts = frame.get("ts")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-            raise Invalid("ts is required and must be a number.", field="ts")
+    async def frame_ping(self, frame: frames.Ping):
         seqs = await last_seqs.last_seqs_get(slugs=self.rooms) if self.rooms else None
-        await self.send_frame(
-            {"type": "pong", "ts": ts, "server_ts": int(time.time() * 1000)}
+        await self.writer.send_frame(
+            {"type": "pong", "ts": frame.ts, "server_ts": int(time.time() * 1000)}
             | ({"last_seq": seqs} if seqs is not None else {})
         )
 
-    async def frame_status(self, frame):
-        status = frame.get("status")
-        if status not in ("online", "away"):
-            raise Invalid("status must be 'online' or 'away'.", field="status")
+    async def frame_status(self, frame: frames.Status):
         await self._presence_frame_hit()
-        self.away = status == "away"
-        await presence_services.presence_set_away(
-            sid=self.connection_id, away=self.away
-        )
+        await self.presence.set_away(frame.status == "away")
 
     frame_handlers = {
         "join": frame_join,
@@ -637,242 +540,52 @@ class ChatConsumer(AsyncWebsocketConsumer):
         "read": frame_read,
     }
 
-    # Events from the hub
-
-    def deliver(self, text, frame, ephemeral=None):
-        """Write a broadcast (its text, and its prebuilt WebSocket frame) now, or after
-        the frame in hand / a full buffer.
-
-        Past the soft cap of unread output, `ephemeral` events (their type: typing,
-        presence) are dropped; past the hard cap the socket closes with 1013 and its
-        client recovers by seq. O(1): the server's count plus `pending_bytes`.
-        """
-        if self.close_code is not None:
-            return  # closed by us: uvicorn raises on a send after close
-        queued = self.queued_bytes()
-        if queued > self.soft_bytes:
-            if ephemeral is not None:
-                metrics.SOCKET_SHED.labels(ephemeral).inc()
-                return
-            if queued + len(frame) > self.hard_bytes:
-                self._overflow_close(queued)
-                return
-        if self.holds:
-            if self.pending is None:
-                self.pending = deque()
-            self.pending.append((text, frame))
-            self.pending_bytes += len(frame)
-            return
-        self._write(text, frame)
-
-    def queued_bytes(self):
-        """This socket's output its client has not read yet (for /health)."""
-        queued = self.pending_bytes
-        if self.output_bytes is not None:
-            queued += self.output_bytes()
-        return queued
-
-    def _overflow_close(self, queued):
-        self.close_code = CLOSE_SERVICE_DOWN  # from here on, nothing more is queued
-        self.pending = None
-        self.pending_bytes = 0
-        metrics.SOCKET_OVERFLOW_CLOSED.inc()
-        logger.info(
-            "socket overflow",
-            extra={
-                "event": "socket_overflow",
-                "user_id": self.user_id,
-                "connection_id": self.connection_id,
-                "bytes": queued,
-            },
-        )
-        asyncio.ensure_future(self._close_overflowing())
-
-    async def _close_overflowing(self):
-        # Not between frames (as a kick): the frame in hand may itself be waiting
-        # for room in the buffer, which the close releases.
-        try:
-            await self.close(code=CLOSE_SERVICE_DOWN)
-        except OSError:
-            pass  # the client left meanwhile: its disconnect event comes next
-
-    def _write(self, text, frame):
-        # The server's batched writes when it offers them, else an ASGI send.
-        if self.frame_queue is not None and self.frame_queue(frame):
-            return
-        try:
-            writing = _start_eagerly(
-                self.base_send({"type": "websocket.send", "text": text})
-            )
-        except Exception:
-            # The client left (uvicorn raises ClientDisconnected): its disconnect
-            # event is queued and comes next.
-            return
-        if writing is not None:  # the socket's write buffer is full: keep order
-            self.holds += 1
-            writing.add_done_callback(self._written)
-
-    def _written(self, writing):
-        self.holds -= 1
-        if not writing.cancelled() and writing.exception() is not None:
-            logger.debug("broadcast to a closed socket dropped")
-        self._pending_send()
-
-    def _pending_send(self):
-        while not self.holds and self.pending:
-            if self.close_code is not None:
-                self.pending = None
-                self.pending_bytes = 0
-                return
-            text, frame = self.pending.popleft()
-            self.pending_bytes -= len(frame)
-            self._write(text, frame)
-        if not self.pending:
-            self.pending = None
+    # Events from the hub (its broadcasts go to `deliver`: the writer's)
 
     def user_event(self, event):
         if event["type"] == "user.muted":
             until = event["until"]
             self.muted_until = until and datetime.fromtimestamp(until, UTC)
         elif event["type"] == "user.kicked":
-            asyncio.ensure_future(self._kicked())
+            asyncio.ensure_future(socket_closing.kick(self))
         elif event["type"] == "user.frame":
             text = event["text"]
-            self.deliver(text, text_frame(text.encode()))
+            self.writer.deliver(text, prebuilt_frame(text))
         elif event["type"] == "user.room_removed":
             asyncio.ensure_future(self._room_removed(event["room"]))
+
+    def silence_check(self, now):
+        socket_closing.silence_check(self, now)
+
+    def queued_bytes(self):
+        """This socket's output its client has not read yet (for /health)."""
+        return self.writer.queued_bytes()
 
     async def _room_removed(self, slug):
         """The user may no longer be in the room: this socket leaves it at once, so no
         more of its messages, typing or presence reach it, and the client is told."""
         async with self.dispatching:  # between frames, like a kick
-            if self.close_code is not None or self.released:
+            if self.writer.close_code is not None or self.released:
                 return
             if slug in self.rooms:
-                await self.socket_typing.stop(slug)
+                await self.presence.typing.stop(slug)
                 await self._unsubscribe(slug)
                 try:
-                    await presence_services.presence_room_exit(
-                        sid=self.connection_id,
-                        user_id=self.user.id,
-                        username=self.user.username,
-                        slug=slug,
-                    )
+                    await self.presence.room_exit(slug)
                 except Exception:
                     logger.warning("presence exit of %s failed", slug, exc_info=True)
-            await self.send_frame({"type": "room_removed", "room": slug})
-
-    async def _kicked(self):
-        logger.info(
-            "socket kicked",
-            extra={
-                "event": "socket_kicked",
-                "user_id": self.user and self.user.pk,
-                "connection_id": self.connection_id,
-            },
-        )
-        async with self.dispatching:  # between frames, like a drain
-            await self.close(code=CLOSE_KICKED)
-
-    def silence_check(self, now):
-        """Close with 4408 once no frame came for the dead timeout (the hub's timer)."""
-        if self.silenced or not self.presence_registered:
-            return
-        if now - self.last_frame_at >= settings.VOICEFLOW["DEAD_AFTER"]:
-            self.silenced = True
-            asyncio.ensure_future(self._close_silent())
-
-    async def _close_silent(self):
-        # A dead client may never answer the close: leave presence first.
-        await self._presence_end()
-        await self.close(code=CLOSE_SILENT)
-
-    # Presence of this socket
-
-    def _presence_start(self):
-        self.presence_registered = True
-        self.socket_typing = presence_services.SocketTyping(
-            self.user.id, self.user.username
-        )
-        self.last_frame_at = self.touched_at = self.active_at = (
-            asyncio.get_running_loop().time()
-        )
-        presence_services.embedded_sweeper_start()
-        presence_services.presence_watch_start(sockets.sockets_presence_restore)
-
-    async def _presence_touch(self, active):
-        """Tell the store about frames at most once per touch interval, not each."""
-        if not self.presence_registered:
-            return  # closed for silence: frames that raced the close change nothing
-        now = self.last_frame_at
-        interval = settings.VOICEFLOW["PRESENCE_TOUCH_INTERVAL"]
-        active = active and now - self.active_at >= interval
-        if not active and now - self.touched_at < interval:
-            return
-        self.touched_at = now
-        if active:
-            self.active_at = now
-        try:
-            known = await presence_services.presence_touch(
-                sid=self.connection_id, user_id=self.user.id, active=active
-            )
-        except Exception:
-            logger.warning("presence touch failed", exc_info=True)
-            return
-        if not known:  # Redis lost it (restarted empty), or swept while alive
-            await self.presence_restore()
+            await self.writer.send_frame({"type": "room_removed", "room": slug})
 
     async def presence_restore(self, resync=False):
         """Be in presence again, with this socket's rooms, without a reconnect
         (`resync`: afresh, even if the store still knows it)."""
-        if not self.presence_registered:
-            return
-        try:
-            restored = await presence_services.presence_restore(
-                sid=self.connection_id,
-                user_id=self.user.id,
-                username=self.user.username,
-                rooms=list(self.rooms),
-                away=self.away,
-                resync=resync,
-            )
-        except Exception:
-            logger.warning("presence restore failed", exc_info=True)
-            return
-        if not restored:  # the user's other sockets took every slot meanwhile
-            await self._presence_end()
+        if not await self.presence.restore(list(self.rooms), resync):
+            await self.presence.end()
             await self.close(code=CLOSE_TOO_MANY)
-
-    async def _presence_room_enter(self, slug):
-        """Be present in the room; its members. Best effort: messages matter more."""
-        try:
-            await presence_services.presence_room_enter(
-                sid=self.connection_id,
-                user_id=self.user.id,
-                username=self.user.username,
-                slug=slug,
-            )
-            return await presence_selectors.room_members(slug)
-        except Exception:
-            logger.warning("presence of a join into %s failed", slug, exc_info=True)
-            return []
-
-    async def _presence_end(self):
-        if not self.presence_registered:
-            return
-        self.presence_registered = False
-        try:
-            await self.socket_typing.stop_all()
-            await presence_services.presence_disconnect(sid=self.connection_id)
-        except Exception:
-            logger.warning(
-                "presence cleanup of %s failed", self.connection_id, exc_info=True
-            )
 
     # Helpers
 
-    async def _joined_room(self, frame):
-        slug = _room_slug(frame)
+    async def _joined_room(self, slug):
         room = self.rooms.get(slug)
         if room is None:
             if not selectors.is_room_slug(slug) or not await _room_visible(
@@ -910,21 +623,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             logger.warning("unsubscribe from %s failed", slug, exc_info=True)
 
-    async def send_frame(self, frame):
-        metrics.FRAMES_SENT.labels(metrics.frame_type(frame["type"])).inc()
-        data = orjson.dumps(frame)
-        # Prebuilt, through the server's batched writes where it offers them: no
-        # framing by websockets, and the frame leaves with the socket's others of
-        # this loop turn (an ack with its own message's broadcast). Else, or when the
-        # socket cannot take it now (closing, buffer full), an ASGI send as before.
-        if (
-            self.frame_queue is not None
-            and self.close_code is None
-            and self.frame_queue(text_frame(data))
-        ):
-            return
-        await self.send(text_data=data.decode())
-
     async def send_error(self, error, request, ref):
         frame = {
             "type": "error",
@@ -946,4 +644,4 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "code": error.code,
             },
         )
-        await self.send_frame(frame)
+        await self.writer.send_frame(frame)
