@@ -25,7 +25,11 @@ from . import servers
 from .clients import Client, audit, settle, steady_traffic, ticket_url
 from .servers import ROOT, ServerProcess, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.one_pass("shared"),
+]
 
 
 class Cluster:

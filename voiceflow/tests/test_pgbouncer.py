@@ -8,7 +8,6 @@ import tempfile
 import pytest
 
 from deploy import cluster
-from voiceflow.db import on_loop
 
 from . import servers
 from .servers import ServerProcess, free_port
@@ -17,7 +16,7 @@ from .test_e2e import frame, open_joined
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not on_loop(), reason="PgBouncer pools PostgreSQL connections"),
+    pytest.mark.one_pass("shared"),  # PgBouncer pools PostgreSQL connections
 ]
 
 
