@@ -27,6 +27,16 @@ def other_pass():
     return PASSES[1 - PASSES.index(this_pass())]
 
 
+def pytest_configure(config):
+    """The fast password hasher."""
+    from django.conf import settings
+
+    # As VOICEFLOW_FAST_PASSWORD_HASHER=1 gives the server processes the tests start:
+    # PBKDF2 takes about a second per user made on a loaded machine, and no test is
+    # about the hasher.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def pytest_collection_modifyitems(config, items):
     """Deselect the tests marked one_pass for the other pass."""
     current, kept, other = this_pass(), [], []
