@@ -10,6 +10,66 @@ from channels.layers import channel_layers
 from django.core.cache import cache
 from django.db import connections
 
+# `make test` runs the suite twice: the embedded pass (SQLite, in-memory layer) and the
+# shared pass (PostgreSQL, Redis). A test whose meaning does not depend on the mode
+# (it drives the page, or starts its own private services) is marked
+# one_pass("embedded") or one_pass("shared"): the other pass deselects it.
+PASSES = ("embedded", "shared")
+
+
+def this_pass():
+    from django.conf import settings
+
+    return "embedded" if settings.EMBEDDED else "shared"
+
+
+def other_pass():
+    return PASSES[1 - PASSES.index(this_pass())]
+
+
+def pytest_configure(config):
+    """The fast password hasher."""
+    from django.conf import settings
+
+    # As VOICEFLOW_FAST_PASSWORD_HASHER=1 gives the server processes the tests start:
+    # PBKDF2 takes about a second per user made on a loaded machine, and no test is
+    # about the hasher.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the tests marked one_pass for the other pass."""
+    current, kept, other = this_pass(), [], []
+    for item in items:
+        marker = item.get_closest_marker("one_pass")
+        if marker is None:
+            kept.append(item)
+            continue
+        if marker.args not in ((name,) for name in PASSES):
+            raise pytest.UsageError(f"{item.nodeid}: one_pass takes one of {PASSES}")
+        (kept if marker.args[0] == current else other).append(item)
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = kept
+    _one_pass_deselected.update(item.nodeid for item in other)
+
+
+# Node ids deselected by one_pass.
+_one_pass_deselected = set()
+
+
+def pytest_report_header(config):
+    return f"{this_pass()} pass: tests marked one_pass({other_pass()!r}) are deselected"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if _one_pass_deselected:
+        files = sorted({nodeid.split("::")[0] for nodeid in _one_pass_deselected})
+        terminalreporter.write_line(
+            f"deselected, run in the {other_pass()} pass (one_pass): "
+            f"{len(_one_pass_deselected)} from {', '.join(files)}"
+        )
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _close_async_db_connections(django_db_setup):

@@ -19,8 +19,7 @@ GRACE = 0.4
 
 
 @pytest.fixture(autouse=True)
-def fast_presence(presence_conf, lobby, settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def fast_presence(presence_conf, lobby):
     Room.objects.get_or_create(slug="design", defaults={"name": "Design"})
     Room.objects.get_or_create(slug="elsewhere", defaults={"name": "Elsewhere"})
     presence_conf(

@@ -37,9 +37,8 @@ async def frames_until(socket, kind):
 
 
 async def test_a_churn_of_users_and_rooms_leaves_every_structure_at_its_baseline(
-    make_user, presence_conf, settings
+    make_user, presence_conf
 ):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     presence_conf(
         OFFLINE_GRACE=0.2,
         PRESENCE_TOUCH_INTERVAL=0,

@@ -21,7 +21,7 @@ from .browsers import (
 )
 from .servers import ServerProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.one_pass("embedded")]
 
 XSS = "<img src=x onerror=alert(1)>"
 

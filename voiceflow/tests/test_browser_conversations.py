@@ -16,7 +16,7 @@ from .browsers import (
     seed_history,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.one_pass("embedded")]
 
 # Each of these must show as the very text that was sent, with nothing run.
 HOSTILE_BODIES = [

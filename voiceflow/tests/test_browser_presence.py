@@ -5,7 +5,7 @@ from playwright.sync_api import expect
 
 from .browsers import PHONE, screenshot, set_tab_hidden
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.one_pass("embedded")]
 
 # The contract's offline grace is 10 s, and events may lag by a sweep interval.
 OFFLINE_WITHIN_MS = 40_000

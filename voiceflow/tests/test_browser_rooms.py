@@ -18,7 +18,7 @@ from .browsers import (
     set_tab_hidden,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.one_pass("embedded")]
 
 # Window.Notification, recorded: what the page constructs and when it asks.
 NOTIFICATION_STUB = """

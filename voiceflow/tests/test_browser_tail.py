@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 from .browsers import SocketProxy, screenshot
 from .servers import ServerProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.one_pass("embedded")]
 
 HEARTBEAT = 3  # seconds between the page's pings
 LAST_SEQ_MAX_AGE = 1.0  # the server's default

@@ -15,7 +15,11 @@ from bench.audit import history
 
 from .clients import Client, audit, settle, steady_traffic, ticket_url
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.one_pass("shared"),
+]
 
 
 async def recovery_after(clients, killed_at, timeout):

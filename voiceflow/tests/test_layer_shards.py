@@ -98,6 +98,7 @@ async def acks(pairs, client_ids, seconds=5):
 
 
 @pytest.mark.e2e
+@pytest.mark.one_pass("shared")  # its own Redis shards, two processes
 @pytest.mark.django_db(transaction=True)
 async def test_a_dead_shard_silences_its_rooms_and_the_others_still_deliver(
     shards, settings, test_redis_url

@@ -6,7 +6,6 @@ import shutil
 import tempfile
 
 import pytest
-from django.db import connection
 
 from deploy import cluster
 
@@ -17,10 +16,7 @@ from .test_e2e import frame, open_joined
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql",
-        reason="PgBouncer pools PostgreSQL connections",
-    ),
+    pytest.mark.one_pass("shared"),  # PgBouncer pools PostgreSQL connections
 ]
 
 

@@ -21,7 +21,11 @@ from bench.audit import history
 from .clients import Client, audit, settle, steady_traffic
 from .servers import ROOT, ServerProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.one_pass("shared"),  # a deployment on PostgreSQL, its own Redis
+]
 
 
 class RestLoop(threading.Thread):

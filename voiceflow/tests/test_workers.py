@@ -66,6 +66,7 @@ def holder(server, workers, socket):
     return next(pid for pid in workers if socket_inodes(pid) & inodes)
 
 
+@pytest.mark.one_pass("shared")
 async def test_workers_share_the_port_and_all_drain_on_sigterm(lobby, two_workers):
     server = two_workers(drain_window=1, drain_timeout=5)
     workers = await asyncio.to_thread(server.workers_started, 2)
@@ -90,6 +91,7 @@ async def test_workers_share_the_port_and_all_drain_on_sigterm(lobby, two_worker
     assert not running(workers)
 
 
+@pytest.mark.one_pass("shared")
 async def test_a_killed_worker_is_replaced_and_orphans_drain(lobby, two_workers):
     server = two_workers(drain_window=0.5, drain_timeout=3)
     first, second = await asyncio.to_thread(server.workers_started, 2)
@@ -113,6 +115,7 @@ async def test_a_killed_worker_is_replaced_and_orphans_drain(lobby, two_workers)
     )
 
 
+@pytest.mark.one_pass("embedded")
 def test_embedded_mode_runs_one_process_whatever_web_concurrency_says(
     transactional_db,
 ):
