@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+import uuid
 from pathlib import Path
 
 import redis
@@ -79,6 +80,19 @@ class Cluster:
         api.base = self.base
         return api
 
+    def room_with_users(self, prefix, count):
+        """A new room and `count` new users' tokens, through the balancer: (slug,
+        tokens); the first user created the room."""
+        api = self.api()
+        run = uuid.uuid4().hex[:6]
+        tokens = [api.register(f"{prefix}-{run}-{i}") for i in range(count)]
+        slug = f"{prefix}-{run}"
+        status, body = api.request(
+            "POST", "/api/rooms/", {"name": slug, "slug": slug}, tokens[0]
+        )
+        assert status == 201, body
+        return slug, tokens
+
     def pid(self, name):
         return int((self.state / f"{name}.pid").read_text())
 
@@ -119,25 +133,6 @@ class Cluster:
                 if "socket_connected" in line and line.startswith("{"):
                     found[json.loads(line)["connection_id"]] = log.stem
         return found
-
-    def logged_client(self, connection_id):
-        """The client address the web processes logged for a socket."""
-        for log in (self.state / "logs").glob("web*.log"):
-            for line in log.read_text().splitlines():
-                if connection_id in line and "socket_connected" in line:
-                    return json.loads(line)["client"]
-        return None
-
-    def output(self):
-        """Every component's log tail (the conftest adds it to a failure report)."""
-        return "".join(
-            f"\n--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
-            for log in sorted((self.state / "logs").glob("*.log"))
-        )
-
-    def stop(self):
-        self.run("stop")
-        shutil.rmtree(self.state, ignore_errors=True)
 
     def logged_client(self, connection_id):
         """The client address the web processes logged for a socket."""

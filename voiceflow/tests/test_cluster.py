@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import uuid
 
 import pytest
 import websockets
@@ -39,14 +38,7 @@ async def recovery_after(clients, killed_at, timeout):
 async def test_a_web_process_killed_behind_haproxy_loses_and_duplicates_nothing(
     cluster,
 ):
-    api = cluster.api()  # every request through the balancer
-    run = uuid.uuid4().hex[:6]
-    tokens = [api.register(f"c-{run}-{i}") for i in range(9)]
-    slug = f"cluster-{run}"
-    status, body = api.request(
-        "POST", "/api/rooms/", {"name": slug, "slug": slug}, tokens[0]
-    )
-    assert status == 201, body
+    slug, tokens = cluster.room_with_users("cluster", 9)  # through the balancer
     clients = [
         Client(f"c{i}", token, [cluster.base], room=slug)
         for i, token in enumerate(tokens)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import urllib.request
-import uuid
 
 import pytest
 
@@ -94,14 +93,7 @@ def redis_health(port):
 async def test_the_redis_primary_killed_under_traffic_fails_over_losing_nothing(
     cluster,
 ):
-    api = cluster.api()  # every request through the balancer
-    run = uuid.uuid4().hex[:6]
-    tokens = [api.register(f"f-{run}-{i}") for i in range(9)]
-    slug = f"failover-{run}"
-    status, body = api.request(
-        "POST", "/api/rooms/", {"name": slug, "slug": slug}, tokens[0]
-    )
-    assert status == 201, body
+    slug, tokens = cluster.room_with_users("failover", 9)  # through the balancer
     clients = [
         TracingClient(f"f{i}", token, [cluster.base], room=slug)
         for i, token in enumerate(tokens)
