@@ -5,16 +5,16 @@ A check drops the hits older than the window, and if fewer than `limit` remain, 
 this one. A refused check logs nothing, so refusals never extend the wait, and
 `retry_after` is exact: when the hit that makes room leaves the window.
 
-Redis: one Lua script per check (EVALSHA, EVAL once if the script cache is empty), so a
-check is one atomic round trip; each key expires one window after its newest hit.
-Key: `<REDIS_KEY_PREFIX>:rl:<limit name>:<who>` (user id or client IP).
+Redis: one Lua script per check (EVALSHA; the client's script object loads it again if
+the script cache was emptied), so a check is one atomic round trip; each key expires
+one window after its newest hit. Key: `<REDIS_KEY_PREFIX>:rl:<limit name>:<who>` (user
+id or client IP).
 
 Fail-soft: while Redis is unreachable (voiceflow.breaker), checks go to this process's
 in-memory twin at the same rates, so limits hold per process instead of refusing
 everything; once Redis answers again, checks go back to it.
 """
 
-import hashlib
 import ipaddress
 import itertools
 import os
@@ -52,7 +52,6 @@ local last = count - limit
 local freeing = redis.call('ZRANGE', KEYS[1], last, last, 'WITHSCORES')
 return {0, count, tostring(tonumber(freeing[2]) + window - now)}
 """
-SLIDING_WINDOW_SHA = hashlib.sha1(SLIDING_WINDOW_LUA.encode()).hexdigest()
 
 _hit_ids = itertools.count()
 _process_tag = f"{os.getpid():x}-{os.urandom(3).hex()}"
@@ -91,6 +90,20 @@ class RedisRateLimiter:
 
     def __init__(self, url=None):
         self.url = url
+        # The clients' own script objects (EVALSHA, loading the script again after a
+        # SCRIPT FLUSH), one per client; a few at most (the clients of closed loops
+        # are dropped with the rest when more come).
+        self._scripts: dict = {}
+
+    def _script(self, client):
+        script = self._scripts.get(client)
+        if script is None:
+            if len(self._scripts) >= 8:
+                self._scripts.clear()
+            script = self._scripts[client] = client.register_script(
+                SLIDING_WINDOW_LUA
+            )
+        return script
 
     def _args(self, key, limit, window, now):
         now_ms = now * 1000
@@ -99,26 +112,18 @@ class RedisRateLimiter:
 
     async def hit(self, key, limit, window, now):
         member, keys, args = self._args(key, limit, window, now)
-        client = redis_pipelined(self.url)
+        script = self._script(redis_pipelined(self.url))
         try:
-            try:
-                reply = await client.evalsha(
-                    SLIDING_WINDOW_SHA, len(keys), *keys, *args
-                )
-            except redis.exceptions.NoScriptError:
-                reply = await client.eval(SLIDING_WINDOW_LUA, len(keys), *keys, *args)
+            reply = await script(keys, args)
         except redis.exceptions.RedisError as error:
             raise Unavailable("Rate limits cannot be checked; retry later.") from error
         return _decision(key, member, reply)
 
     def hit_sync(self, key, limit, window, now):
         member, keys, args = self._args(key, limit, window, now)
-        client = redis_sync_client(self.url)
+        script = self._script(redis_sync_client(self.url))
         try:
-            try:
-                reply = client.evalsha(SLIDING_WINDOW_SHA, len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
-                reply = client.eval(SLIDING_WINDOW_LUA, len(keys), *keys, *args)
+            reply = script(keys, args)
         except redis.exceptions.RedisError as error:
             raise Unavailable("Rate limits cannot be checked; retry later.") from error
         return _decision(key, member, reply)

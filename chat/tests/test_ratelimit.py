@@ -146,6 +146,27 @@ async def test_the_script_is_loaded_again_after_a_redis_script_flush(redis_serve
     assert not limiter.hit_sync(key, 2, 60, NOW).allowed
 
 
+async def test_the_shared_limiter_works_after_a_script_flush_on_both_paths(
+    redis_server, settings, set_rate
+):
+    settings.REDIS_URL = redis_server.url
+    set_rate("message", 4)
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        assert ratelimit.rate_hit_sync("message", 1, now=NOW).allowed
+        assert (await ratelimit.rate_hit("message", 1, now=NOW)).allowed
+        admin.script_flush()
+        sync_hit = ratelimit.rate_hit_sync("message", 1, now=NOW + 1)
+        assert sync_hit.allowed and not sync_hit.local  # loaded again, still in Redis
+        admin.script_flush()
+        async_hit = await ratelimit.rate_hit("message", 1, now=NOW + 2)
+        assert async_hit.allowed and not async_hit.local
+        assert not (await ratelimit.rate_hit("message", 1, now=NOW + 3)).allowed
+        assert not ratelimit.rate_hit_sync("message", 1, now=NOW + 3).allowed
+    finally:
+        admin.close()
+
+
 # Named limits, the multiplier and refunds, through the configured backend.
 
 
