@@ -16,12 +16,12 @@ import logging
 import time
 from collections import deque
 
-import orjson
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from voiceflow import metrics
 from voiceflow.breaker import UNREACHABLE, redis_breaker
+from voiceflow.frames_json import frame_encode
 
 from .socket_writer import prebuilt_frame
 
@@ -34,11 +34,6 @@ EPHEMERAL = frozenset({"typing", "presence"})
 
 def room_group(slug):
     return f"room.{slug}"
-
-
-def encode(frame):
-    """A frame as JSON text (encoded once, forwarded as is to every socket)."""
-    return orjson.dumps(frame).decode()
 
 
 class Hub:
@@ -325,7 +320,7 @@ def _to_room(slug, frame):
     event = {
         "type": "chat.message",
         "room": slug,
-        "text": encode(frame),
+        "text": frame_encode(frame),
         "frame_type": frame["type"],
     }
     return room_group(slug), event
@@ -376,7 +371,11 @@ async def user_room_removed(user_id, slug):
 
 def _to_user_frame(user_id, frame):
     """(group, event) forwarding one frame, encoded once, to every socket of a user."""
-    event = {"type": "user.frame", "text": encode(frame), "frame_type": frame["type"]}
+    event = {
+        "type": "user.frame",
+        "text": frame_encode(frame),
+        "frame_type": frame["type"],
+    }
     return _to_user(user_id, event)
 
 

@@ -10,10 +10,10 @@ typing pause, and what they would have said is made right once it is back
 
 import uuid
 
-import orjson
 from channels.layers import get_channel_layer
 
 from voiceflow.breaker import UNREACHABLE, redis_breaker
+from voiceflow.frames_json import frame_encode
 
 _room_group = None
 
@@ -28,10 +28,6 @@ def room_group(slug):
     if _room_group is None:
         raise RuntimeError("presence needs use_room_groups() before broadcasting")
     return _room_group(slug)
-
-
-def _encode(frame):
-    return orjson.dumps(frame).decode()
 
 
 async def _send(group, event):
@@ -52,11 +48,12 @@ async def presence_changed(username, status, rooms):
     """
     if not rooms:
         return
+    text = frame_encode({"type": "presence", "user": username, "status": status})
     event = {
         "type": "presence",
         "id": uuid.uuid4().hex,
         "rooms": sorted(rooms),
-        "text": _encode({"type": "presence", "user": username, "status": status}),
+        "text": text,
     }
     for slug in sorted(rooms):
         await _send(room_group(slug), event)
@@ -71,7 +68,7 @@ async def member_left(slug, username):
 
 
 async def _member_event(kind, slug, username):
-    text = _encode({"type": kind, "room": slug, "user": username})
+    text = frame_encode({"type": kind, "room": slug, "user": username})
     await _send(
         room_group(slug), {"type": kind.replace("_", "."), "room": slug, "text": text}
     )
@@ -79,7 +76,8 @@ async def _member_event(kind, slug, username):
 
 async def typing_changed(slug, user_id, username, state):
     """A `typing` event to the room; the sender's own sockets drop it (by user id)."""
-    text = _encode({"type": "typing", "room": slug, "user": username, "state": state})
+    frame = {"type": "typing", "room": slug, "user": username, "state": state}
+    text = frame_encode(frame)
     await _send(
         room_group(slug),
         {"type": "typing", "room": slug, "user_id": user_id, "text": text},
