@@ -13,11 +13,18 @@ Who may delete others' messages (a moderator) is a permission, not staff status:
 user_can_moderate.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 
 from .errors import NotFound
 from .models import Membership, Room
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
 
 _PUBLIC = Room.Visibility.PUBLIC
 _ROOM = Room.Kind.ROOM
@@ -26,7 +33,7 @@ _ROOM = Room.Kind.ROOM
 MODERATE_PERMISSION = "chat.delete_message"
 
 
-def room_visible_q(*, user, prefix: str = "") -> Q:
+def room_visible_q(*, user: User | AnonymousUser | None, prefix: str = "") -> Q:
     """Rooms `user` may see, as a Q over Room (or over `prefix`, e.g. "room__")."""
     q = Q(**{f"{prefix}visibility": _PUBLIC})
     if user is None or not user.is_authenticated:
@@ -38,19 +45,19 @@ def room_visible_q(*, user, prefix: str = "") -> Q:
     return q
 
 
-def room_queryset_visible(*, user) -> QuerySet:
+def room_queryset_visible(*, user: User | AnonymousUser | None) -> QuerySet:
     """The rooms `user` may see."""
     return Room.objects.filter(room_visible_q(user=user))
 
 
-def room_can_see(*, user, room: Room) -> bool:
+def room_can_see(*, user: User, room: Room) -> bool:
     """True if `user` may see `room` (a query only for a private room)."""
     if room.visibility == _PUBLIC or (user.is_staff and room.kind == _ROOM):
         return True
     return Membership.objects.filter(user_id=user.pk, room_id=room.pk).exists()
 
 
-def room_get_visible(*, user, slug: str) -> Room:
+def room_get_visible(*, user: User | AnonymousUser | None, slug: str) -> Room:
     """The room with this slug if `user` may see it, else NotFound (as if unknown)."""
     room = None
     if isinstance(slug, str):
@@ -76,7 +83,9 @@ def room_audience(*, room: Room) -> QuerySet:
     return get_user_model().objects.filter(room_audience_q(room=room))
 
 
-def user_can_moderate(*, user, room: Room | None = None) -> bool:
+def user_can_moderate(
+    *, user: User | AnonymousUser | None, room: Room | None = None
+) -> bool:
     """True if `user` may delete others' messages (in `room`, if given).
 
     A moderator holds MODERATE_PERMISSION, directly, through a group or as a

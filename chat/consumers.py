@@ -143,7 +143,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # When this user's mute ends: loaded on the first typing frame, then kept fresh by
     # `user.muted` events, so typing costs no database trip. (Posting re-checks it in
     # the seq bump's statement.)
-    muted_until = _UNKNOWN
+    muted_until: Any = _UNKNOWN  # or datetime | None
     draining = False
     silenced = False
 

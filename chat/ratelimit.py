@@ -15,14 +15,18 @@ in-memory twin at the same rates, so limits hold per process instead of refusing
 everything; once Redis answers again, checks go back to it.
 """
 
+from __future__ import annotations
+
 import ipaddress
 import itertools
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from django.conf import settings
@@ -33,6 +37,11 @@ from voiceflow.breaker import redis_breaker, redis_usable
 from voiceflow.redis import redis_key, redis_pipelined, redis_sync_client
 
 from .errors import RateLimited, Unavailable
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+    from rest_framework.request import Request
+    from rest_framework.views import APIView
 
 # KEYS[1] the key; ARGV now (ms), window (ms), limit, member (unique per hit).
 # Returns {allowed, hits in the window, ms until a slot frees (0 if allowed)};
@@ -67,7 +76,7 @@ class Decision:
     member: str | None
     local: bool = False  # counted in this process's memory, not in Redis
 
-    def refusal(self, what):
+    def refusal(self, what: str) -> RateLimited:
         return RateLimited(
             f"Too many {what}; retry in {self.retry_after:.1f} s.",
             retry_after=round(self.retry_after, 3),
@@ -88,7 +97,7 @@ def _decision(key, member, reply):
 class RedisRateLimiter:
     """The shared backend: one Lua round trip per check."""
 
-    def __init__(self, url=None):
+    def __init__(self, url: str | None = None) -> None:
         self.url = url
         # The clients' own script objects (EVALSHA, loading the script again after a
         # SCRIPT FLUSH), one per client; a few at most (the clients of closed loops
@@ -100,9 +109,7 @@ class RedisRateLimiter:
         if script is None:
             if len(self._scripts) >= 8:
                 self._scripts.clear()
-            script = self._scripts[client] = client.register_script(
-                SLIDING_WINDOW_LUA
-            )
+            script = self._scripts[client] = client.register_script(SLIDING_WINDOW_LUA)
         return script
 
     def _args(self, key, limit, window, now):
@@ -110,7 +117,7 @@ class RedisRateLimiter:
         member = _member(now_ms)
         return member, [key], [repr(now_ms), repr(window * 1000), limit, member]
 
-    async def hit(self, key, limit, window, now):
+    async def hit(self, key: str, limit: int, window: float, now: float) -> Decision:
         member, keys, args = self._args(key, limit, window, now)
         script = self._script(redis_pipelined(self.url))
         try:
@@ -119,7 +126,7 @@ class RedisRateLimiter:
             raise Unavailable("Rate limits cannot be checked; retry later.") from error
         return _decision(key, member, reply)
 
-    def hit_sync(self, key, limit, window, now):
+    def hit_sync(self, key: str, limit: int, window: float, now: float) -> Decision:
         member, keys, args = self._args(key, limit, window, now)
         script = self._script(redis_sync_client(self.url))
         try:
@@ -128,23 +135,24 @@ class RedisRateLimiter:
             raise Unavailable("Rate limits cannot be checked; retry later.") from error
         return _decision(key, member, reply)
 
-    async def refund(self, decision):
+    async def refund(self, decision: Decision) -> None:
         await redis_pipelined(self.url).zrem(decision.key, decision.member)
 
-    def refund_sync(self, decision):
-        redis_sync_client(self.url).zrem(decision.key, decision.member)
+    def refund_sync(self, decision: Decision) -> None:
+        member = cast(str, decision.member)  # an allowed hit's, so never None
+        redis_sync_client(self.url).zrem(decision.key, member)
 
 
 class MemoryRateLimiter:
     """The embedded twin: the same algorithm on deques, for one process."""
 
-    def __init__(self):
-        self._logs = {}  # key -> (window, deque of (time, member))
+    def __init__(self) -> None:
+        self._logs: dict = {}  # key -> (window, deque of (time, member))
         self._lock = threading.Lock()  # sync views run in threads, sockets on the loop
         self._checks = 0
         self._next_sweep = 0.0
 
-    def hit_sync(self, key, limit, window, now):
+    def hit_sync(self, key: str, limit: int, window: float, now: float) -> Decision:
         with self._lock:
             self._checks += 1
             # Keys of users and clients gone quiet go within a minute, or within 1000
@@ -164,13 +172,13 @@ class MemoryRateLimiter:
             wait = max(0.0, freeing + window - now)
             return Decision(False, wait, key, None, local=True)
 
-    async def hit(self, key, limit, window, now):
+    async def hit(self, key: str, limit: int, window: float, now: float) -> Decision:
         return self.hit_sync(key, limit, window, now)
 
-    async def refund(self, decision):
+    async def refund(self, decision: Decision) -> None:
         self.refund_sync(decision)
 
-    def refund_sync(self, decision):
+    def refund_sync(self, decision: Decision) -> None:
         with self._lock:
             entry = self._logs.get(decision.key)
             if entry:
@@ -180,11 +188,11 @@ class MemoryRateLimiter:
                         log.remove(item)
                         break
 
-    def clear(self):
+    def clear(self) -> None:
         with self._lock:
             self._logs.clear()
 
-    def size(self):
+    def size(self) -> int:
         """How many keys (user or client, and limit) it holds."""
         return len(self._logs)
 
@@ -198,14 +206,14 @@ memory_limiter = MemoryRateLimiter()
 redis_limiter = RedisRateLimiter()  # REDIS_URL, read at each call
 
 
-def rate(name):
+def rate(name: str) -> tuple[int, float]:
     """(limit, window seconds) of a named limit, scaled by the multiplier."""
     conf = settings.VOICEFLOW
     base = conf["RATE_LIMITS"][name]
     return max(1, int(base["limit"] * conf["RATE_LIMIT_MULTIPLIER"])), base["window"]
 
 
-async def rate_hit(name, who, *, now=None):
+async def rate_hit(name: str, who: int | str, *, now: float | None = None) -> Decision:
     """Count one `name` hit for `who`; the Decision says whether it is allowed.
 
     In Redis (every process's hits together); in this process's memory without
@@ -222,7 +230,7 @@ async def rate_hit(name, who, *, now=None):
     return _counted(name, memory_limiter.hit_sync(key, limit, window, now))
 
 
-async def rate_enforce(name: str, who, what: str) -> "Decision":
+async def rate_enforce(name: str, who: int | str, what: str) -> Decision:
     """rate_hit that raises RateLimited (naming `what`) when over the limit."""
     decision = await rate_hit(name, who)
     if not decision.allowed:
@@ -230,7 +238,7 @@ async def rate_enforce(name: str, who, what: str) -> "Decision":
     return decision
 
 
-def rate_hit_sync(name, who, *, now=None):
+def rate_hit_sync(name: str, who: int | str, *, now: float | None = None) -> Decision:
     """rate_hit for sync code (DRF throttles): same script, blocking client."""
     limit, window = rate(name)
     key = redis_key("rl", name, who)
@@ -249,7 +257,7 @@ def _counted(name, decision):
     return decision
 
 
-async def rate_refund(decision):
+async def rate_refund(decision: Decision) -> None:
     """Un-count an allowed hit that turned out to be a replay (best effort)."""
     if not decision.allowed:
         return
@@ -316,7 +324,7 @@ def _trusted(address):
     return any(ip in net for net in _networks(tuple(settings.TRUSTED_PROXIES)))
 
 
-def client_ip(peer, forwarded_for=None):
+def client_ip(peer: str | None, forwarded_for: str | None = None) -> str:
     """The client's IP: the peer, or behind a trusted proxy the nearest untrusted hop.
 
     X-Forwarded-For is read only when the peer is a trusted proxy (TRUSTED_PROXIES),
@@ -337,7 +345,7 @@ def client_ip(peer, forwarded_for=None):
     return hops[0] if hops else peer
 
 
-def scope_client_ip(scope):
+def scope_client_ip(scope: Mapping[str, Any]) -> str:
     """client_ip of an ASGI scope (WebSocket or HTTP)."""
     peer = (scope.get("client") or (None,))[0]
     forwarded = [
@@ -348,7 +356,7 @@ def scope_client_ip(scope):
     return client_ip(peer, ",".join(forwarded) or None)
 
 
-def scope_secure(scope) -> bool:
+def scope_secure(scope: Mapping[str, Any]) -> bool:
     """True if the client came over TLS: to us, or to a trusted proxy that says so.
 
     X-Forwarded-Proto counts only from a TRUSTED_PROXIES peer (as X-Forwarded-For).
@@ -370,7 +378,7 @@ def scope_secure(scope) -> bool:
     return last == "https"
 
 
-def request_client_ip(request):
+def request_client_ip(request: HttpRequest) -> str:
     """client_ip of a Django request (REMOTE_ADDR is the ASGI scope's client)."""
     meta = request.META
     return client_ip(meta.get("REMOTE_ADDR"), meta.get("HTTP_X_FORWARDED_FOR"))
@@ -385,7 +393,7 @@ class ClientIpThrottle(BaseThrottle):
     Refusals raise RateLimited (429 + Retry-After).
     """
 
-    def allow_request(self, request, view):
+    def allow_request(self, request: Request, view: APIView) -> bool:
         if getattr(request, "_rate_counted", False):
             return True
         request._rate_counted = True

@@ -1,6 +1,10 @@
 """Reads: rooms, history, and who may post where."""
 
+from __future__ import annotations
+
 import re
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from django.conf import settings
@@ -23,15 +27,20 @@ from .payloads import timestamp
 from .store import message_store, sql
 from .validators import text_clean
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from django.contrib.auth.models import AnonymousUser, User
+
 _slug_re = re.compile(SLUG_PATTERN)
 
 
-def is_room_slug(value):
+def is_room_slug(value: object) -> bool:
     """True if `value` has the form of a room slug."""
     return isinstance(value, str) and bool(_slug_re.match(value))
 
 
-def room_get(slug):
+def room_get(slug: object) -> Room:
     """The room with this slug, or NotFound."""
     if not is_room_slug(slug):
         raise NotFound(f"No room {slug!r}.", field="room")
@@ -41,7 +50,7 @@ def room_get(slug):
         raise NotFound(f"No room {slug!r}.", field="room") from None
 
 
-async def user_active_aget(user_id):
+async def user_active_aget(user_id: int) -> User | None:
     """The active user with this id, or None (never blocks the loop).
 
     Annotated like a queryset would: `has_offline_mark`, read in the same statement,
@@ -50,13 +59,13 @@ async def user_active_aget(user_id):
     return await message_store().user_active(user_id)
 
 
-async def token_user_aget(key):
+async def token_user_aget(key: str) -> User | None:
     """The active user of an API token, or None: the same answer as DRF's
     TokenAuthentication (unknown key or inactive user: None)."""
     return await message_store().token_user(key)
 
 
-async def offline_mark_aexists(user_id):
+async def offline_mark_aexists(user_id: int) -> bool:
     """True if the user has an offline mark (without taking it)."""
     return await message_store().offline_mark_exists(user_id)
 
@@ -67,17 +76,17 @@ async def room_last_seqs_aget(slugs: list[str]) -> dict[str, int]:
     return await message_store().room_last_seqs(list(slugs))
 
 
-def is_member(user, slug):
+def is_member(user: User, slug: str) -> bool:
     """True if `user` has a stored membership of the room with this slug."""
     return Membership.objects.filter(user=user, room__slug=slug).exists()
 
 
-def room_list():
+def room_list() -> QuerySet[Room]:
     """All rooms with their member counts, by slug (admin; users see rooms_for)."""
     return Room.objects.annotate(member_count=Count("memberships")).order_by("slug")
 
 
-def room_queryset_visible(*, user) -> QuerySet[Room]:
+def room_queryset_visible(*, user: User | AnonymousUser | None) -> QuerySet[Room]:
     """The rooms `user` may see (chat.access's rule), as a Room queryset."""
     return access.room_queryset_visible(user=user)
 
@@ -88,7 +97,7 @@ def _count(rows):
     return Coalesce(Subquery(counted[:1], output_field=IntegerField()), 0)
 
 
-def rooms_for(*, user, member_only: bool = False):
+def rooms_for(*, user: User, member_only: bool = False) -> QuerySet[Room]:
     """The rooms `user` may see (`member_only`: those they are a member of), by slug,
     annotated for their room objects.
 
@@ -122,7 +131,7 @@ def rooms_for(*, user, member_only: bool = False):
     )
 
 
-def room_for(*, user, slug):
+def room_for(*, user: User, slug: object) -> Room:
     """rooms_for's room with this slug, or NotFound (also one `user` may not see)."""
     room = None
     if is_room_slug(slug):
@@ -132,10 +141,10 @@ def room_for(*, user, slug):
     return room
 
 
-def dm_names(*, user, rooms):
+def dm_names(*, user: User, rooms: Iterable[Room]) -> dict[int, list[str]]:
     """{room id: the other members' usernames, sorted} for the DMs among `rooms`."""
     ids = [room.pk for room in rooms if room.kind == Room.Kind.DIRECT]
-    names = {room_id: [] for room_id in ids}
+    names: dict[int, list[str]] = {room_id: [] for room_id in ids}
     if ids:
         rows = (
             Membership.objects.filter(room_id__in=ids)
@@ -148,13 +157,13 @@ def dm_names(*, user, rooms):
     return names
 
 
-def room_name_for(*, user, room) -> str:
+def room_name_for(*, user: User, room: Room) -> str:
     """The room's name as `user` sees it (a DM: the other members' usernames)."""
     others = dm_names(user=user, rooms=[room]).get(room.pk)
     return ", ".join(others) if others else room.name
 
 
-def room_members(*, room):
+def room_members(*, room: Room) -> list[str]:
     """The room's members' usernames, sorted."""
     return list(
         Membership.objects.filter(room_id=room.pk)
@@ -163,7 +172,7 @@ def room_members(*, room):
     )
 
 
-def membership_state(*, user, room):
+def membership_state(*, user: User, room: Room) -> dict[str, Any]:
     """{"room", "last_read_seq", "unread", "mentions", "last_seq"} of `user` in
     `room` (`last_seq`: the room's, read with the counts, which cover up to it)."""
     state = rooms_for(user=user).filter(pk=room.pk).first()
@@ -176,7 +185,13 @@ def membership_state(*, user, room):
     }
 
 
-def post_refusal(user, room, *, muted_until=None, now=None):
+def post_refusal(
+    user: User,
+    room: Room,
+    *,
+    muted_until: datetime | None = None,
+    now: datetime | None = None,
+) -> str | None:
     """Why `user` may not post in `room` right now, or None if they may.
 
     `muted_until` is the end of the user's current mute, read by the caller in the
@@ -187,7 +202,9 @@ def post_refusal(user, room, *, muted_until=None, now=None):
     return mute_refusal(muted_until, now=now)
 
 
-def mute_refusal(muted_until, *, now=None):
+def mute_refusal(
+    muted_until: datetime | None, *, now: datetime | None = None
+) -> str | None:
     """Why a user muted until `muted_until` may not post or type, with the time left."""
     now = now or timezone.now()
     if muted_until is None or muted_until <= now:
@@ -203,7 +220,7 @@ def mute_refusal(muted_until, *, now=None):
     )
 
 
-def mute_until(user_id, now=None):
+def mute_until(user_id: int, now: datetime | None = None) -> datetime | None:
     """When the user's longest current mute ends, or None if they are not muted."""
     mute = (
         Mute.objects.filter(user_id=user_id, until__gt=now or timezone.now())
@@ -213,7 +230,7 @@ def mute_until(user_id, now=None):
     return mute and mute.until
 
 
-def deployment_totals():
+def deployment_totals() -> dict[str, int]:
     """{"totalUsers", "totalRooms"}: registered users and rooms, in one query."""
     with connection.cursor() as cursor:
         cursor.execute(sql.DEPLOYMENT_TOTALS)
@@ -221,7 +238,7 @@ def deployment_totals():
     return {"totalUsers": total_users, "totalRooms": total_rooms}
 
 
-def history_limit(value):
+def history_limit(value: str | None) -> int:
     """A history page size from a query parameter (contract: default 50, max 200)."""
     conf = settings.VOICEFLOW
     if value in (None, ""):
@@ -239,7 +256,9 @@ def _messages(room_id):
     return Message.objects.filter(room_id=room_id).select_related("user", "room")
 
 
-def messages_after(room_id, seq, limit, *, before=None):
+def messages_after(
+    room_id: int, seq: int, limit: int, *, before: int | None = None
+) -> tuple[list[Message], bool]:
     """Up to `limit` messages from seq+1 on, oldest first, and whether more follow."""
     rows = _messages(room_id).filter(seq__gt=seq)
     if before is not None:
@@ -248,19 +267,26 @@ def messages_after(room_id, seq, limit, *, before=None):
     return rows[:limit], len(rows) > limit
 
 
-def messages_before(room_id, seq, limit):
+def messages_before(room_id: int, seq: int, limit: int) -> tuple[list[Message], bool]:
     """The `limit` messages just before `seq`, oldest first, and whether older exist."""
     rows = list(_messages(room_id).filter(seq__lt=seq).order_by("-seq")[: limit + 1])
     return rows[:limit][::-1], len(rows) > limit
 
 
-def messages_latest(room_id, limit):
+def messages_latest(room_id: int, limit: int) -> tuple[list[Message], bool]:
     """The newest `limit` messages, oldest first, and whether older exist."""
     rows = list(_messages(room_id).order_by("-seq")[: limit + 1])
     return rows[:limit][::-1], len(rows) > limit
 
 
-def offline_messages(user, since, *, limit, max_age, now=None):
+def offline_messages(
+    user: User,
+    since: datetime,
+    *,
+    limit: int,
+    max_age: timedelta,
+    now: datetime | None = None,
+) -> tuple[list[Message], int]:
     """The user's offline queue: what others posted in the user's rooms after `since`.
 
     Returns (the newest `limit` of those younger than `max_age`, oldest first; how many
@@ -283,7 +309,9 @@ def offline_messages(user, since, *, limit, max_age, now=None):
     return newest[::-1], rows.count() - len(newest)
 
 
-def messages_changed(room_id, *, since, changes_since, through, limit):
+def messages_changed(
+    room_id: int, *, since: int, changes_since: int, through: int, limit: int
+) -> tuple[list[Message], bool]:
     """Messages up to seq `since` changed after `changes_since` (up to `through`).
 
     Oldest change first; returns (up to `limit` of them, whether more exist). What a
@@ -300,7 +328,9 @@ def messages_changed(room_id, *, since, changes_since, through, limit):
     return rows[:limit], len(rows) > limit
 
 
-def messages_changed_after(room_id, change, limit):
+def messages_changed_after(
+    room_id: int, change: int, limit: int
+) -> tuple[list[Message], bool]:
     """Messages whose latest edit or deletion came after change `change`.
 
     Oldest change first; returns (up to `limit` of them, whether more exist).
@@ -313,7 +343,7 @@ def messages_changed_after(room_id, change, limit):
     return rows[:limit], len(rows) > limit
 
 
-def search_query_clean(value):
+def search_query_clean(value: object) -> str:
     """A search query from a query parameter: stripped, 1–max characters, or Invalid."""
     limit = settings.VOICEFLOW["SEARCH_QUERY_MAX_CHARS"]
     return text_clean(value, field="q", limit=limit)
@@ -324,7 +354,15 @@ def _search_terms(query):
     return [term for term in query.replace('"', " ").split() if term]
 
 
-def messages_search(*, user, query, room=None, author=None, before=None, limit):
+def messages_search(
+    *,
+    user: User,
+    query: str,
+    room: str | None = None,
+    author: str | None = None,
+    before: int | None = None,
+    limit: int,
+) -> tuple[list[Message], bool]:
     """Live messages matching `query` in rooms `user` may see, newest first.
 
     `room` (a slug) and `author` (a username) narrow it; `before` is a message id

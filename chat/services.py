@@ -1,11 +1,14 @@
 """Writes: rooms, memberships and messages. Every event push of a write starts here."""
 
+from __future__ import annotations
+
 import logging
 import re
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -37,6 +40,11 @@ from .payloads import message_data
 from .store import Counter, Post, message_store
 from .validators import CONTROL_CHARS, text_clean, validate_name_text
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from django.contrib.auth.models import User
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,12 +72,12 @@ class PostResult:
     created: bool
 
 
-def clean_body(body):
+def clean_body(body: object) -> str:
     """The body stripped of surrounding whitespace, or Invalid."""
     return text_clean(body, field="body", limit=settings.VOICEFLOW["MAX_BODY_CHARS"])
 
 
-def clean_client_id(client_id):
+def clean_client_id(client_id: object) -> str | None:
     """The client_id (a string of 1–64 characters) or None, else Invalid."""
     if client_id is None:
         return None
@@ -82,7 +90,7 @@ def clean_client_id(client_id):
     return client_id
 
 
-def clean_message_id(message_id):
+def clean_message_id(message_id: object) -> int:
     """A message id from a frame or request (an integer, not a bool), else Invalid."""
     if isinstance(message_id, bool) or not isinstance(message_id, int):
         raise Invalid("id must be an integer.", field="id")
@@ -143,7 +151,7 @@ def _mentions_store(message, mentioned):
     )
 
 
-def user_register(*, username, password):
+def user_register(*, username: str, password: str) -> Token:
     """Create a user and their API token."""
     try:
         with transaction.atomic():
@@ -155,7 +163,14 @@ def user_register(*, username, password):
         raise ValidationError({"username": ["This username is taken."]}) from None
 
 
-def room_create(*, user, name, slug=None, visibility=Room.Visibility.PUBLIC):
+def room_create(
+    *,
+    user: User,
+    name: str,
+    slug: str | None = None,
+    # mypy, without Django's stubs, takes a choice for its (value, label) tuple.
+    visibility: str = Room.Visibility.PUBLIC,  # type: ignore[assignment]
+) -> Room:
     """Create a room; the slug defaults to one made from the name.
 
     A private room's creator becomes its first member (who may see it, add others).
@@ -182,7 +197,7 @@ def room_create(*, user, name, slug=None, visibility=Room.Visibility.PUBLIC):
 DM_MAX_OTHERS = 7
 
 
-def dm_open(*, user, usernames) -> tuple[Room, bool]:
+def dm_open(*, user: User, usernames: object) -> tuple[Room, bool]:
     """The DM of `user` and the users named (1–7 others): (room, whether it is new).
 
     One set of people has one DM: its key (the sorted member ids) is unique, so of
@@ -236,7 +251,7 @@ def _member_target(room, username):
     return target
 
 
-def room_member_add(*, actor, room, username) -> bool:
+def room_member_add(*, actor: User, room: Room, username: object) -> bool:
     """A member (or staff) adds a user to `room`; True if they were not a member.
 
     A DM never gains members (a new set of people is a new DM).
@@ -253,7 +268,7 @@ def room_member_add(*, actor, room, username) -> bool:
     return added
 
 
-def room_member_remove(*, actor, room, username) -> None:
+def room_member_remove(*, actor: User, room: Room, username: str) -> None:
     """The room's creator or staff ends someone's membership (anyone, their own).
 
     Their live sockets lose the room at once if they may no longer see it, or if it
@@ -270,12 +285,12 @@ def room_member_remove(*, actor, room, username) -> None:
     membership_end(user=target, room=room, removed=target.pk != actor.pk)
 
 
-def room_join(*, user, room):
+def room_join(*, user: User, room: Room) -> bool:
     """Make `user` a member of `room` (idempotent); True if they were not one yet."""
     return Membership.objects.get_or_create(user=user, room=room)[1]
 
 
-async def room_join_visible(*, user, slug: str) -> tuple[Room, bool]:
+async def room_join_visible(*, user: User, slug: str) -> tuple[Room, bool]:
     """(room, whether `user` just became a member) for the room with this slug.
 
     NotFound for an unknown slug or a room `user` may not see (chat.access). A
@@ -284,7 +299,7 @@ async def room_join_visible(*, user, slug: str) -> tuple[Room, bool]:
     return await message_store().room_join(user=user, slug=slug)
 
 
-def membership_end(*, user, room, removed=False):
+def membership_end(*, user: User, room: Room, removed: bool = False) -> bool:
     """End `user`'s membership of `room`; True if there was one.
 
     If they may no longer see the room (private, a DM) or were `removed` by someone
@@ -297,7 +312,7 @@ def membership_end(*, user, room, removed=False):
     return bool(deleted)
 
 
-def membership_read(*, user, room, seq) -> tuple[dict, bool]:
+def membership_read(*, user: User, room: Room, seq: object) -> tuple[dict, bool]:
     """Move `user`'s last read seq in `room` forward to `seq` (never back, at most the
     room's last seq): (their state {"room", "last_read_seq", "unread", "mentions"},
     whether it moved). Every socket of theirs is told when it moved. Not a member →
@@ -344,9 +359,11 @@ def _inserted(row, room_id, user, body, client_id, now):
     )
 
 
-def message_stored(user, client_id):
+def message_stored(user: User, client_id: str | None) -> dict | None:
     """The wire form of `user`'s stored message with this client_id, or None."""
-    return client_id and _stored_by_client_id(user, client_id)
+    if not client_id:
+        return None
+    return _stored_by_client_id(user, client_id)
 
 
 def _stored_by_client_id(user, client_id):
@@ -378,7 +395,14 @@ def _message_insert_checked(room, user, body, client_id, now):
     )
 
 
-def message_post(*, user, room, body, client_id=None, ensure_membership=True):
+def message_post(
+    *,
+    user: User,
+    room: Room,
+    body: object,
+    client_id: object = None,
+    ensure_membership: bool = True,
+) -> PostResult:
     """Store a message with the room's next seq; a known client_id replays the original.
 
     Checked in full (access, lock, mute: a refusal says why), with its mentions and,
@@ -432,7 +456,14 @@ async def _message_post_quick(user, room, body, client_id):
     return PostResult(data, created=True)
 
 
-async def message_send(*, user, room, body, client_id=None, ensure_membership=True):
+async def message_send(
+    *,
+    user: User,
+    room: Room,
+    body: object,
+    client_id: object = None,
+    ensure_membership: bool = True,
+) -> PostResult:
     """Rate-limit, store, then broadcast a message once it is committed.
 
     Only new messages count against the limit: the hit is taken before the insert
@@ -482,7 +513,7 @@ async def message_send(*, user, room, body, client_id=None, ensure_membership=Tr
 # database, so it survives restarts and a Redis flush; the queue is a query over it.
 
 
-def offline_mark_set(*, user_id, since):
+def offline_mark_set(*, user_id: int, since: datetime) -> None:
     """Note that `user_id` went offline at `since` (a datetime); an earlier stays."""
     try:
         mark, created = OfflineMark.objects.get_or_create(
@@ -494,7 +525,9 @@ def offline_mark_set(*, user_id, since):
         OfflineMark.objects.filter(pk=user_id).update(since=since)
 
 
-async def on_user_went_offline(sender, *, user_id, since, **kwargs):
+async def on_user_went_offline(
+    sender: object, *, user_id: int, since: float, **kwargs: Any
+) -> None:
     """presence's `user_went_offline` hook (connected in ChatConfig.ready())."""
     at = datetime.fromtimestamp(since, UTC)
     await database_sync_to_async(offline_mark_set)(user_id=user_id, since=at)
@@ -508,7 +541,9 @@ class OfflineQueue:
     dropped: int
 
 
-def offline_queue_take(*, user, now=None):
+def offline_queue_take(
+    *, user: User, now: datetime | None = None
+) -> OfflineQueue | None:
     """Take the user's offline queue (once: the mark is consumed); None if no mark."""
     conf = settings.VOICEFLOW
     with transaction.atomic():
@@ -580,7 +615,9 @@ def _edited_event(message, room_slug, username):
     }
 
 
-def messages_delete(*, actor, messages, reason=""):
+def messages_delete(
+    *, actor: User, messages: Iterable[Message], reason: str = ""
+) -> int:
     """Soft-delete messages (a moderator's bulk action); returns how many were live.
 
     Each becomes a tombstone in history, and its room's sockets get `message_deleted`.
@@ -594,7 +631,7 @@ def messages_delete(*, actor, messages, reason=""):
             .select_related("room")
             .order_by("pk")
         )
-        by_room = {}
+        by_room: dict[int, list[Message]] = {}
         for message in rows:
             by_room.setdefault(message.room_id, []).append(message)
         # Rooms in id order, so that two bulk deletions cannot deadlock.
@@ -608,7 +645,7 @@ def messages_delete(*, actor, messages, reason=""):
     return len(rows)
 
 
-def message_delete(*, user, room, message_id) -> DeleteResult:
+def message_delete(*, user: User, room: Room, message_id: object) -> DeleteResult:
     """The author, or a moderator (chat.access), deletes a message in `room`.
 
     Unknown (or in another room) → NotFound; someone else's, for a user who may not
@@ -658,7 +695,14 @@ def _soft_delete(actor, message, room_slug, reason, change, now):
     _publish_on_commit(broadcast.message_deleted, _deleted_event(message, room_slug))
 
 
-def message_edit_store(*, user, room, message_id, body, now=None):
+def message_edit_store(
+    *,
+    user: User,
+    room: Room,
+    message_id: int,
+    body: str,
+    now: datetime | None = None,
+) -> EditResult:
     """The author replaces their message's body (an EditResult); `body` is clean.
 
     Refused like a post (Forbidden: the room locked, the user muted) and also for
@@ -707,7 +751,9 @@ def message_edit_store(*, user, room, message_id, body, now=None):
     return EditResult(event, True)
 
 
-async def message_edit(*, user, room, message_id, body) -> EditResult:
+async def message_edit(
+    *, user: User, room: Room, message_id: object, body: object
+) -> EditResult:
     """Rate-limit, then edit (message_edit_store) on the room's writer thread.
 
     An edit counts against the user's message limit; one refused (or one changing
@@ -729,7 +775,7 @@ async def message_edit(*, user, room, message_id, body) -> EditResult:
     return result
 
 
-def room_lock_set(*, actor, room, locked, reason=""):
+def room_lock_set(*, actor: User, room: Room, locked: bool, reason: str = "") -> bool:
     """Lock (posting refused, reading works) or unlock a room; False if unchanged."""
     with transaction.atomic():
         changed = Room.objects.filter(pk=room.pk, is_locked=not locked).update(
@@ -745,7 +791,9 @@ def room_lock_set(*, actor, room, locked, reason=""):
     return True
 
 
-def user_mute(*, actor, user, duration, reason=""):
+def user_mute(
+    *, actor: User, user: User, duration: timedelta, reason: str = ""
+) -> Mute:
     """Mute `user` everywhere for `duration` (a timedelta): no posting, no typing."""
     with transaction.atomic():
         mute = Mute.objects.create(
@@ -757,7 +805,7 @@ def user_mute(*, actor, user, duration, reason=""):
     return mute
 
 
-def user_unmute(*, actor, user, reason=""):
+def user_unmute(*, actor: User, user: User, reason: str = "") -> bool:
     """End every current mute of `user`; False if they were not muted."""
     with transaction.atomic():
         now = timezone.now()
@@ -770,7 +818,7 @@ def user_unmute(*, actor, user, reason=""):
     return True
 
 
-def user_kick(*, actor, user, reason=""):
+def user_kick(*, actor: User, user: User, reason: str = "") -> None:
     """Close every socket of `user`, in every server process, with code 4403."""
     with transaction.atomic():
         _record(actor, ModerationAction.Kind.USER_KICK, reason=reason, target_user=user)

@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from typing import TypeGuard
 
 import redis
 from django.conf import settings
@@ -33,29 +34,29 @@ def _key(ticket):
     return redis_key("wsticket", hashlib.sha256(ticket.encode()).hexdigest())
 
 
-def _well_formed(ticket):
+def _well_formed(ticket: object) -> TypeGuard[str]:
     return isinstance(ticket, str) and 0 < len(ticket) <= 128
 
 
 class RedisTicketStore:
     """The shared store: a key per ticket that expires with it."""
 
-    def __init__(self, url=None):
+    def __init__(self, url: str | None = None) -> None:
         self.url = url
 
-    def issue(self, key, user_id, ttl):
+    def issue(self, key: str, user_id: int, ttl: int) -> None:
         try:
             redis_sync_client(self.url).set(key, user_id, ex=ttl)
         except redis.exceptions.RedisError as error:
             raise Unavailable("Tickets cannot be issued; retry later.") from error
 
-    async def aissue(self, key, user_id, ttl):
+    async def aissue(self, key: str, user_id: int, ttl: int) -> None:
         try:
             await redis_pipelined(self.url).set(key, user_id, ex=ttl)
         except redis.exceptions.RedisError as error:
             raise Unavailable("Tickets cannot be issued; retry later.") from error
 
-    async def redeem(self, key):
+    async def redeem(self, key: str) -> int | None:
         # GETDEL is atomic: of two racers for one ticket, one gets the user id.
         user_id = await redis_pipelined(self.url).getdel(key)
         return None if user_id is None else int(user_id)
@@ -64,8 +65,9 @@ class RedisTicketStore:
 class MemoryTicketStore:
     """The embedded twin, for one process (issued in a thread, redeemed on the loop)."""
 
-    def __init__(self):
-        self.tickets = OrderedDict()  # key -> (user id, expiry), oldest first
+    def __init__(self) -> None:
+        # key -> (user id, expiry), oldest first
+        self.tickets: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self.lock = threading.Lock()
 
     def _expire(self, now):
@@ -77,26 +79,28 @@ class MemoryTicketStore:
                 return
             del tickets[key]
 
-    def issue(self, key, user_id, ttl, now=None):
+    def issue(self, key: str, user_id: int, ttl: int, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self.lock:
             self._expire(now)
             self.tickets[key] = (user_id, now + ttl)
 
-    async def aissue(self, key, user_id, ttl, now=None):
+    async def aissue(
+        self, key: str, user_id: int, ttl: int, now: float | None = None
+    ) -> None:
         self.issue(key, user_id, ttl, now)
 
-    async def redeem(self, key, now=None):
+    async def redeem(self, key: str, now: float | None = None) -> int | None:
         now = time.monotonic() if now is None else now
         with self.lock:
             self._expire(now)
             user_id, until = self.tickets.pop(key, (None, 0))
         return user_id if until > now else None
 
-    def size(self):
+    def size(self) -> int:
         return len(self.tickets)
 
-    def clear(self):
+    def clear(self) -> None:
         with self.lock:
             self.tickets.clear()
 
@@ -120,7 +124,7 @@ def _local(user_id, error=None):
     return ticket
 
 
-def ticket_issue(user_id):
+def ticket_issue(user_id: int) -> str:
     """A new ticket for `user_id`, valid once within the ticket TTL."""
     if not redis_usable():
         return _local(user_id)
@@ -132,7 +136,7 @@ def ticket_issue(user_id):
     return ticket
 
 
-async def ticket_aissue(user_id):
+async def ticket_aissue(user_id: int) -> str:
     """ticket_issue on the event loop."""
     if not redis_usable():
         return _local(user_id)
@@ -144,7 +148,7 @@ async def ticket_aissue(user_id):
     return ticket
 
 
-async def ticket_redeem(ticket):
+async def ticket_redeem(ticket: object) -> int | None:
     """The user id the ticket was issued for, once; None if unknown, used or expired.
 
     Raises Unavailable when it cannot tell (the socket closes with 1013): a ticket

@@ -1,6 +1,8 @@
 """Reads: who is present in a room, with what status, and deployment totals."""
 
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from django.conf import settings
 
@@ -10,7 +12,7 @@ from .status import presence_status
 from .store import presence_store
 
 
-async def room_presence(slug, now=None):
+async def room_presence(slug: str, now: float | None = None) -> list[dict[str, Any]]:
     """Users present in `slug`: [{"username", "status", "connections"}].
 
     Present: a live socket joined to it, or in the grace period after their last one
@@ -32,7 +34,7 @@ async def room_presence(slug, now=None):
     )
 
 
-async def room_members(slug, now=None):
+async def room_members(slug: str, now: float | None = None) -> list[dict[str, str]]:
     """`joined.members`: the users `room_presence` lists, as {"username", "status"};
     none while Redis is unreachable (presence pauses)."""
     try:
@@ -42,7 +44,7 @@ async def room_members(slug, now=None):
     return [{"username": row["username"], "status": row["status"]} for row in rows]
 
 
-async def room_online_counts(slugs):
+async def room_online_counts(slugs: Iterable[str]) -> dict[str, int]:
     """{slug: number of users `room_presence` lists} for each slug; {} (no counts)
     while Redis is unreachable."""
     try:
@@ -51,7 +53,7 @@ async def room_online_counts(slugs):
         return {}
 
 
-async def presence_totals():
+async def presence_totals() -> dict[str, int]:
     """Deployment-wide counts for /health: users online and away, live sockets, rooms
     with someone present: {"online", "away", "sockets", "rooms"}."""
     return await presence_store().totals()

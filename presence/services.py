@@ -24,7 +24,7 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -127,7 +127,7 @@ _settling: defaultdict[int, set[str]] = defaultdict(
 )  # user id -> rooms of a grace expiry that waits
 
 
-def presence_events_reset():
+def presence_events_reset() -> None:
     """Forget when events were sent and drop the waiting flushes (tests)."""
     global _events
     for task in _events.flushes.values():
@@ -178,7 +178,9 @@ async def _went_offline(user, now):
 
 
 @_paused(True)
-async def presence_connect(*, sid, user_id, username, now=None):
+async def presence_connect(
+    *, sid: str, user_id: int, username: str, now: float | None = None
+) -> bool:
     """Register a new socket; False if the user already has the most sockets allowed."""
     now = _clock(now)
     store = presence_store()
@@ -191,7 +193,7 @@ async def presence_connect(*, sid, user_id, username, now=None):
 
 
 @_paused(None)
-async def presence_disconnect(*, sid, now=None):
+async def presence_disconnect(*, sid: str, now: float | None = None) -> None:
     """Forget a socket; its rooms and the user's status wait out the grace period."""
     now = _clock(now)
     store = presence_store()
@@ -245,7 +247,9 @@ async def _settle_later(user_id):
 
 
 @_paused(True)
-async def presence_touch(*, sid, user_id, active=False, now=None):
+async def presence_touch(
+    *, sid: str, user_id: int, active: bool = False, now: float | None = None
+) -> bool:
     """A frame arrived (throttled by the caller); `active` ones also count as activity.
 
     False if the store no longer knows the socket (Redis lost it, or it was swept):
@@ -261,7 +265,7 @@ async def presence_touch(*, sid, user_id, active=False, now=None):
 
 
 @_paused(None)
-async def presence_set_away(*, sid, away, now=None):
+async def presence_set_away(*, sid: str, away: bool, now: float | None = None) -> None:
     """The socket's `status` frame: away, or online (which also counts as activity)."""
     now = _clock(now)
     store = presence_store()
@@ -271,7 +275,9 @@ async def presence_set_away(*, sid, away, now=None):
 
 
 @_paused(False)
-async def presence_room_enter(*, sid, user_id, username, slug, now=None):
+async def presence_room_enter(
+    *, sid: str, user_id: int, username: str, slug: str, now: float | None = None
+) -> bool:
     """The socket joined `slug`; `member_joined` if it is the user's first one there."""
     now = _clock(now)
     store = presence_store()
@@ -292,7 +298,9 @@ async def presence_room_enter(*, sid, user_id, username, slug, now=None):
 
 
 @_paused(False)
-async def presence_room_exit(*, sid, user_id, username, slug, now=None):
+async def presence_room_exit(
+    *, sid: str, user_id: int, username: str, slug: str, now: float | None = None
+) -> bool:
     """The socket left `slug`; `member_left` if it was the user's last there: at once,
     or at the end of the event interval if one was sent less than that ago."""
     now = _clock(now)
@@ -326,8 +334,15 @@ async def _member_flush(user_id, username, slug):
 
 @_paused(True)
 async def presence_restore(
-    *, sid, user_id, username, rooms, away, now=None, resync=False
-):
+    *,
+    sid: str,
+    user_id: int,
+    username: str,
+    rooms: Iterable[str],
+    away: bool,
+    now: float | None = None,
+    resync: bool = False,
+) -> bool:
     """Register again a live socket the store lost (Redis came back empty), with its
     rooms and its `status: away`. Silent: nobody was told it went, so nobody is told
     it is back. False if the user already holds the most sockets allowed.
@@ -407,20 +422,21 @@ class SweepReport:
     status_changes: int = 0
     members_left: int = 0
 
-    def __str__(self):
+    def __str__(self) -> str:
         return (
             f"removed {self.sockets_removed} dead sockets, "
             f"{self.status_changes} status changes, {self.members_left} members left"
         )
 
 
-async def presence_sweep(now=None):
+async def presence_sweep(now: float | None = None) -> SweepReport:
     """Drop dead sockets, apply away and grace expiries, broadcast what changed."""
     now = _clock(now)
     conf = settings.VOICEFLOW
     store = presence_store()
     report = SweepReport()
-    rooms_of = defaultdict(set)  # user id -> rooms whose grace may be over
+    # user id -> rooms whose grace may be over
+    rooms_of: defaultdict[int, set[str]] = defaultdict(set)
     for sid, seen_at in await store.sockets_dead(now - socket_expiry(conf)):
         # Silent past the dead timeout, so past its grace too: it left when last seen.
         removal = await store.socket_remove(sid, seen_at)
@@ -444,7 +460,7 @@ async def presence_sweep(now=None):
     return report
 
 
-def embedded_sweeper_start():
+def embedded_sweeper_start() -> None:
     """Embedded mode: this process sweeps itself (nothing else can reach its sockets).
 
     One task per event loop, started lazily by the first socket; a no-op with Redis,
@@ -469,7 +485,7 @@ async def _sweep_forever():
             logger.exception("presence sweep failed")
 
 
-def process_sizes():
+def process_sizes() -> dict[str, int]:
     """How many entries this process's presence state holds (for /health): typing
     debounces and timers in flight, and the in-memory store's (embedded mode)."""
     sizes = {
@@ -495,12 +511,12 @@ class SocketTyping:
         tuple[int, str], float
     ] = {}  # (user id, slug) -> loop time of the last forwarded start
 
-    def __init__(self, user_id, username):
+    def __init__(self, user_id: int, username: str) -> None:
         self.user_id = user_id
         self.username = username
-        self.timers = {}  # slug -> auto-stop task
+        self.timers: dict[str, asyncio.Task] = {}  # slug -> auto-stop task
 
-    async def start(self, slug):
+    async def start(self, slug: str) -> None:
         conf = settings.VOICEFLOW
         loop = asyncio.get_running_loop()
         key = (self.user_id, slug)
@@ -513,7 +529,7 @@ class SocketTyping:
             self._forwarded[key] = loop.time()
             await broadcast.typing_changed(slug, self.user_id, self.username, "start")
 
-    async def stop(self, slug):
+    async def stop(self, slug: str) -> None:
         """Send `stop` if this socket is typing in `slug`; otherwise nothing."""
         timer = self.timers.pop(slug, None)
         if timer is None:
@@ -521,7 +537,7 @@ class SocketTyping:
         timer.cancel()
         await self._stopped(slug)
 
-    async def stop_all(self):
+    async def stop_all(self) -> None:
         for slug in list(self.timers):
             await self.stop(slug)
 
@@ -538,6 +554,6 @@ class SocketTyping:
         await broadcast.typing_changed(slug, self.user_id, self.username, "stop")
 
     @classmethod
-    def debounces(cls):
+    def debounces(cls) -> int:
         """How many user+room typing states this process holds (for /health)."""
         return len(cls._forwarded)

@@ -1,6 +1,8 @@
 """A user's presence status: one pure function of timestamps and settings."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 ONLINE, AWAY, OFFLINE = "online", "away", "offline"
 
@@ -26,7 +28,7 @@ class UserPresence:
     rooms: frozenset = field(default_factory=frozenset)  # rooms they are present in
 
 
-def socket_expiry(conf):
+def socket_expiry(conf: Mapping[str, Any]) -> float:
     """Seconds of silence after which the sweep treats a socket as dead.
 
     Last-seen times reach the store at most every touch interval, so the sweep waits
@@ -35,7 +37,7 @@ def socket_expiry(conf):
     return conf["DEAD_AFTER"] + conf["PRESENCE_TOUCH_INTERVAL"]
 
 
-def presence_status(user, now, conf):
+def presence_status(user: UserPresence, now: float, conf: Mapping[str, Any]) -> str:
     """`online`, `away` or `offline` for `user` at time `now` under settings `conf`."""
     live = [s for s in user.sockets if now - s.seen_at < socket_expiry(conf)]
     if live:

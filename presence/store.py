@@ -19,15 +19,21 @@ Redis keys, under `<REDIS_KEY_PREFIX>:presence`, each with an expiry renewed on 
   proc:<process>     STRING a server process's mark: gone means Redis lost its sockets
 """
 
+from __future__ import annotations
+
 import asyncio
 import weakref
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from voiceflow.breaker import UNREACHABLE, redis_breaker
 
 from .status import OFFLINE, ONLINE, SocketState, UserPresence
+
+if TYPE_CHECKING:
+    from voiceflow.redis import PipelinedRedis
 
 
 @dataclass(frozen=True)
@@ -342,11 +348,11 @@ class RedisPresenceStore:
     RedisDown at once, without waiting for a connection.
     """
 
-    def __init__(self, client, prefix, ttl):
+    def __init__(self, client: PipelinedRedis, prefix: str, ttl: int) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl = ttl
-        self._scripts = {}
+        self._scripts: dict = {}
 
     async def _command(self, call, *args):
         redis_breaker.check()
@@ -364,69 +370,77 @@ class RedisPresenceStore:
             )
         return await self._command(script, (), [self.prefix, self.ttl, *args])
 
-    async def socket_add(self, sid, user_id, username, process, now, cap):
+    async def socket_add(
+        self, sid: str, user_id: int, username: str, process: str, now: float, cap: int
+    ) -> UserPresence | None:
         raw = await self._run(_SOCKET_ADD, sid, user_id, username, process, now, cap)
         return None if raw is None else _user_view(raw)
 
-    async def socket_remove(self, sid, now):
+    async def socket_remove(self, sid: str, now: float) -> SocketRemoval | None:
         raw = await self._run(_SOCKET_REMOVE, sid, now)
         if not raw:
             return None
         uid, name, left, departed = raw
         return SocketRemoval(int(uid), name, tuple(sorted(departed)), int(left))
 
-    async def socket_touch(self, sid, now, active=False):
+    async def socket_touch(self, sid: str, now: float, active: bool = False) -> bool:
         return bool(await self._run(_SOCKET_TOUCH, sid, now, int(active)))
 
-    async def socket_set_away(self, sid, away, now):
+    async def socket_set_away(self, sid: str, away: bool, now: float) -> int | None:
         uid = await self._run(_SOCKET_SET_AWAY, sid, int(away), now)
         return int(uid) if uid else None
 
-    async def room_enter(self, sid, slug, now, announce=True):
+    async def room_enter(
+        self, sid: str, slug: str, now: float, announce: bool = True
+    ) -> tuple[bool, UserPresence] | None:
         raw = await self._run(_ROOM_ENTER, sid, slug, now, int(announce))
         return None if raw is None else (bool(raw[0]), _user_view(raw[1]))
 
-    async def room_exit(self, sid, slug, now=0.0, announce=True):
+    async def room_exit(
+        self, sid: str, slug: str, now: float = 0.0, announce: bool = True
+    ) -> bool:
         return bool(await self._run(_ROOM_EXIT, sid, slug, now, int(announce)))
 
-    async def room_announce(self, user_id, slug):
+    async def room_announce(self, user_id: int, slug: str) -> bool:
         return bool(await self._run(_ROOM_ANNOUNCE, user_id, slug))
 
-    async def user_get(self, user_id):
+    async def user_get(self, user_id: int) -> UserPresence:
         return _user_view(await self._run(_USER_GET, user_id))
 
-    async def room_users(self, slug):
+    async def room_users(self, slug: str) -> list[tuple[UserPresence, int]]:
         rows = await self._run(_ROOM_USERS, slug)
         return [(_user_view(view), int(n)) for n, view in rows]
 
-    async def room_counts(self, slugs):
+    async def room_counts(self, slugs: list[str]) -> dict[str, int]:
         if not slugs:
             return {}
         counts = await self._run(_ROOM_COUNTS, *slugs)
         return dict(zip(slugs, map(int, counts)))
 
-    async def status_swap(self, user_id, old, new):
+    async def status_swap(self, user_id: int, old: str, new: str) -> bool:
         return bool(await self._run(_STATUS_SWAP, user_id, old, new))
 
-    async def users_idle(self, before):
+    async def users_idle(self, before: float) -> list[int]:
         return [int(uid) for uid in await self._run(_USERS_IDLE, before)]
 
-    async def sockets_dead(self, before):
+    async def sockets_dead(self, before: float) -> list[tuple[str, float]]:
         rows = await self._command(
             self.client.zrangebyscore, f"{self.prefix}:sockets", "-inf", before, True
         )
         return [(sid, float(seen)) for sid, seen in rows]
 
-    async def departures_due(self, before):
+    async def departures_due(self, before: float) -> list[tuple[int, str | None]]:
         rows = await self._command(
             self.client.zrangebyscore, f"{self.prefix}:gone", "-inf", before
         )
         return [_departure(entry) for entry in rows]
 
-    async def departure_settle(self, user_id, slug, before):
+    async def departure_settle(
+        self, user_id: int, slug: str | None, before: float
+    ) -> bool:
         return bool(await self._run(_DEPARTURE_SETTLE, user_id, slug or "", before))
 
-    async def totals(self):
+    async def totals(self) -> dict[str, int]:
         """Users online and away, live sockets, rooms with someone present: O(1)."""
         online, away, sockets, rooms = await self._run(_TOTALS)
         return {
@@ -436,11 +450,11 @@ class RedisPresenceStore:
             "rooms": int(rooms),
         }
 
-    async def totals_repair(self):
+    async def totals_repair(self) -> int:
         """Drop from the totals' sets what expired without a script seeing it."""
         return int(await self._run(_TOTALS_REPAIR))
 
-    async def process_mark(self, process):
+    async def process_mark(self, process: str) -> bool:
         """Renew `process`'s mark; False if it was missing (set again now)."""
         return bool(await self._run(_PROCESS_MARK, process))
 
@@ -509,7 +523,9 @@ class MemoryPresenceStore:
             rooms=frozenset(user.rooms),
         )
 
-    async def socket_add(self, sid, user_id, username, process, now, cap):
+    async def socket_add(
+        self, sid: str, user_id: int, username: str, process: str, now: float, cap: int
+    ) -> UserPresence | None:
         user = self._user(user_id)
         count = len(user.sockets)
         if count >= cap:
@@ -523,7 +539,7 @@ class MemoryPresenceStore:
             user.active_at = self.active[user_id] = now
         return self._view(user_id)
 
-    async def socket_remove(self, sid, now):
+    async def socket_remove(self, sid: str, now: float) -> SocketRemoval | None:
         sock = self.sockets.pop(sid, None)
         if sock is None:
             return None
@@ -540,7 +556,7 @@ class MemoryPresenceStore:
             sock.user_id, sock.username, tuple(departed), len(user.sockets)
         )
 
-    async def socket_touch(self, sid, now, active=False):
+    async def socket_touch(self, sid: str, now: float, active: bool = False) -> bool:
         sock = self.sockets.get(sid)
         if sock is None:
             return False
@@ -549,7 +565,7 @@ class MemoryPresenceStore:
             self._user(sock.user_id).active_at = self.active[sock.user_id] = now
         return True
 
-    async def socket_set_away(self, sid, away, now):
+    async def socket_set_away(self, sid: str, away: bool, now: float) -> int | None:
         sock = self.sockets.get(sid)
         if sock is None:
             return None
@@ -558,7 +574,9 @@ class MemoryPresenceStore:
             self._user(sock.user_id).active_at = self.active[sock.user_id] = now
         return sock.user_id
 
-    async def room_enter(self, sid, slug, now, announce=True):
+    async def room_enter(
+        self, sid: str, slug: str, now: float, announce: bool = True
+    ) -> tuple[bool, UserPresence] | None:
         sock = self.sockets.get(sid)
         if sock is None:
             return None
@@ -579,7 +597,9 @@ class MemoryPresenceStore:
         self._user(uid).rooms.add(slug)
         return added
 
-    async def room_exit(self, sid, slug, now=0.0, announce=True):
+    async def room_exit(
+        self, sid: str, slug: str, now: float = 0.0, announce: bool = True
+    ) -> bool:
         sock = self.sockets.get(sid)
         if sock is None or slug not in sock.rooms:
             return False
@@ -592,7 +612,7 @@ class MemoryPresenceStore:
             return False
         return self._room_drop(sock.user_id, slug)
 
-    async def room_announce(self, user_id, slug):
+    async def room_announce(self, user_id: int, slug: str) -> bool:
         if not self._holds_room(user_id, slug):
             return False
         return self._room_add(user_id, slug)
@@ -608,19 +628,19 @@ class MemoryPresenceStore:
             del self.room_sets[slug]
         return True
 
-    async def user_get(self, user_id):
+    async def user_get(self, user_id: int) -> UserPresence:
         return self._view(user_id)
 
-    async def room_users(self, slug):
+    async def room_users(self, slug: str) -> list[tuple[UserPresence, int]]:
         return [
             (self._view(uid), self._connections(uid, slug))
             for uid in list(self.room_sets.get(slug, ()))
         ]
 
-    async def room_counts(self, slugs):
+    async def room_counts(self, slugs: list[str]) -> dict[str, int]:
         return {slug: len(self.room_sets.get(slug, ())) for slug in slugs}
 
-    async def status_swap(self, user_id, old, new):
+    async def status_swap(self, user_id: int, old: str, new: str) -> bool:
         user = self._user(user_id)
         if user.status != old:
             return False
@@ -638,21 +658,23 @@ class MemoryPresenceStore:
             if not any(key[0] == uid for key in self.gone):
                 del self.users[uid]  # nothing left to know about them
 
-    async def users_idle(self, before):
+    async def users_idle(self, before: float) -> list[int]:
         idle = [uid for uid, at in self.active.items() if at <= before]
         for uid in idle:
             del self.active[uid]
         return idle
 
-    async def sockets_dead(self, before):
+    async def sockets_dead(self, before: float) -> list[tuple[str, float]]:
         return [
             (sid, s.seen_at) for sid, s in self.sockets.items() if s.seen_at <= before
         ]
 
-    async def departures_due(self, before):
+    async def departures_due(self, before: float) -> list[tuple[int, str | None]]:
         return [key for key, at in self.gone.items() if at <= before]
 
-    async def departure_settle(self, user_id, slug, before):
+    async def departure_settle(
+        self, user_id: int, slug: str | None, before: float
+    ) -> bool:
         at = self.gone.get((user_id, slug))
         if at is None or at > before:
             return False
@@ -665,7 +687,7 @@ class MemoryPresenceStore:
         self._forget_if_gone(user_id)
         return dropped
 
-    def sizes(self):
+    def sizes(self) -> dict[str, int]:
         """How many entries each of its indexes holds (for /health)."""
         return {
             "presenceSockets": len(self.sockets),
@@ -675,7 +697,7 @@ class MemoryPresenceStore:
             "presenceGone": len(self.gone),
         }
 
-    async def totals(self):
+    async def totals(self) -> dict[str, int]:
         statuses = [u.status for u in self.users.values()]
         return {
             "online": statuses.count(ONLINE),
@@ -684,10 +706,10 @@ class MemoryPresenceStore:
             "rooms": len(self.room_sets),
         }
 
-    async def totals_repair(self):
+    async def totals_repair(self) -> int:
         return 0  # nothing here expires on its own
 
-    async def process_mark(self, process):
+    async def process_mark(self, process: str) -> bool:
         return True  # this store lives and dies with the process
 
 
@@ -697,13 +719,13 @@ _redis_stores: weakref.WeakKeyDictionary = (
 )  # event loop -> RedisPresenceStore
 
 
-def memory_store_reset():
+def memory_store_reset() -> None:
     """Forget everything in the in-memory store (tests)."""
     global _memory
     _memory = MemoryPresenceStore()
 
 
-def presence_store():
+def presence_store() -> RedisPresenceStore | MemoryPresenceStore:
     """The store: Redis with REDIS_URL, else this process's memory (embedded)."""
     if not settings.REDIS_URL:
         return _memory
