@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
@@ -205,6 +205,9 @@ class MemoryRateLimiter:
 memory_limiter = MemoryRateLimiter()
 redis_limiter = RedisRateLimiter()  # REDIS_URL, read at each call
 
+# Epoch seconds of a check not given `now` (tests replace it to move time).
+clock: Callable[[], float] = time.time
+
 
 def rate(name: str) -> tuple[int, float]:
     """(limit, window seconds) of a named limit, scaled by the multiplier."""
@@ -221,7 +224,7 @@ async def rate_hit(name: str, who: int | str, *, now: float | None = None) -> De
     """
     limit, window = rate(name)
     key = redis_key("rl", name, who)
-    now = time.time() if now is None else now
+    now = clock() if now is None else now
     if redis_usable():
         try:
             return _counted(name, await redis_limiter.hit(key, limit, window, now))
@@ -242,7 +245,7 @@ def rate_hit_sync(name: str, who: int | str, *, now: float | None = None) -> Dec
     """rate_hit for sync code (DRF throttles): same script, blocking client."""
     limit, window = rate(name)
     key = redis_key("rl", name, who)
-    now = time.time() if now is None else now
+    now = clock() if now is None else now
     if redis_usable():
         try:
             return _counted(name, redis_limiter.hit_sync(key, limit, window, now))

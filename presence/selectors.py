@@ -1,6 +1,5 @@
 """Reads: who is present in a room, with what status, and deployment totals."""
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -8,6 +7,7 @@ from django.conf import settings
 
 from voiceflow.breaker import UNREACHABLE
 
+from . import services
 from .status import presence_status
 from .store import presence_store
 
@@ -18,7 +18,7 @@ async def room_presence(slug: str, now: float | None = None) -> list[dict[str, A
     Present: a live socket joined to it, or in the grace period after their last one
     there went (0 connections, the status they had) until `member_left` is sent.
     """
-    now = time.time() if now is None else now
+    now = services.clock() if now is None else now
     conf = settings.VOICEFLOW
     rows = await presence_store().room_users(slug)
     return sorted(

@@ -1,7 +1,8 @@
 """Writes: sockets come and go, join and leave rooms, change status; events follow.
 
 Every function takes the clock (`now`, epoch seconds) so tests can move time; the
-default is the wall clock. Events are sent only when the stored state changed.
+default is `clock()`, the wall clock (tests may replace it). Events are sent only
+when the stored state changed.
 
 Events coalesce: a server process sends at most one `presence` event per user, and
 one member event per user and room, per PRESENCE_EVENT_INTERVAL. The first change
@@ -53,8 +54,13 @@ _watchers: weakref.WeakKeyDictionary = (
 )  # event loop -> store watch task
 
 
+# Epoch seconds: every write and timer here, and presence's reads, take `now` from it
+# unless given one (tests replace it to move time).
+clock: Callable[[], float] = time.time
+
+
 def _clock(now):
-    return time.time() if now is None else now
+    return clock() if now is None else now
 
 
 def _paused(default):
@@ -165,7 +171,7 @@ async def _announce(store, user_id, now, user=None):
 
 
 async def _announce_later(user_id):
-    await _announce(presence_store(), user_id, time.time())
+    await _announce(presence_store(), user_id, clock())
 
 
 async def _went_offline(user, now):
@@ -208,9 +214,9 @@ async def presence_disconnect(*, sid: str, now: float | None = None) -> None:
 
 
 async def _grace_expire(user_id, rooms, at):
-    await asyncio.sleep(max(0.0, at - time.time()) + 0.01)
+    await asyncio.sleep(max(0.0, at - clock()) + 0.01)
     try:
-        await _settle(presence_store(), user_id, rooms, time.time())
+        await _settle(presence_store(), user_id, rooms, clock())
     except Exception:
         logger.exception("presence grace expiry of user %s failed", user_id)
 
@@ -243,7 +249,7 @@ async def _settle(store, user_id, rooms, now):
 
 async def _settle_later(user_id):
     rooms = _settling.pop(user_id, set())
-    await _settle(presence_store(), user_id, rooms, time.time())
+    await _settle(presence_store(), user_id, rooms, clock())
 
 
 @_paused(True)
@@ -320,7 +326,7 @@ async def presence_room_exit(
 async def _member_flush(user_id, username, slug):
     """The end of a member event interval: tell the room where the user is now."""
     store = presence_store()
-    now = time.time()
+    now = clock()
     key = ("member", user_id, slug)
     left_at = _leaves.pop((user_id, slug), None)
     # Only the leave's own departure: a later disconnect's grace is not cut short.

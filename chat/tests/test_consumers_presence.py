@@ -9,6 +9,7 @@ from django.conf import settings
 
 from chat.models import Room
 from chat.tickets import ticket_issue
+from presence import services as presence_services
 from presence.services import presence_sweep
 from presence.store import memory_store_reset
 from voiceflow.asgi import application
@@ -160,15 +161,18 @@ async def test_a_reload_within_the_grace_period_sends_no_event(alice, bob, clien
 
 
 async def test_inactivity_turns_a_user_away_and_activity_brings_them_back(
-    alice, bob, presence_conf
+    alice, bob, presence_conf, hand_clock, monkeypatch
 ):
+    monkeypatch.setattr(presence_services, "clock", hand_clock)
     presence_conf(AWAY_AFTER=0.5)
     watcher = await tab(bob, "lobby")
     talker = await tab(alice, "lobby")
     await frames(watcher)
-    await asyncio.sleep(0.3)
+    hand_clock.now += 0.3
     await watcher.send_json_to({"type": "typing", "room": "lobby", "state": "start"})
-    await asyncio.sleep(0.3)  # alice idle 0.6 s, bob 0.3 s
+    while (await talker.receive_json_from())["type"] != "typing":
+        pass  # bob's typing reached alice: his activity is stored
+    hand_clock.now += 0.3  # alice idle 0.6 s, bob 0.3 s
     report = await presence_sweep()
     assert report.status_changes == 1
     assert of_type(await frames(watcher), "presence") == [
