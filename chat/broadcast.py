@@ -194,7 +194,7 @@ class Hub:
         for socket in list(targets):
             socket.deliver(text, frame, ephemeral)
         frame_type = event.get("frame_type") or kind.replace(".", "_")
-        metrics.FRAMES_SENT.labels(metrics.frame_type(frame_type)).inc(len(targets))
+        metrics.frames_sent(frame_type, len(targets))
 
     async def _watch_silence(self):
         """One timer for all sockets: each closes itself once silent too long. It
