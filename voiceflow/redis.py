@@ -307,9 +307,10 @@ class PipelinedRedis:
         self.attempts = 0  # connection attempts made
         self.failure = None  # the last attempt's error, if it failed
 
-    async def _connect(self, host, port, path=None, tls=None):
+    async def _connect(self, host, port, path=None, tls=None, factory=None):
         loop = asyncio.get_running_loop()
-        factory = functools.partial(_Pipe, self.timeout)
+        if factory is None:
+            factory = functools.partial(_Pipe, self.timeout)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if path:
