@@ -11,6 +11,8 @@ loop's PipelinedRedis, so the PUBLISHes of one loop turn leave in one write.
 
 A lost subscriber connection is opened again (and every subscription renewed) until
 it succeeds: events published meanwhile are missed, and clients recover them by seq.
+One that hears nothing for REDIS_SOCKET_TIMEOUT (it pings Redis every third of that
+while quiet) counts as lost: a peer gone without a word closes nothing.
 
 `shards`: the Redis servers (URLs, or RedisAddress keywords: the store's Redis
 through Sentinel), each group and channel on one of them by channels-redis's
@@ -26,11 +28,14 @@ import hiredis
 import redis
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from channels_redis.utils import _consistent_hash, _wrap_close
+from django.conf import settings
 
 from .redis import PipelinedRedis, RedisAddress, _pack, redis_pipelined
 
 logger = logging.getLogger(__name__)
 
+# Pushes that need no handling: unsubscribe confirmations, keepalive answers.
+_QUIET = frozenset({b"unsubscribe", b"pong"})
 # Waits between attempts to open a lost subscriber connection again.
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -290,9 +295,26 @@ class _SubscriberProtocol(asyncio.Protocol):
         self.confirming: dict[bytes, list[_Confirmation]] = {}  # name -> waits
         self.transport = None
         self.lost = False
+        self.silence = settings.REDIS_SOCKET_TIMEOUT
+        self.heard_at = 0.0
+        self.keepalive = None
 
     def connection_made(self, transport):
         self.transport = transport
+        loop = asyncio.get_running_loop()
+        self.heard_at = loop.time()
+        self.keepalive = loop.call_later(self.silence / 3, self._keepalive)
+
+    def _keepalive(self):
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self.heard_at
+        if quiet >= self.silence:
+            logger.warning("channel layer connection silent; connecting again")
+            self.close()
+            return
+        if quiet >= self.silence / 3:
+            self.send(_pack(["PING"]))
+        self.keepalive = loop.call_later(self.silence / 3, self._keepalive)
 
     def send(self, packed):
         if not self.lost:
@@ -317,6 +339,7 @@ class _SubscriberProtocol(asyncio.Protocol):
             await waiting.future
 
     def data_received(self, data):
+        self.heard_at = asyncio.get_running_loop().time()
         reader = self.reader
         reader.feed(data)
         try:
@@ -329,7 +352,9 @@ class _SubscriberProtocol(asyncio.Protocol):
                         waiting.pop(0).confirmed(reply[1])
                         if not waiting:
                             del self.confirming[reply[1]]
-                elif isinstance(reply, list) and reply and reply[0] == b"unsubscribe":
+                elif isinstance(reply, list) and reply and reply[0] in _QUIET:
+                    pass
+                elif reply == b"PONG":  # a keepalive answered outside subscribed mode
                     pass
                 elif self.replies:
                     future = self.replies.pop(0)
@@ -342,6 +367,8 @@ class _SubscriberProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.lost = True
+        if self.keepalive is not None:
+            self.keepalive.cancel()
         error = redis.exceptions.ConnectionError("Connection to Redis lost.")
         futures = {wait.future for waits in self.confirming.values() for wait in waits}
         for future in [*self.replies, *futures]:
