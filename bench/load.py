@@ -6,6 +6,7 @@ ws://.../ws/chat/?ticket=... . Run the server with VOICEFLOW_RATE_LIMIT_MULTIPLI
 
   python bench/load.py fanout --url http://127.0.0.1:8000 --rooms 10 --members 20 \
       --rate 100 --duration 10
+  python bench/load.py fanout ... --rate 150 --server-pid <PID> [--profile]
   python bench/load.py idle --url http://127.0.0.1:8000 --sockets 10000 --users 1000 \
       --hold 20 --server-pid <PID>
   python bench/load.py tickets --url http://127.0.0.1:8000 --requests 2000 \
@@ -23,6 +24,7 @@ import http.client
 import json
 import os
 import resource
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -204,9 +206,17 @@ async def fanout(args):
             n += 1
 
     cpu_before = os.times()
+    if args.server_pid:
+        server_cpu = cpu_seconds(args.server_pid)
+        if args.profile:  # bench/profile_server.py: profile the send window only
+            os.kill(args.server_pid, signal.SIGUSR1)
     started = time.perf_counter()
     await asyncio.gather(*(sender(k) for k in senders))
     elapsed = time.perf_counter() - started
+    if args.server_pid:
+        server_cpu = cpu_seconds(args.server_pid) - server_cpu
+        if args.profile:
+            os.kill(args.server_pid, signal.SIGUSR2)
     await asyncio.sleep(args.drain)
     for task in readers:
         task.cancel()
@@ -241,6 +251,7 @@ async def fanout(args):
     }
     if args.server_pid:
         out["server_rss_mb"] = rss_bytes(args.server_pid) / 2**20
+        out["server_cpu_ms_per_msg"] = server_cpu * 1000 / max(1, len(sent_at))
     out["passed"] = (
         out["lost"] == 0
         and out["dup"] == 0
@@ -570,6 +581,11 @@ def main():
     f.add_argument("--rate", type=float, default=30, help="messages/s, all senders")
     f.add_argument("--duration", type=float, default=10)
     f.add_argument("--drain", type=float, default=3)
+    f.add_argument(
+        "--profile",
+        action="store_true",
+        help="signal a bench/profile_server.py server to profile the send window",
+    )
     i = sub.choices["idle"]
     i.add_argument("--sockets", type=int, default=1000)
     i.add_argument("--users", type=int, default=100, help="max 20 sockets per user")

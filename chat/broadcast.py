@@ -155,12 +155,19 @@ class Hub:
         while self.channel is None:  # started while Redis was unreachable
             await asyncio.sleep(settings.REDIS_RETRY_INTERVAL)
             self.channel = await _channel(self.layer)
+        receive_with = getattr(self.layer, "receive_with", None)
+        if receive_with is not None:
+            # Routed as the layer reads it: no queue, no task woken per event.
+            receive_with(self.channel, self._route)
+            return
         while True:
-            event = await self.layer.receive(self.channel)
-            try:
-                self.route(event)
-            except Exception:
-                logger.exception("routing a %s event failed", event.get("type"))
+            self._route(await self.layer.receive(self.channel))
+
+    def _route(self, event):
+        try:
+            self.route(event)
+        except Exception:
+            logger.exception("routing a %s event failed", event.get("type"))
 
     def route(self, event):
         """Hand one layer event to the local sockets it is for."""
@@ -189,7 +196,7 @@ class Hub:
         for socket in list(targets):
             socket.deliver(text, frame, ephemeral)
         frame_type = event.get("frame_type") or kind.replace(".", "_")
-        metrics.FRAMES_SENT.labels(metrics.frame_type(frame_type)).inc(len(targets))
+        metrics.frames_sent(frame_type, len(targets))
 
     async def _watch_silence(self):
         """One timer for all sockets: each closes itself once silent too long. It

@@ -367,7 +367,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._refused(frame)
             return
         kind = frame.kind
-        metrics.FRAMES_RECEIVED.labels(metrics.frame_type(kind)).inc()
+        metrics.frame_received(kind)
         if not await self.presence.touch(frame.active):
             await self.presence_restore()
         try:
@@ -378,7 +378,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _refused(self, refusal):
         """Reply to a refused frame; presence hears of it as of any frame."""
         if refusal.counted:
-            metrics.FRAMES_RECEIVED.labels(metrics.frame_type(refusal.request)).inc()
+            metrics.frame_received(refusal.request)
         if refusal.heard and not await self.presence.touch(refusal.active):
             await self.presence_restore()
         try:

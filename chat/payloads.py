@@ -1,9 +1,36 @@
 """The contract's message object, built once and used by every transport."""
 
+from datetime import datetime
+
 
 def timestamp(value):
     """ISO 8601 in UTC with a Z suffix, microseconds included."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # strftime("%Y-%m-%dT%H:%M:%S.%fZ"), several times faster (once per message).
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def message_data_posted(
+    *,
+    id: int,
+    seq: int,
+    room_slug: str,
+    username: str,
+    body: str,
+    client_id: str | None,
+    created_at: datetime,
+) -> dict:
+    """The wire form of a message just posted (not edited, deleted or mentioning
+    anyone): `message_data` of it, without building the Message."""
+    return {
+        "id": id,
+        "room": room_slug,
+        "seq": seq,
+        "user": username,
+        "body": body,
+        "created_at": timestamp(created_at),
+        "client_id": client_id,
+        "edited_at": None,
+    }
 
 
 def message_data(message, *, room_slug=None, username=None):

@@ -36,7 +36,7 @@ from .models import (
     OfflineMark,
     Room,
 )
-from .payloads import message_data
+from .payloads import message_data, message_data_posted
 from .store import Counter, Post, message_store
 from .validators import CONTROL_CHARS, text_clean, validate_name_text
 
@@ -344,21 +344,6 @@ def _room_counter_take(room_id, counter: Counter, count, user_id, now):
     )
 
 
-def _inserted(row, room_id, user, body, client_id, now):
-    """The Message the store inserted: row (id, seq), or None if it returned none."""
-    if row is None:
-        return None
-    return Message(
-        id=row[0],
-        room_id=room_id,
-        seq=row[1],
-        user=user,
-        body=body,
-        client_id=client_id,
-        created_at=now,
-    )
-
-
 def message_stored(user: User, client_id: str | None) -> dict | None:
     """The wire form of `user`'s stored message with this client_id, or None."""
     if not client_id:
@@ -446,13 +431,20 @@ async def _message_post_quick(user, room, body, client_id):
     now = timezone.now()
     post = Post(room.id, user.id, body, client_id, now, not room.is_public)
     row = await message_store().message_insert(post)
-    message = _inserted(row, room.id, user, body, client_id, now)
-    if message is None:
+    if row is None:
         return None
     room.is_locked = False  # the insert stores in unlocked rooms only
     metrics.MESSAGE_STORE_SECONDS.observe(time.perf_counter() - started)
     metrics.MESSAGES_STORED.inc()
-    data = message_data(message, room_slug=room.slug, username=user.username)
+    data = message_data_posted(
+        id=row[0],
+        seq=row[1],
+        room_slug=room.slug,
+        username=user.username,
+        body=body,
+        client_id=client_id,
+        created_at=now,
+    )
     return PostResult(data, created=True)
 
 

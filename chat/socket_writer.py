@@ -106,7 +106,7 @@ class SocketWriter:
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Send one of this socket's own frames (a reply)."""
-        metrics.FRAMES_SENT.labels(metrics.frame_type(frame["type"])).inc()
+        metrics.frames_sent(frame["type"])
         data = orjson.dumps(frame)
         # Prebuilt, through the server's batched writes where it offers them: no
         # framing by websockets, and the frame leaves with the socket's others of
@@ -148,7 +148,9 @@ class SocketWriter:
         # client recovers by seq. O(1): the server's count plus `pending_bytes`.
         if self.close_code is not None:
             return  # closed by us: uvicorn raises on a send after close
-        queued = self.queued_bytes()
+        queued = self.pending_bytes  # as queued_bytes(), inline: once per delivery
+        if self.output_bytes is not None:
+            queued += self.output_bytes()
         if queued > self.soft_bytes:
             if ephemeral is not None:
                 metrics.SOCKET_SHED.labels(ephemeral).inc()
@@ -161,8 +163,8 @@ class SocketWriter:
                 self.pending = deque()
             self.pending.append((text, frame))
             self.pending_bytes += len(frame)
-            return
-        self._write(text, frame)
+        elif self.frame_queue is None or not self.frame_queue(frame):
+            self._send(text)
 
     def queued_bytes(self) -> int:
         """This socket's output its client has not read yet (for /health)."""
@@ -197,8 +199,10 @@ class SocketWriter:
 
     def _write(self, text, frame):
         # The server's batched writes when it offers them, else an ASGI send.
-        if self.frame_queue is not None and self.frame_queue(frame):
-            return
+        if self.frame_queue is None or not self.frame_queue(frame):
+            self._send(text)
+
+    def _send(self, text):
         try:
             writing = start_eagerly(
                 self.base_send({"type": "websocket.send", "text": text})

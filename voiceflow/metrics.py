@@ -105,6 +105,34 @@ def frame_type(value):
     return value if isinstance(value, str) and value in FRAME_TYPES else "other"
 
 
+# The labelled children of the per-frame counters, made once per type: `labels()`
+# takes a lock and builds a key on every call, and these count every frame.
+_received: dict = {}
+_sent: dict = {}
+
+
+def frame_received(kind: object) -> None:
+    """Count a frame received from a client, by its type."""
+    child = _received.get(kind) if isinstance(kind, str) else None
+    if child is None:
+        label = frame_type(kind)
+        child = _received.setdefault(label, FRAMES_RECEIVED.labels(label))
+        if label == kind:
+            _received[kind] = child
+    child.inc()
+
+
+def frames_sent(kind: object, count: int = 1) -> None:
+    """Count `count` frames of one type sent to clients."""
+    child = _sent.get(kind) if isinstance(kind, str) else None
+    if child is None:
+        label = frame_type(kind)
+        child = _sent.setdefault(label, FRAMES_SENT.labels(label))
+        if label == kind:
+            _sent[kind] = child
+    child.inc(count)
+
+
 def render():
     """(body, content type) of the Prometheus text exposition."""
     if settings.PROMETHEUS_MULTIPROC_DIR:

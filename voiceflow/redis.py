@@ -4,7 +4,7 @@
 REDIS_URL, or the primary that the REDIS_SENTINELS name for REDIS_SENTINEL_MASTER.
 Every client stack starts from it: `PipelinedRedis` (the event loop's hot path: rate
 limits, tickets, presence, publishes, the /health ping), `redis_sync_client` (sync
-code), the channel layer (`layer_host`, channels-redis) and Django's cache
+code), the channel layer (voiceflow.layers, through PipelinedRedis) and Django's cache
 (`cache_config`, django-redis).
 """
 
@@ -74,24 +74,6 @@ def sentinel_options(timeout: float) -> dict:
     """Connection keywords for the Sentinels themselves: short timeouts, no retries
     (a Sentinel that does not answer is skipped for the next one at once)."""
     return {"socket_connect_timeout": timeout, "socket_timeout": timeout, "retry": None}
-
-
-def layer_host(address: RedisAddress) -> dict:
-    """channels-redis' entry in `hosts` for `address` (its subscriptions)."""
-    options = {
-        "max_connections": settings.REDIS_MAX_CONNECTIONS,
-        "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
-        "socket_connect_timeout": settings.REDIS_CONNECT_TIMEOUT,
-    }
-    if not address.sentinels:
-        return {"address": address.url, **options}
-    return {
-        "sentinels": [list(sentinel) for sentinel in address.sentinels],
-        "master_name": address.master,
-        "sentinel_kwargs": sentinel_options(settings.REDIS_CONNECT_TIMEOUT),
-        **_credentials(address.url),
-        **options,
-    }
 
 
 def cache_config(
@@ -307,9 +289,10 @@ class PipelinedRedis:
         self.attempts = 0  # connection attempts made
         self.failure = None  # the last attempt's error, if it failed
 
-    async def _connect(self, host, port, path=None, tls=None):
+    async def _connect(self, host, port, path=None, tls=None, factory=None):
         loop = asyncio.get_running_loop()
-        factory = functools.partial(_Pipe, self.timeout)
+        if factory is None:
+            factory = functools.partial(_Pipe, self.timeout)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if path:

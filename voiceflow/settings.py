@@ -316,7 +316,8 @@ if REDIS_SENTINELS and REDIS_URL.startswith("unix:"):
 if len(set(REDIS_LAYER_URLS)) != len(REDIS_LAYER_URLS):
     raise ImproperlyConfigured("REDIS_LAYER_URLS names a server twice.")
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 1000)
-# Above channels-redis' 5 s blocking reads, so an idle connection never times out.
+# A channel-layer subscriber silent this long (it pings every third of it) is made
+# again: a Redis gone without closing the connection is noticed.
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 30)
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 2)
 # The store modules (rate limits, presence) never block on Redis: a hung server must

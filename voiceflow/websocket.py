@@ -215,13 +215,12 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def broadcast_queue(self, frame):
         """Queue `frame` to leave with the socket's other frames of this loop turn."""
-        if (
-            not self.writable.is_set()
-            or self.batch_bytes >= BATCH_BYTES_MAX
-            or not self._open()
-        ):
+        if not self.writable.flag:
             return False
-        if self.broadcast_batch is None:
+        batch = self.broadcast_batch
+        if batch is None:
+            if not self._open():
+                return False
             self.broadcast_batch = [frame]
             global _flush_loop
             loop = self.loop
@@ -230,8 +229,12 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
                 _flush_loop = loop
                 loop.call_soon(_flush_all)
             _batched.append(self)
+        elif self.batch_bytes >= BATCH_BYTES_MAX:
+            return False
         else:
-            self.broadcast_batch.append(frame)
+            # Open when the batch began this turn; one closed since is dropped by
+            # the flush, as a closed socket's frames always are.
+            batch.append(frame)
         self.batch_bytes += len(frame)
         return True
 
@@ -242,7 +245,8 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         self.broadcast_batch = None
         self.batch_bytes = 0
-        if self._open():  # else, as `websocket.send` on a closed socket: dropped
+        # As `_open`; else, as `websocket.send` on a closed socket: dropped.
+        if self.conn.state is State.OPEN and not self.transport.is_closing():
             self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def output_bytes(self):

@@ -11,7 +11,7 @@ from django.db import connection, connections
 from chat import selectors, services
 from chat.errors import Forbidden, Invalid, NotFound
 from chat.models import Membership, Message, ModerationAction, Room
-from chat.payloads import timestamp
+from chat.payloads import message_data, timestamp
 
 pytestmark = pytest.mark.django_db
 
@@ -370,3 +370,22 @@ async def test_a_batch_stores_each_body_and_time_exactly_as_acked(
         for r in sorted(acked, key=lambda r: r.message["seq"])
     ]
     assert sorted(body for body, _, _ in stored) == sorted(bodies)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_socket_post_broadcasts_the_message_as_it_reads_back(alice, lobby):
+    """The socket path builds the wire form without a Message: it must be the one
+    every other path (history, recovery by seq) reads from the database."""
+    result = await services.message_send(
+        user=alice, room=lobby, body="plain", client_id="q-1", ensure_membership=False
+    )
+    stored = await sync_to_async(Message.objects.select_related("room", "user").get)(
+        pk=result.message["id"]
+    )
+    assert result.message == message_data(stored)
+
+
+def test_timestamps_are_utc_iso_with_microseconds_and_z():
+    at = datetime(2026, 1, 2, 3, 4, 5, 60, tzinfo=UTC)
+    assert timestamp(at) == "2026-01-02T03:04:05.000060Z"
+    assert timestamp(at.replace(microsecond=0)) == "2026-01-02T03:04:05.000000Z"

@@ -10,7 +10,6 @@ from dataclasses import asdict
 
 import pytest
 import redis
-from channels_redis.utils import create_pool
 from django_redis.cache import RedisCache
 
 from voiceflow import health
@@ -18,9 +17,7 @@ from voiceflow import redis as store_redis
 from voiceflow.layers import PubSubChannelLayer
 from voiceflow.redis import (
     PipelinedRedis,
-    RedisAddress,
     cache_config,
-    layer_host,
     redis_key,
     redis_pipelined,
     redis_sync_client,
@@ -230,21 +227,6 @@ def sentinel_set(redis_server, tmp_path):
     finally:
         sentinel.kill()
         replica.kill()
-
-
-def test_sentinel_settings_make_channels_redis_a_sentinel_pool():
-    address = RedisAddress(
-        "rediss://:pw@vf-test/3", (("10.0.0.1", 26379), ("10.0.0.2", 26379)), MASTER
-    )
-    pool = create_pool(layer_host(address))
-    assert pool.service_name == MASTER and pool.is_master
-    assert [
-        s.connection_pool.connection_kwargs["port"]
-        for s in pool.sentinel_manager.sentinels
-    ] == [26379, 26379]
-    assert pool.connection_kwargs["db"] == 3
-    assert pool.connection_kwargs["password"] == "pw"
-    assert pool.connection_class.__name__ == "SentinelManagedSSLConnection"
 
 
 async def test_every_client_finds_the_primary_through_sentinel_and_follows_a_failover(
