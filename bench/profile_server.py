@@ -36,10 +36,18 @@ def run(path: str, server_args: list[str]) -> None:
     runpy.run_module("voiceflow.server", run_name="__main__", alter_sys=True)
 
 
+# The project's own packages: their modules are named from here down, in any checkout.
+_PROJECT = ("chat", "presence", "voiceflow")
+
+
 def _module(filename: str) -> str:
     if filename == "~":
         return "(built-in)"
-    for marker in ("site-packages/", "python3.11/", os.getcwd() + "/"):
+    parts = filename.split("/")
+    for index, part in enumerate(parts):
+        if part in _PROJECT:
+            return "/".join(parts[index:])
+    for marker in ("site-packages/", "python3.11/"):
         if marker in filename:
             filename = filename.split(marker, 1)[1]
             break
