@@ -30,7 +30,8 @@ from rest_framework.throttling import BaseThrottle
 
 from voiceflow import metrics
 from voiceflow.breaker import redis_breaker, redis_usable
-from voiceflow.redis import redis_key, redis_pipelined, redis_sync_client
+from voiceflow.redis import redis_key, redis_sync_client
+from voiceflow.runtime.pipelined_redis import redis_pipelined
 
 from .errors import RateLimited, Unavailable
 

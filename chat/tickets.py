@@ -20,7 +20,8 @@ import redis
 from django.conf import settings
 
 from voiceflow.breaker import UNREACHABLE, redis_breaker, redis_usable
-from voiceflow.redis import redis_key, redis_pipelined, redis_sync_client
+from voiceflow.redis import redis_key, redis_sync_client
+from voiceflow.runtime.pipelined_redis import redis_pipelined
 
 from .errors import Unavailable
 

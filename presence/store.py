@@ -707,7 +707,8 @@ def presence_store():
     """The store: Redis with REDIS_URL, else this process's memory (embedded)."""
     if not settings.REDIS_URL:
         return _memory
-    from voiceflow.redis import redis_key, redis_pipelined
+    from voiceflow.redis import redis_key
+    from voiceflow.runtime.pipelined_redis import redis_pipelined
 
     prefix = redis_key("presence")
     loop = asyncio.get_running_loop()

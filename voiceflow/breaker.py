@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 import redis
 from django.conf import settings
 
-from voiceflow.redis import redis_pipelined, redis_sync_client
+from voiceflow.redis import redis_sync_client
+from voiceflow.runtime.pipelined_redis import redis_pipelined
 
 logger = logging.getLogger(__name__)
 

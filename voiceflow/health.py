@@ -19,8 +19,8 @@ from chat import broadcast, ratelimit, selectors, sockets, tickets
 from presence.selectors import presence_totals
 from presence.services import SocketTyping, process_sizes
 
-from .redis import redis_pipelined
 from .responses import json_send
+from .runtime.pipelined_redis import redis_pipelined
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The PostgreSQL store: the statements of `sql`, on the event loop's connections.
 
 A post is one autocommitted statement on its room's writer connection, shared with
-the posts queued meanwhile (voiceflow.db.LoopConnection.batched: group commit);
+the posts queued meanwhile (voiceflow.runtime.db.LoopConnection.batched: group commit);
 joins and reads run on the loop's socket connections. No thread, no transaction
 around them. The room counters run on the caller's connection, in its transaction.
 """
@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from chat.errors import NotFound
 from chat.models import Room
-from voiceflow.db import room_writer, socket_connection
+from voiceflow.runtime.db import room_writer, socket_connection
 
 from . import Counter, Post, Taken, sql
 

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from chat import services
 from chat.models import Room
-from voiceflow import db
+from voiceflow.runtime import db
 
 # The writer threads have connections of their own: only committed rows are visible.
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -15,16 +15,15 @@ from django_redis.cache import RedisCache
 
 from voiceflow import health
 from voiceflow import redis as store_redis
-from voiceflow.layers import PubSubChannelLayer
 from voiceflow.redis import (
-    PipelinedRedis,
     RedisAddress,
     cache_config,
     layer_host,
     redis_key,
-    redis_pipelined,
     redis_sync_client,
 )
+from voiceflow.runtime.layers import PubSubChannelLayer
+from voiceflow.runtime.pipelined_redis import PipelinedRedis, redis_pipelined
 
 from .servers import RedisServer, free_port
 

@@ -2,7 +2,9 @@
 
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from .redis import RedisAddress, layer_host, redis_pipelined
+from voiceflow.redis import RedisAddress, layer_host
+
+from .pipelined_redis import redis_pipelined
 
 
 class PubSubChannelLayer(RedisPubSubChannelLayer):

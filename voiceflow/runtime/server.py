@@ -1,4 +1,4 @@
-"""`python -m voiceflow.server`: the Procfile's web process, uvicorn that drains.
+"""`python -m voiceflow.runtime.server`: the Procfile's web line, uvicorn that drains.
 
 uvicorn alone closes every socket at once with 1012 on SIGTERM, cutting off frames in
 hand. This server stops accepting, lets each socket finish the frame it is handling
@@ -25,7 +25,7 @@ import time
 
 import uvicorn
 
-logger = logging.getLogger("voiceflow.server")
+logger = logging.getLogger("voiceflow.runtime.server")
 
 
 class DrainingServer(uvicorn.Server):
@@ -89,8 +89,8 @@ class DrainingServer(uvicorn.Server):
 
 async def _loop_clients_close():
     """Close the loop's own PostgreSQL and Redis connections, so neither logs an EOF."""
-    from voiceflow.db import loop_connections_close
-    from voiceflow.redis import redis_clients_close
+    from .db import loop_connections_close
+    from .pipelined_redis import redis_clients_close
 
     try:
         await loop_connections_close()
@@ -127,7 +127,7 @@ class Supervisor:
             [
                 sys.executable,
                 "-m",
-                "voiceflow.server",
+                "voiceflow.runtime.server",
                 *self.argv,
                 "--worker-fd",
                 str(self.sock.fileno()),
@@ -243,8 +243,8 @@ def main(argv=None):
         interface="asgi3",
         host=args.host,
         port=args.port,
-        http="voiceflow.websocket:UpgradingHttpProtocol",
-        ws="voiceflow.websocket:BatchingWebSocketProtocol",
+        http="voiceflow.runtime.websocket:UpgradingHttpProtocol",
+        ws="voiceflow.runtime.websocket:BatchingWebSocketProtocol",
         ws_max_size=args.ws_max_size,
         ws_per_message_deflate=conf["WS_DEFLATE"],
         ws_ping_interval=conf["WS_PING_INTERVAL"],
