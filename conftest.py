@@ -118,12 +118,10 @@ async def _close_loop_clients():
     """Store-module Redis clients and room writers belong to the test's loop."""
     yield
     from chat.broadcast import hubs_stop
-    from voiceflow.runtime.db import loop_connections_close
-    from voiceflow.runtime.pipelined_redis import redis_clients_close
+    from voiceflow.runtime import runtime_close
 
     await hubs_stop()
-    await redis_clients_close()
-    await loop_connections_close()
+    await runtime_close()
 
 
 class HandClock:

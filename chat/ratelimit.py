@@ -31,7 +31,7 @@ from rest_framework.throttling import BaseThrottle
 from voiceflow import metrics
 from voiceflow.breaker import redis_breaker, redis_usable
 from voiceflow.redis import redis_key, redis_sync_client
-from voiceflow.runtime.pipelined_redis import redis_pipelined
+from voiceflow.runtime import runtime
 
 from .errors import RateLimited, Unavailable
 
@@ -100,7 +100,7 @@ class RedisRateLimiter:
 
     async def hit(self, key, limit, window, now):
         member, keys, args = self._args(key, limit, window, now)
-        client = redis_pipelined(self.url)
+        client = runtime().redis(self.url)
         try:
             try:
                 reply = await client.evalsha(
@@ -125,7 +125,7 @@ class RedisRateLimiter:
         return _decision(key, member, reply)
 
     async def refund(self, decision):
-        await redis_pipelined(self.url).zrem(decision.key, decision.member)
+        await runtime().redis(self.url).zrem(decision.key, decision.member)
 
     def refund_sync(self, decision):
         redis_sync_client(self.url).zrem(decision.key, decision.member)

@@ -708,12 +708,12 @@ def presence_store():
     if not settings.REDIS_URL:
         return _memory
     from voiceflow.redis import redis_key
-    from voiceflow.runtime.pipelined_redis import redis_pipelined
+    from voiceflow.runtime import runtime
 
     prefix = redis_key("presence")
     loop = asyncio.get_running_loop()
     store = _redis_stores.get(loop)
     if store is None or store.prefix != prefix:
         ttl = settings.VOICEFLOW["PRESENCE_KEY_TTL"]
-        store = _redis_stores[loop] = RedisPresenceStore(redis_pipelined(), prefix, ttl)
+        store = _redis_stores[loop] = RedisPresenceStore(runtime().redis(), prefix, ttl)
     return store

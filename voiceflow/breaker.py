@@ -20,7 +20,7 @@ import redis
 from django.conf import settings
 
 from voiceflow.redis import redis_sync_client
-from voiceflow.runtime.pipelined_redis import redis_pipelined
+from voiceflow.runtime import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class RedisDown(redis.exceptions.ConnectionError):
 
 
 async def _ping() -> None:
-    await redis_pipelined().ping()
+    await runtime().redis().ping()
 
 
 def _ping_sync() -> None:

@@ -7,4 +7,117 @@ PostgreSQL connections, group commit, the database threads), `layers` (the pub/s
 channel layer) and `hub` (the process's one layer channel, routing events to its
 sockets). Nothing here imports `chat` or `presence`, but the server's drain, which
 has `chat.sockets` close the sockets.
+
+A `Runtime` owns what belongs to the process's event loop: its Redis clients and its
+PostgreSQL connections. The server makes it at startup and closes it at shutdown;
+`runtime()` makes one on first use elsewhere (tests, whose every test runs a loop of
+its own, and commands).
 """
+
+import asyncio
+import itertools
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+from voiceflow.redis import RedisAddress, redis_address
+
+if TYPE_CHECKING:
+    from .db import LoopConnection
+    from .pipelined_redis import PipelinedRedis
+
+
+class Runtime:
+    """What one event loop's sockets share: its Redis clients and its PostgreSQL
+    connections."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.redis_clients: "dict[RedisAddress, PipelinedRedis]" = {}
+        # DB_THREADS writers (a room always on the same one) and as many connections
+        # for the sockets' reads and joins, opened on first use.
+        self.db_writers: "list[LoopConnection] | None" = None
+        self.db_readers: "list[LoopConnection] | None" = None
+        self.db_tasks: set[asyncio.Task] = set()  # the connections' batch tasks
+        self.reader_turn = itertools.count()
+
+    def redis(self, where: "RedisAddress | str | None" = None) -> "PipelinedRedis":
+        """The PipelinedRedis for `where` (default: the store's Redis)."""
+        address = redis_address(where)
+        client = self.redis_clients.get(address)
+        if client is None:
+            from .pipelined_redis import PipelinedRedis
+
+            client = self.redis_clients[address] = PipelinedRedis(address)
+        return client
+
+    def room_writer(self, room_id: int) -> "LoopConnection":
+        """The writer connection for `room_id` (room id % DB_THREADS), so a room's
+        messages are stored in order."""
+        writers = self.db_writers
+        if writers is None:
+            writers = self._db_connections()[0]
+        return writers[room_id % len(writers)]
+
+    def socket_connection(self) -> "LoopConnection":
+        """One of the socket connections (reads, joins), in turn."""
+        readers = self.db_readers
+        if readers is None:
+            readers = self._db_connections()[1]
+        return readers[next(self.reader_turn) % len(readers)]
+
+    def _db_connections(self):
+        from .db import LoopConnection
+
+        count = settings.DB_THREADS
+        self.db_writers = [LoopConnection(self.db_tasks) for _ in range(count)]
+        self.db_readers = [LoopConnection(self.db_tasks) for _ in range(count)]
+        return self.db_writers, self.db_readers
+
+    def abandon(self) -> None:
+        """Drop what needs no awaiting to close (its loop is closed already)."""
+        for client in self.redis_clients.values():
+            client.close()
+        self.redis_clients.clear()
+        self.db_writers = self.db_readers = None
+
+    async def close(self) -> None:
+        """Close the loop's connections, so none logs an EOF (before the loop ends)."""
+        connections = [*(self.db_writers or ()), *(self.db_readers or ())]
+        self.abandon()
+        for conn in connections:
+            await conn.close()
+
+
+_runtimes: dict[asyncio.AbstractEventLoop, Runtime] = {}  # one in a server process
+_last: Runtime | None = None  # the one asked for last, found without a lookup
+
+
+def runtime() -> Runtime:
+    """The running event loop's Runtime, made on first use."""
+    loop = asyncio.get_running_loop()
+    last = _last
+    if last is not None and last.loop is loop:
+        return last
+    return _runtime_of(loop)
+
+
+def _runtime_of(loop):
+    global _last
+    current = _runtimes.get(loop)
+    if current is None:
+        for closed in [other for other in _runtimes if other.is_closed()]:
+            _runtimes.pop(closed).abandon()
+        current = _runtimes[loop] = Runtime(loop)
+    _last = current
+    return current
+
+
+async def runtime_close() -> None:
+    """Close the running loop's Runtime, if it has one (server shutdown, tests)."""
+    global _last
+    current = _runtimes.pop(asyncio.get_running_loop(), None)
+    if _last is current:
+        _last = None
+    if current is not None:
+        await current.close()

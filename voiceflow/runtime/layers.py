@@ -3,8 +3,7 @@
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from voiceflow.redis import RedisAddress, layer_host
-
-from .pipelined_redis import redis_pipelined
+from voiceflow.runtime import runtime
 
 
 class PubSubChannelLayer(RedisPubSubChannelLayer):
@@ -35,6 +34,6 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
         channel = layer._get_group_channel_name(group)
         # On the shard channels-redis subscribes the group on: its own choice.
         shard = layer._shards.index(layer._get_shard(channel))
-        await redis_pipelined(self.shards[shard]).publish(
+        await runtime().redis(self.shards[shard]).publish(
             channel, self.serialize(message)
         )

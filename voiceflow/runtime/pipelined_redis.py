@@ -1,7 +1,8 @@
 """The event loop's Redis client: one connection per server, auto-pipelined.
 
 `PipelinedRedis` carries the hot path's commands (rate limits, tickets, presence,
-publishes, the /health ping); where Redis is comes from `voiceflow.redis`.
+publishes, the /health ping); where Redis is comes from `voiceflow.redis`, and the
+loop's clients are its Runtime's (`runtime().redis(where)`).
 """
 
 import asyncio
@@ -295,25 +296,3 @@ class PipelinedRedis:
 
     async def ping(self):
         return await self.execute_command("PING") == "PONG"
-
-
-_pipelined_clients: dict = {}
-
-
-def redis_pipelined(where: "RedisAddress | str | None" = None) -> PipelinedRedis:
-    """The running loop's PipelinedRedis for `where` (default: the store's Redis)."""
-    loop = asyncio.get_running_loop()
-    address = redis_address(where)
-    client = _pipelined_clients.get((loop, address))
-    if client is None:
-        for key in [key for key in _pipelined_clients if key[0].is_closed()]:
-            _pipelined_clients.pop(key).close()
-        client = _pipelined_clients[(loop, address)] = PipelinedRedis(address)
-    return client
-
-
-async def redis_clients_close():
-    """Close the running loop's clients (before the loop itself closes)."""
-    loop = asyncio.get_running_loop()
-    for key in [key for key in _pipelined_clients if key[0] is loop]:
-        _pipelined_clients.pop(key).close()

@@ -25,6 +25,8 @@ import time
 
 import uvicorn
 
+from voiceflow.runtime import runtime, runtime_close
+
 logger = logging.getLogger("voiceflow.runtime.server")
 
 
@@ -37,6 +39,7 @@ class DrainingServer(uvicorn.Server):
         # that long several times over.
         sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL)
         gc.set_threshold(*settings.GC_THRESHOLD)
+        runtime()  # the process's one: its loop's clients, connections and hub
         # What exists now (modules, the app, settings) lives as long as the process:
         # frozen, the collector never scans it again.
         gc.freeze()
@@ -84,19 +87,10 @@ class DrainingServer(uvicorn.Server):
             0.1, timeout - (loop.time() - started)
         )
         await super().shutdown()
-        await _loop_clients_close()
-
-
-async def _loop_clients_close():
-    """Close the loop's own PostgreSQL and Redis connections, so neither logs an EOF."""
-    from .db import loop_connections_close
-    from .pipelined_redis import redis_clients_close
-
-    try:
-        await loop_connections_close()
-        await redis_clients_close()
-    except Exception:
-        logger.warning("closing database and Redis connections failed", exc_info=True)
+        try:
+            await runtime_close()
+        except Exception:
+            logger.warning("closing the runtime's connections failed", exc_info=True)
 
 
 class Supervisor:

@@ -23,7 +23,8 @@ from voiceflow.redis import (
     redis_sync_client,
 )
 from voiceflow.runtime.layers import PubSubChannelLayer
-from voiceflow.runtime.pipelined_redis import PipelinedRedis, redis_pipelined
+from voiceflow.runtime import runtime
+from voiceflow.runtime.pipelined_redis import PipelinedRedis
 
 from .servers import RedisServer, free_port
 
@@ -260,7 +261,7 @@ async def test_every_client_finds_the_primary_through_sentinel_and_follows_a_fai
     address = store_redis.redis_address()
     assert address.sentinels == settings.REDIS_SENTINELS
     monkeypatch.setattr(store_redis, "_sync_clients", {})
-    store = redis_pipelined()
+    store = runtime().redis()
     sync = redis_sync_client()
     conf = cache_config(address, key_prefix="t", timeout=1, max_connections=10)
     cache = RedisCache(conf["LOCATION"], conf)
