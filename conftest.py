@@ -115,12 +115,10 @@ def _fresh_rate_limits(settings):
 
 @pytest.fixture(autouse=True)
 async def _close_loop_clients():
-    """Store-module Redis clients and room writers belong to the test's loop."""
+    """The runtime (Redis clients, database connections, Hub) is the test's loop's."""
     yield
-    from chat.broadcast import hubs_stop
     from voiceflow.runtime import runtime_close
 
-    await hubs_stop()
     await runtime_close()
 
 

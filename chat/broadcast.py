@@ -12,7 +12,6 @@ seq once Redis is back. A room joined meanwhile is served here at once and its g
 joined when Redis answers again.
 """
 
-import asyncio
 import time
 
 import orjson
@@ -20,7 +19,8 @@ from channels.layers import get_channel_layer
 
 from voiceflow import metrics
 from voiceflow.breaker import UNREACHABLE
-from voiceflow.runtime.hub import Hub, hub_channel, layer_breaker
+from voiceflow.runtime import runtime
+from voiceflow.runtime.hub import Hub, hubs_sizes, layer_breaker
 
 USER_EVENTS_GROUP = "users"
 # Events a socket that is behind on reading may miss: superseded by the next one.
@@ -36,51 +36,19 @@ def encode(frame):
     return orjson.dumps(frame).decode()
 
 
-_hubs: dict = {}  # channel layer → its Hub (tests make a layer per event loop)
-_hub_locks: dict = {}
-
-
-async def hub():
+async def hub() -> Hub:
     """This process's Hub on the default layer, started and subscribed on first use."""
-    layer = get_channel_layer()
-    current = _hubs.get(layer)
-    if current is not None:
-        return current
-    lock = _hub_locks.setdefault(layer, asyncio.Lock())
-    async with lock:
-        current = _hubs.get(layer)
-        if current is None:
-            current = _hub_new(layer, await hub_channel(layer, USER_EVENTS_GROUP))
-            current.start()
-            _hubs[layer] = current
-    return current
-
-
-def _hub_new(layer, channel):
-    return Hub(
-        layer,
-        channel,
+    return await runtime().hub(
+        get_channel_layer(),
         room_group=room_group,
         user_group=USER_EVENTS_GROUP,
         ephemeral=EPHEMERAL,
     )
 
 
-def hub_sizes():
+def hub_sizes() -> dict[str, int]:
     """Hub.sizes() of this process's hubs, added up (one outside tests)."""
-    total = _hub_new(None, None).sizes()  # zeros
-    for current in list(_hubs.values()):
-        for name, size in current.sizes().items():
-            total[name] = total.get(name, 0) + size
-    return total
-
-
-async def hubs_stop():
-    """Stop every Hub's tasks (tests: each test's loop closes with its layer)."""
-    for current in list(_hubs.values()):
-        await current.stop()
-    _hubs.clear()
-    _hub_locks.clear()
+    return hubs_sizes(runtime().hubs.values())
 
 
 async def _publish(group, event):
@@ -103,8 +71,8 @@ async def _publish(group, event):
 
 
 def _route_here(layer, event):
-    local = _hubs.get(layer)
-    if local is not None and local.loop is asyncio.get_running_loop():
+    local = runtime().hubs.get(layer)
+    if local is not None:
         local.route(event)
 
 

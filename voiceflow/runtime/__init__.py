@@ -8,14 +8,15 @@ channel layer) and `hub` (the process's one layer channel, routing events to its
 sockets). Nothing here imports `chat` or `presence`, but the server's drain, which
 has `chat.sockets` close the sockets.
 
-A `Runtime` owns what belongs to the process's event loop: its Redis clients and its
-PostgreSQL connections. The server makes it at startup and closes it at shutdown;
-`runtime()` makes one on first use elsewhere (tests, whose every test runs a loop of
-its own, and commands).
+A `Runtime` owns what belongs to the process's event loop: its Redis clients, its
+PostgreSQL connections and its Hub. The server makes it at startup and closes it at
+shutdown; `runtime()` makes one on first use elsewhere (tests, whose every test runs a
+loop of its own, and commands).
 """
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -24,12 +25,13 @@ from voiceflow.redis import RedisAddress, redis_address
 
 if TYPE_CHECKING:
     from .db import LoopConnection
+    from .hub import Hub
     from .pipelined_redis import PipelinedRedis
 
 
 class Runtime:
-    """What one event loop's sockets share: its Redis clients and its PostgreSQL
-    connections."""
+    """What one event loop's sockets share: its Redis clients, its PostgreSQL
+    connections and its Hub."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -40,6 +42,10 @@ class Runtime:
         self.db_readers: "list[LoopConnection] | None" = None
         self.db_tasks: set[asyncio.Task] = set()  # the connections' batch tasks
         self.reader_turn = itertools.count()
+        # channel layer -> its Hub (tests make a layer per test), and the locks that
+        # make one only
+        self.hubs: "dict[object, Hub]" = {}
+        self.hub_locks: dict[object, asyncio.Lock] = {}
 
     def redis(self, where: "RedisAddress | str | None" = None) -> "PipelinedRedis":
         """The PipelinedRedis for `where` (default: the store's Redis)."""
@@ -74,15 +80,51 @@ class Runtime:
         self.db_readers = [LoopConnection(self.db_tasks) for _ in range(count)]
         return self.db_writers, self.db_readers
 
+    async def hub(
+        self,
+        layer: object,
+        *,
+        room_group: Callable[[str], str],
+        user_group: str,
+        ephemeral: frozenset[str],
+    ) -> "Hub":
+        """The Hub on `layer`, started and subscribed to `user_group` on first use
+        (the app names the groups and the ephemeral event types: `Hub`)."""
+        current = self.hubs.get(layer)
+        if current is not None:
+            return current
+        lock = self.hub_locks.setdefault(layer, asyncio.Lock())
+        async with lock:
+            current = self.hubs.get(layer)
+            if current is None:
+                from .hub import Hub
+
+                current = await Hub.started(
+                    layer,
+                    room_group=room_group,
+                    user_group=user_group,
+                    ephemeral=ephemeral,
+                )
+                self.hubs[layer] = current
+        return current
+
     def abandon(self) -> None:
         """Drop what needs no awaiting to close (its loop is closed already)."""
+        self.hubs.clear()
+        self.hub_locks.clear()
         for client in self.redis_clients.values():
             client.close()
         self.redis_clients.clear()
         self.db_writers = self.db_readers = None
 
     async def close(self) -> None:
-        """Close the loop's connections, so none logs an EOF (before the loop ends)."""
+        """Stop the Hubs and close the loop's connections, so none logs an EOF
+        (before the loop ends)."""
+        hubs = list(self.hubs.values())
+        self.hubs.clear()
+        self.hub_locks.clear()
+        for hub in hubs:
+            await hub.stop()
         connections = [*(self.db_writers or ()), *(self.db_readers or ())]
         self.abandon()
         for conn in connections:

@@ -12,7 +12,7 @@ at once and its group joined when Redis answers again.
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from django.conf import settings
 
@@ -62,6 +62,27 @@ class Hub:
         self.presence_seen: deque = deque(maxlen=256)
         self.tasks: list[asyncio.Future] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    async def started(
+        cls,
+        layer,
+        *,
+        room_group: Callable[[str], str],
+        user_group: str,
+        ephemeral: frozenset[str],
+    ) -> "Hub":
+        """A Hub on a new channel of `layer`, in `user_group`, started."""
+        channel = await hub_channel(layer, user_group)
+        hub = cls(
+            layer,
+            channel,
+            room_group=room_group,
+            user_group=user_group,
+            ephemeral=ephemeral,
+        )
+        hub.start()
+        return hub
 
     def start(self):
         self.loop = asyncio.get_running_loop()
@@ -229,6 +250,16 @@ def layer_breaker():
     """The breaker of the layer's operations: Redis's, unless the layer has servers
     of its own (REDIS_LAYER_URLS)."""
     return _SHARD_ERRORS if settings.REDIS_LAYER_URLS else redis_breaker
+
+
+def hubs_sizes(hubs: Iterable[Hub]) -> dict[str, int]:
+    """Hub.sizes() of `hubs`, added up (zeros for none)."""
+    nothing = Hub(None, None, room_group=str, user_group="", ephemeral=frozenset())
+    total = nothing.sizes()
+    for hub in list(hubs):
+        for name, size in hub.sizes().items():
+            total[name] = total.get(name, 0) + size
+    return total
 
 
 def _discard(index, key, socket):
