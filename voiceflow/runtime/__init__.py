@@ -9,9 +9,10 @@ sockets). Nothing here imports `chat` or `presence`, but the server's drain, whi
 has `chat.sockets` close the sockets.
 
 A `Runtime` owns what belongs to the process's event loop: its Redis clients, its
-PostgreSQL connections and its Hub. The server makes it at startup and closes it at
-shutdown; `runtime()` makes one on first use elsewhere (tests, whose every test runs a
-loop of its own, and commands).
+PostgreSQL connections, its Hub and its sockets' frames waiting for the end of the
+loop turn. The server makes it at startup and closes it at shutdown; `runtime()` makes
+one on first use elsewhere (tests, whose every test runs a loop of its own, and
+commands).
 """
 
 import asyncio
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 class Runtime:
     """What one event loop's sockets share: its Redis clients, its PostgreSQL
-    connections and its Hub."""
+    connections, its Hub and the turn-end batch of their writes."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -46,6 +47,9 @@ class Runtime:
         # make one only
         self.hubs: "dict[object, Hub]" = {}
         self.hub_locks: dict[object, asyncio.Lock] = {}
+        # The sockets' protocols holding frames to write at the end of this loop turn
+        # (voiceflow.runtime.websocket).
+        self.batched: list = []
 
     def redis(self, where: "RedisAddress | str | None" = None) -> "PipelinedRedis":
         """The PipelinedRedis for `where` (default: the store's Redis)."""
