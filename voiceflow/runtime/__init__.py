@@ -9,8 +9,8 @@ sockets). Nothing here imports `chat` or `presence`, but the server's drain, whi
 has `chat.sockets` close the sockets.
 
 A `Runtime` owns what belongs to the process's event loop: its Redis clients, its
-PostgreSQL connections, its Hub and its sockets' frames waiting for the end of the
-loop turn. The server makes it at startup and closes it at shutdown; `runtime()` makes
+PostgreSQL connections, its Hub, its sockets' frames waiting for the end of the loop
+turn, and the state apps keep per process (`app_state`). The server makes it at startup and closes it at shutdown; `runtime()` makes
 one on first use elsewhere (tests, whose every test runs a loop of its own, and
 commands).
 """
@@ -18,7 +18,7 @@ commands).
 import asyncio
 import itertools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from django.conf import settings
 
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from .db import LoopConnection
     from .hub import Hub
     from .pipelined_redis import PipelinedRedis
+
+State = TypeVar("State")
 
 
 class Runtime:
@@ -50,6 +52,7 @@ class Runtime:
         # The sockets' protocols holding frames to write at the end of this loop turn
         # (voiceflow.runtime.websocket).
         self.batched: list = []
+        self.app_states: dict[type, object] = {}  # a class -> its one instance here
 
     def redis(self, where: "RedisAddress | str | None" = None) -> "PipelinedRedis":
         """The PipelinedRedis for `where` (default: the store's Redis)."""
@@ -111,6 +114,14 @@ class Runtime:
                 )
                 self.hubs[layer] = current
         return current
+
+    def app_state(self, kind: type[State]) -> State:
+        """This loop's one `kind()`, made on first use: what an app keeps per process
+        (one per test in tests)."""
+        found = self.app_states.get(kind)
+        if found is None:
+            found = self.app_states[kind] = kind()
+        return cast(State, found)
 
     def abandon(self) -> None:
         """Drop what needs no awaiting to close (its loop is closed already)."""
