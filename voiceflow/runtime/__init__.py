@@ -10,9 +10,9 @@ has `chat.sockets` close the sockets.
 
 A `Runtime` owns what belongs to the process's event loop: its Redis clients, its
 PostgreSQL connections, its Hub, its sockets' frames waiting for the end of the loop
-turn, and the state apps keep per process (`app_state`). The server makes it at startup and closes it at shutdown; `runtime()` makes
-one on first use elsewhere (tests, whose every test runs a loop of its own, and
-commands).
+turn, and the state apps keep per process (`app_state`). The server makes it at
+startup and closes it at shutdown; `runtime()` makes one on first use elsewhere
+(tests, whose every test runs a loop of its own, and commands).
 """
 
 import asyncio
@@ -34,7 +34,7 @@ State = TypeVar("State")
 
 class Runtime:
     """What one event loop's sockets share: its Redis clients, its PostgreSQL
-    connections, its Hub and the turn-end batch of their writes."""
+    connections, its Hub, the turn-end batch of their writes and the apps' state."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -79,13 +79,14 @@ class Runtime:
             readers = self._db_connections()[1]
         return readers[next(self.reader_turn) % len(readers)]
 
-    def _db_connections(self):
+    def _db_connections(self) -> "tuple[list[LoopConnection], list[LoopConnection]]":
         from .db import LoopConnection
 
         count = settings.DB_THREADS
-        self.db_writers = [LoopConnection(self.db_tasks) for _ in range(count)]
-        self.db_readers = [LoopConnection(self.db_tasks) for _ in range(count)]
-        return self.db_writers, self.db_readers
+        writers = [LoopConnection(self.db_tasks) for _ in range(count)]
+        readers = [LoopConnection(self.db_tasks) for _ in range(count)]
+        self.db_writers, self.db_readers = writers, readers
+        return writers, readers
 
     async def hub(
         self,
