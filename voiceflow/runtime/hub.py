@@ -61,7 +61,6 @@ class Hub:
         # presence ids handled (one per room)
         self.presence_seen: deque = deque(maxlen=256)
         self.tasks: list[asyncio.Future] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def started(
@@ -85,7 +84,6 @@ class Hub:
         return hub
 
     def start(self):
-        self.loop = asyncio.get_running_loop()
         self.tasks = [
             asyncio.ensure_future(self._receive_events()),
             asyncio.ensure_future(self._watch_silence()),
