@@ -64,7 +64,8 @@ class PostgresStore:
             return None  # a replay: the poster's client_id is taken
 
     async def room_join(self, *, user: Any, slug: str) -> tuple[Room, bool]:
-        row = await runtime().socket_connection().fetchone(
+        reader = runtime().socket_connection()
+        row = await reader.fetchone(
             sql.ROOM_JOIN,
             [
                 *(slug, Room.Visibility.PUBLIC, user.pk),
@@ -76,9 +77,8 @@ class PostgresStore:
         return Room.from_db(DEFAULT_DB_ALIAS, sql.ROOM_FIELDS, row[:-1]), row[-1]
 
     async def user_active(self, user_id: int) -> Any:
-        row = await runtime().socket_connection().fetchone(
-            sql.USER_ACTIVE, [user_id, user_id]
-        )
+        reader = runtime().socket_connection()
+        row = await reader.fetchone(sql.USER_ACTIVE, [user_id, user_id])
         if row is None:
             return None
         user = _user(row[:-1])
@@ -90,15 +90,13 @@ class PostgresStore:
         return None if row is None else _user(row)
 
     async def offline_mark_exists(self, user_id: int) -> bool:
-        row = await runtime().socket_connection().fetchone(
-            sql.OFFLINE_MARK_EXISTS, [user_id]
-        )
+        reader = runtime().socket_connection()
+        row = await reader.fetchone(sql.OFFLINE_MARK_EXISTS, [user_id])
         return row is not None
 
     async def room_last_seqs(self, slugs: list[str]) -> dict[str, int]:
-        rows = await runtime().socket_connection().fetchall(
-            sql.ROOM_LAST_SEQS, [list(slugs)]
-        )
+        reader = runtime().socket_connection()
+        rows = await reader.fetchall(sql.ROOM_LAST_SEQS, [list(slugs)])
         return dict(rows)
 
     def room_counter_take(

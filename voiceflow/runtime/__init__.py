@@ -38,16 +38,16 @@ class Runtime:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.redis_clients: "dict[RedisAddress, PipelinedRedis]" = {}
+        self.redis_clients: dict[RedisAddress, PipelinedRedis] = {}
         # DB_THREADS writers (a room always on the same one) and as many connections
         # for the sockets' reads and joins, opened on first use.
-        self.db_writers: "list[LoopConnection] | None" = None
-        self.db_readers: "list[LoopConnection] | None" = None
+        self.db_writers: list[LoopConnection] | None = None
+        self.db_readers: list[LoopConnection] | None = None
         self.db_tasks: set[asyncio.Task] = set()  # the connections' batch tasks
         self.reader_turn = itertools.count()
         # channel layer -> its Hub (tests make a layer per test), and the locks that
         # make one only
-        self.hubs: "dict[object, Hub]" = {}
+        self.hubs: dict[object, Hub] = {}
         self.hub_locks: dict[object, asyncio.Lock] = {}
         # The sockets' protocols holding frames to write at the end of this loop turn
         # (voiceflow.runtime.websocket).

@@ -34,6 +34,5 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
         channel = layer._get_group_channel_name(group)
         # On the shard channels-redis subscribes the group on: its own choice.
         shard = layer._shards.index(layer._get_shard(channel))
-        await runtime().redis(self.shards[shard]).publish(
-            channel, self.serialize(message)
-        )
+        client = runtime().redis(self.shards[shard])
+        await client.publish(channel, self.serialize(message))

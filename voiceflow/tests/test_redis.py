@@ -22,8 +22,8 @@ from voiceflow.redis import (
     redis_key,
     redis_sync_client,
 )
-from voiceflow.runtime.layers import PubSubChannelLayer
 from voiceflow.runtime import runtime
+from voiceflow.runtime.layers import PubSubChannelLayer
 from voiceflow.runtime.pipelined_redis import PipelinedRedis
 
 from .servers import RedisServer, free_port
