@@ -78,7 +78,8 @@ def _close_async_db_connections(django_db_setup):
     Otherwise PostgreSQL refuses to drop the test database at the end of the run.
     The /health check's own thread and the per-room writer threads hold one too.
     """
-    from voiceflow import db, health
+    from voiceflow import health
+    from voiceflow.runtime import db
 
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
@@ -114,15 +115,11 @@ def _fresh_rate_limits(settings):
 
 @pytest.fixture(autouse=True)
 async def _close_loop_clients():
-    """Store-module Redis clients and room writers belong to the test's loop."""
+    """The runtime (Redis clients, database connections, Hub) is the test's loop's."""
     yield
-    from chat.broadcast import hubs_stop
-    from voiceflow.db import loop_connections_close
-    from voiceflow.redis import redis_clients_close
+    from voiceflow.runtime import runtime_close
 
-    await hubs_stop()
-    await redis_clients_close()
-    await loop_connections_close()
+    await runtime_close()
 
 
 class HandClock:

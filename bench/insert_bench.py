@@ -35,7 +35,7 @@ from django.utils import timezone  # noqa: E402
 from chat.models import Room  # noqa: E402
 from chat.store import Post  # noqa: E402
 from chat.store.postgres import insert_statement  # noqa: E402
-from voiceflow.db import _loop_connection_params  # noqa: E402
+from voiceflow.runtime.db import _loop_connection_params  # noqa: E402
 
 
 def backend_cpu_seconds(pid):
@@ -80,7 +80,7 @@ def main():
         Room.objects.get_or_create(slug=f"bench-{n}", defaults={"name": f"B {n}"})[0].id
         for n in range(10)
     ]
-    # The parameters of the socket path's own connections (voiceflow.db).
+    # The parameters of the socket path's own connections (voiceflow.runtime.db).
     with psycopg.connect(**_loop_connection_params(), autocommit=True) as conn:
         for size in (1, 2, 5, 20):
             run(conn, rooms, user.id, 100 * size, size, quiet=True)  # warm, prepared

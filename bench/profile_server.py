@@ -5,7 +5,7 @@
       --server-pid <PID> --profile
   python bench/profile_server.py report /tmp/web.prof --messages <sent>
 
-`run` serves as `python -m voiceflow.server` (its other arguments are the server's):
+`run` serves as `python -m voiceflow.runtime.server` (its other arguments are the server's):
 SIGUSR1 starts profiling, SIGUSR2 stops it and writes the file. `report` prints
 function calls per message, by module, and the functions called most often. Counts
 are exact; cProfile's times are wall-clock and inflated by its own overhead, so the
@@ -32,8 +32,8 @@ def run(path: str, server_args: list[str]) -> None:
     signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
     signal.signal(signal.SIGUSR2, stop)
     sys.path.insert(0, os.getcwd())
-    sys.argv = ["voiceflow.server", *server_args]
-    runpy.run_module("voiceflow.server", run_name="__main__", alter_sys=True)
+    sys.argv = ["voiceflow.runtime.server", *server_args]
+    runpy.run_module("voiceflow.runtime.server", run_name="__main__", alter_sys=True)
 
 
 # The project's own packages: their modules are named from here down, in any checkout.

@@ -20,7 +20,8 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from voiceflow import metrics
-from voiceflow.db import socket_database_sync_to_async
+from voiceflow.runtime.db import socket_database_sync_to_async
+from voiceflow.runtime.frames import prebuilt_frame
 
 from . import (
     access,
@@ -38,7 +39,7 @@ from .errors import ChatError, Forbidden, NotFound, Unavailable
 from .models import Room
 from .payloads import message_data
 from .socket_presence import SocketPresence
-from .socket_writer import SocketWriter, prebuilt_frame
+from .socket_writer import SocketWriter
 
 # Tests of the write path import it from here.
 from .socket_writer import start_eagerly as _start_eagerly  # noqa: F401

@@ -14,13 +14,16 @@ from collections.abc import Iterable
 
 from django.conf import settings
 
+from voiceflow.runtime import runtime
+
 from . import selectors, sockets
 
 logger = logging.getLogger(__name__)
 
 
 class _LastSeqs:
-    """One event loop's values: {slug: last_seq} and when they were read."""
+    """The process's values (its Runtime's): {slug: last_seq} and when they were
+    read."""
 
     def __init__(self):
         self.values = {}
@@ -60,25 +63,13 @@ class _LastSeqs:
             self.reading = None
 
 
-_by_loop: dict = {}  # event loop -> _LastSeqs (one per process; tests run a loop each)
-
-
-def _for_loop(loop):
-    state = _by_loop.get(loop)
-    if state is None:
-        for closed in [other for other in _by_loop if other.is_closed()]:
-            del _by_loop[closed]
-        state = _by_loop[loop] = _LastSeqs()
-    return state
-
-
 async def last_seqs_get(*, slugs: Iterable[str]) -> dict[str, int] | None:
     """{slug: stored last_seq} of these rooms (joined by a socket of this process),
     read at most LAST_SEQ_MAX_AGE seconds before the call unless the database took
     longer to answer; None if the database could not be read."""
     slugs = tuple(slugs)
     loop = asyncio.get_running_loop()
-    state = _for_loop(loop)
+    state = runtime().app_state(_LastSeqs)  # one per process (tests: per test)
     if state.stale(loop.time()) or state.missing(slugs):
         await state.fresh(loop.time())
         if not state.failed and state.missing(slugs):  # joined during that read

@@ -34,7 +34,8 @@ from rest_framework.throttling import BaseThrottle
 
 from voiceflow import metrics
 from voiceflow.breaker import redis_breaker, redis_usable
-from voiceflow.redis import redis_key, redis_pipelined, redis_sync_client
+from voiceflow.redis import redis_key, redis_sync_client
+from voiceflow.runtime import runtime
 
 from .errors import RateLimited, Unavailable
 
@@ -119,7 +120,7 @@ class RedisRateLimiter:
 
     async def hit(self, key: str, limit: int, window: float, now: float) -> Decision:
         member, keys, args = self._args(key, limit, window, now)
-        script = self._script(redis_pipelined(self.url))
+        script = self._script(runtime().redis(self.url))
         try:
             reply = await script(keys, args)
         except redis.exceptions.RedisError as error:
@@ -136,7 +137,7 @@ class RedisRateLimiter:
         return _decision(key, member, reply)
 
     async def refund(self, decision: Decision) -> None:
-        await redis_pipelined(self.url).zrem(decision.key, decision.member)
+        await runtime().redis(self.url).zrem(decision.key, decision.member)
 
     def refund_sync(self, decision: Decision) -> None:
         member = cast(str, decision.member)  # an allowed hit's, so never None

@@ -22,7 +22,7 @@ from django.utils.text import slugify
 from rest_framework.authtoken.models import Token
 
 from voiceflow import metrics
-from voiceflow.db import room_database_sync_to_async
+from voiceflow.runtime.db import room_database_sync_to_async
 
 from . import access, broadcast, ratelimit, selectors
 from .errors import Forbidden, Invalid, NotFound, Unavailable

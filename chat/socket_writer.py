@@ -1,7 +1,8 @@
 """A socket's output: in order, batched, held while a frame is in hand, capped.
 
-The only chat module that knows the transport (voiceflow.websocket): WebSocket frames
-are built there, and offered by the server through two ASGI extensions.
+The only chat module that writes to the transport: WebSocket frames are built by the
+runtime (voiceflow.runtime.frames) and offered to the server through its two ASGI
+extensions.
 """
 
 import asyncio
@@ -13,16 +14,11 @@ from typing import Any
 import orjson
 
 from voiceflow import metrics
-from voiceflow.websocket import FRAME_EXTENSION, OUTPUT_EXTENSION, text_frame
+from voiceflow.runtime.frames import FRAME_EXTENSION, OUTPUT_EXTENSION, text_frame
 
 logger = logging.getLogger(__name__)
 
 CLOSE_OVERFLOW = 1013
-
-
-def prebuilt_frame(text: str) -> bytes:
-    """The WebSocket frame carrying `text`: built once, written to many sockets."""
-    return text_frame(text.encode())
 
 
 def start_eagerly(coro: Coroutine) -> asyncio.Future | None:

@@ -21,7 +21,8 @@ import redis
 from django.conf import settings
 
 from voiceflow.breaker import UNREACHABLE, redis_breaker, redis_usable
-from voiceflow.redis import redis_key, redis_pipelined, redis_sync_client
+from voiceflow.redis import redis_key, redis_sync_client
+from voiceflow.runtime import runtime
 
 from .errors import Unavailable
 
@@ -52,13 +53,13 @@ class RedisTicketStore:
 
     async def aissue(self, key: str, user_id: int, ttl: int) -> None:
         try:
-            await redis_pipelined(self.url).set(key, user_id, ex=ttl)
+            await runtime().redis(self.url).set(key, user_id, ex=ttl)
         except redis.exceptions.RedisError as error:
             raise Unavailable("Tickets cannot be issued; retry later.") from error
 
     async def redeem(self, key: str) -> int | None:
         # GETDEL is atomic: of two racers for one ticket, one gets the user id.
-        user_id = await redis_pipelined(self.url).getdel(key)
+        user_id = await runtime().redis(self.url).getdel(key)
         return None if user_id is None else int(user_id)
 
 

@@ -23,7 +23,6 @@ import os
 import socket
 import time
 import uuid
-import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from django.conf import settings
 
 from voiceflow import metrics
 from voiceflow.breaker import UNREACHABLE, redis_breaker
+from voiceflow.runtime import runtime
 
 from . import broadcast
 from .signals import user_went_offline
@@ -46,12 +46,15 @@ PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 _tasks: set[asyncio.Task] = (
     set()
 )  # grace timers and typing stops in flight (a task needs a reference)
-_sweepers: weakref.WeakKeyDictionary = (
-    weakref.WeakKeyDictionary()
-)  # event loop -> embedded sweep task
-_watchers: weakref.WeakKeyDictionary = (
-    weakref.WeakKeyDictionary()
-)  # event loop -> store watch task
+
+
+class _ProcessTasks:
+    """The process's own presence tasks (its Runtime's app state), each started by
+    the first socket."""
+
+    def __init__(self) -> None:
+        self.sweeper: asyncio.Task | None = None  # embedded mode's sweep
+        self.watcher: asyncio.Task | None = None  # shared mode's store watch
 
 
 # Epoch seconds: every write and timer here, and presence's reads, take `now` from it
@@ -383,14 +386,13 @@ def presence_watch_start(restore: Callable[[], Awaitable[None]]) -> None:
     found it unreachable, call `restore`, which registers the process's live sockets
     again (`presence_restore`, resync) instead of closing them.
 
-    One task per event loop, started by the first socket; a no-op in embedded mode.
+    One task per process, started by the first socket; a no-op in embedded mode.
     """
     if not settings.REDIS_URL:
         return
-    loop = asyncio.get_running_loop()
-    task = _watchers.get(loop)
-    if task is None or task.done():
-        _watchers[loop] = loop.create_task(_watch_store(restore))
+    tasks = runtime().app_state(_ProcessTasks)
+    if tasks.watcher is None or tasks.watcher.done():
+        tasks.watcher = asyncio.get_running_loop().create_task(_watch_store(restore))
 
 
 async def _watch_store(restore):
@@ -469,15 +471,14 @@ async def presence_sweep(now: float | None = None) -> SweepReport:
 def embedded_sweeper_start() -> None:
     """Embedded mode: this process sweeps itself (nothing else can reach its sockets).
 
-    One task per event loop, started lazily by the first socket; a no-op with Redis,
+    One task per process, started lazily by the first socket; a no-op with Redis,
     where `manage.py sweep_presence --loop` does the sweeping.
     """
     if settings.REDIS_URL:
         return
-    loop = asyncio.get_running_loop()
-    task = _sweepers.get(loop)
-    if task is None or task.done():
-        _sweepers[loop] = loop.create_task(_sweep_forever())
+    tasks = runtime().app_state(_ProcessTasks)
+    if tasks.sweeper is None or tasks.sweeper.done():
+        tasks.sweeper = asyncio.get_running_loop().create_task(_sweep_forever())
 
 
 async def _sweep_forever():

@@ -21,19 +21,19 @@ Redis keys, under `<REDIS_KEY_PREFIX>:presence`, each with an expiry renewed on 
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from voiceflow.breaker import UNREACHABLE, redis_breaker
+from voiceflow.redis import redis_key
+from voiceflow.runtime import runtime
 
 from .status import OFFLINE, ONLINE, SocketState, UserPresence
 
 if TYPE_CHECKING:
-    from voiceflow.redis import PipelinedRedis
+    from voiceflow.runtime.pipelined_redis import PipelinedRedis
 
 
 @dataclass(frozen=True)
@@ -714,9 +714,12 @@ class MemoryPresenceStore:
 
 
 _memory = MemoryPresenceStore()
-_redis_stores: weakref.WeakKeyDictionary = (
-    weakref.WeakKeyDictionary()
-)  # event loop -> RedisPresenceStore
+
+
+class _RedisStoreSlot:
+    """The process's RedisPresenceStore (its Runtime's app state), on its client."""
+
+    store: RedisPresenceStore | None = None
 
 
 def memory_store_reset() -> None:
@@ -729,12 +732,11 @@ def presence_store() -> RedisPresenceStore | MemoryPresenceStore:
     """The store: Redis with REDIS_URL, else this process's memory (embedded)."""
     if not settings.REDIS_URL:
         return _memory
-    from voiceflow.redis import redis_key, redis_pipelined
-
     prefix = redis_key("presence")
-    loop = asyncio.get_running_loop()
-    store = _redis_stores.get(loop)
+    current = runtime()
+    slot = current.app_state(_RedisStoreSlot)
+    store = slot.store
     if store is None or store.prefix != prefix:
         ttl = settings.VOICEFLOW["PRESENCE_KEY_TTL"]
-        store = _redis_stores[loop] = RedisPresenceStore(redis_pipelined(), prefix, ttl)
+        store = slot.store = RedisPresenceStore(current.redis(), prefix, ttl)
     return store

@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 import redis
 from django.conf import settings
 
-from voiceflow.redis import redis_pipelined, redis_sync_client
+from voiceflow.redis import redis_sync_client
+from voiceflow.runtime import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class RedisDown(redis.exceptions.ConnectionError):
 
 
 async def _ping() -> None:
-    await redis_pipelined().ping()
+    await runtime().redis().ping()
 
 
 def _ping_sync() -> None:

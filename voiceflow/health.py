@@ -19,8 +19,8 @@ from chat import broadcast, ratelimit, selectors, sockets, tickets
 from presence.selectors import presence_totals
 from presence.services import SocketTyping, process_sizes
 
-from .redis import redis_pipelined
 from .responses import json_send
+from .runtime import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ async def redis_check(timeout):
     if not settings.REDIS_URL:
         return None
     try:
-        return await asyncio.wait_for(redis_pipelined().ping(), timeout)
+        return await asyncio.wait_for(runtime().redis().ping(), timeout)
     except Exception as error:
         logger.warning(
             "health: redis check failed: %r",

@@ -260,8 +260,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL
         "max_size": DB_POOL_MAX,
         "timeout": DB_POOL_TIMEOUT,  # waiting longer for a connection is an error
     }
-# Worker processes of the `web` process (voiceflow/server.py), all accepting on its
-# one listening socket. Shared mode only: embedded mode keeps the channel layer,
+# Worker processes of the `web` process (voiceflow/runtime/server.py), all accepting on
+# its one listening socket. Shared mode only: embedded mode keeps the channel layer,
 # presence and tickets in the process's memory, so it runs one whatever this says.
 WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 1)
 if WEB_CONCURRENCY < 1:
@@ -350,7 +350,7 @@ if REDIS_URL:
         "default": {
             # Pub/sub publishes once per group and fans out inside each process;
             # it has no per-channel capacity that drops messages under load.
-            "BACKEND": "voiceflow.layers.PubSubChannelLayer",
+            "BACKEND": "voiceflow.runtime.layers.PubSubChannelLayer",
             "CONFIG": {
                 "shards": [{"url": url} for url in REDIS_LAYER_URLS] or [_store],
                 "prefix": f"{REDIS_KEY_PREFIX}:layer:",
@@ -553,12 +553,12 @@ VOICEFLOW = {
     # Offline queue ("Delivery guarantees"): newest N messages per user, none older.
     "OFFLINE_QUEUE_LIMIT": env_int("VOICEFLOW_OFFLINE_QUEUE_LIMIT", 100),
     "OFFLINE_QUEUE_MAX_AGE": env_float("VOICEFLOW_OFFLINE_QUEUE_MAX_AGE", 86400),
-    # Graceful shutdown (voiceflow/server.py): sockets close with 1012 spread over the
-    # window; the process exits by the timeout whatever is left.
+    # Graceful shutdown (voiceflow/runtime/server.py): sockets close with 1012 spread
+    # over the window; the process exits by the timeout whatever is left.
     "DRAIN_WINDOW": env_float("VOICEFLOW_DRAIN_WINDOW", 2),
     "DRAIN_TIMEOUT": env_float("VOICEFLOW_DRAIN_TIMEOUT", 10),
-    # uvicorn's WebSocket keepalive (voiceflow/server.py): a client that answers no
-    # ping within the timeout (e.g. one that stopped reading) is closed with 1011.
+    # uvicorn's WebSocket keepalive (voiceflow/runtime/server.py): a client that answers
+    # no ping within the timeout (e.g. one that stopped reading) is closed with 1011.
     "WS_PING_INTERVAL": env_float("VOICEFLOW_WS_PING_INTERVAL", 20),
     "WS_PING_TIMEOUT": env_float("VOICEFLOW_WS_PING_TIMEOUT", 20),
     # permessage-deflate costs ~40 KB of zlib state per socket that negotiates it

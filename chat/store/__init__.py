@@ -5,8 +5,8 @@ a connect, the offline mark, the pongs' last seqs) and the room counters that ev
 write of a message takes go through a MessageStore. ChatConfig.ready() chooses it
 once, for the database's vendor: on PostgreSQL `postgres.PostgresStore` (the raw SQL
 of `sql`, on the event loop's connections, posts in group commits), elsewhere
-`orm.OrmStore` (the ORM, on voiceflow.db's threads). Both answer every call alike
-(chat/tests/test_store.py). The domain rules (validation, refusals and their
+`orm.OrmStore` (the ORM, on voiceflow.runtime.db's threads). Both answer every call
+alike (chat/tests/test_store.py). The domain rules (validation, refusals and their
 reasons, mentions, events) stay in chat.services.
 """
 

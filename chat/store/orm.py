@@ -1,7 +1,7 @@
 """The ORM store: any database Django supports (SQLite in embedded mode).
 
-The ORM twin of `sql`'s statements. It runs on voiceflow.db's threads, which keep
-their connections: a room's inserts on its writer thread (one room's in call order,
+The ORM twin of `sql`'s statements. It runs on voiceflow.runtime.db's threads, which
+keep their connections: a room's inserts on its writer thread (one room's in call order,
 each in a transaction of its own), the rest on the socket-read threads. The room
 counters run on the caller's thread, in its transaction.
 """
@@ -15,7 +15,10 @@ from django.db.models import Exists, F, OuterRef, Subquery
 
 from chat import access
 from chat.models import Membership, Message, Mute, OfflineMark, Room
-from voiceflow.db import room_database_sync_to_async, socket_database_sync_to_async
+from voiceflow.runtime.db import (
+    room_database_sync_to_async,
+    socket_database_sync_to_async,
+)
 
 from . import Counter, Post, Taken
 

@@ -1,7 +1,7 @@
 """The PostgreSQL store: the statements of `sql`, on the event loop's connections.
 
 A post is one autocommitted statement on its room's writer connection, shared with
-the posts queued meanwhile (voiceflow.db.LoopConnection.batched: group commit);
+the posts queued meanwhile (voiceflow.runtime.db.LoopConnection.batched: group commit);
 joins and reads run on the loop's socket connections. No thread, no transaction
 around them. The room counters run on the caller's connection, in its transaction.
 """
@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from chat.errors import NotFound
 from chat.models import Room
-from voiceflow.db import room_writer, socket_connection
+from voiceflow.runtime import runtime
 
 from . import Counter, Post, Taken, sql
 
@@ -58,12 +58,14 @@ class PostgresStore:
         try:
             # Group commit: posts queued while the room's connection is busy share
             # one statement and one commit; under load, batches grow, not the queue.
-            return await room_writer(post.room_id).batched(insert_statement, post)
+            writer = runtime().room_writer(post.room_id)
+            return await writer.batched(insert_statement, post)
         except IntegrityError:
             return None  # a replay: the poster's client_id is taken
 
     async def room_join(self, *, user: Any, slug: str) -> tuple[Room, bool]:
-        row = await socket_connection().fetchone(
+        reader = runtime().socket_connection()
+        row = await reader.fetchone(
             sql.ROOM_JOIN,
             [
                 *(slug, Room.Visibility.PUBLIC, user.pk),
@@ -75,7 +77,8 @@ class PostgresStore:
         return Room.from_db(DEFAULT_DB_ALIAS, sql.ROOM_FIELDS, row[:-1]), row[-1]
 
     async def user_active(self, user_id: int) -> Any:
-        row = await socket_connection().fetchone(sql.USER_ACTIVE, [user_id, user_id])
+        reader = runtime().socket_connection()
+        row = await reader.fetchone(sql.USER_ACTIVE, [user_id, user_id])
         if row is None:
             return None
         user = _user(row[:-1])
@@ -83,15 +86,17 @@ class PostgresStore:
         return user
 
     async def token_user(self, key: str) -> Any:
-        row = await socket_connection().fetchone(sql.TOKEN_USER, [key])
+        row = await runtime().socket_connection().fetchone(sql.TOKEN_USER, [key])
         return None if row is None else _user(row)
 
     async def offline_mark_exists(self, user_id: int) -> bool:
-        row = await socket_connection().fetchone(sql.OFFLINE_MARK_EXISTS, [user_id])
+        reader = runtime().socket_connection()
+        row = await reader.fetchone(sql.OFFLINE_MARK_EXISTS, [user_id])
         return row is not None
 
     async def room_last_seqs(self, slugs: list[str]) -> dict[str, int]:
-        rows = await socket_connection().fetchall(sql.ROOM_LAST_SEQS, [list(slugs)])
+        reader = runtime().socket_connection()
+        rows = await reader.fetchall(sql.ROOM_LAST_SEQS, [list(slugs)])
         return dict(rows)
 
     def room_counter_take(

@@ -6,7 +6,7 @@ import pytest
 from channels.layers import get_channel_layer
 
 from chat import broadcast
-from voiceflow.websocket import text_frame
+from voiceflow.runtime.frames import text_frame
 
 
 class FakeSocket:

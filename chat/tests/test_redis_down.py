@@ -27,7 +27,7 @@ def private_redis(redis_server, settings, lobby):
     settings.REDIS_URL = redis_server.url
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "voiceflow.layers.PubSubChannelLayer",
+            "BACKEND": "voiceflow.runtime.layers.PubSubChannelLayer",
             "CONFIG": {
                 "shards": [{"url": redis_server.url}],
                 "prefix": f"{settings.REDIS_KEY_PREFIX}:layer:",

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from chat.consumers import _start_eagerly
 from chat.tickets import ticket_issue
 from voiceflow.asgi import application
-from voiceflow.websocket import OUTPUT_EXTENSION, _Flag
+from voiceflow.runtime.websocket import OUTPUT_EXTENSION, _Flag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,7 +9,7 @@ from django.conf import settings
 
 from presence.status import AWAY, OFFLINE, ONLINE
 from presence.store import MemoryPresenceStore, RedisPresenceStore
-from voiceflow.redis import PipelinedRedis
+from voiceflow.runtime.pipelined_redis import PipelinedRedis
 
 T0 = 1_800_000_000.0
 

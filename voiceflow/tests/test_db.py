@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from chat import services
 from chat.models import Room
-from voiceflow import db
+from voiceflow.runtime import db, runtime
 
 # The writer threads have connections of their own: only committed rows are visible.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -179,7 +179,7 @@ async def test_one_rooms_concurrent_socket_posts_get_seqs_in_call_order(
     )
     assert [int(r.message["body"]) for r in results] == list(range(40))
     assert [r.message["seq"] for r in results] == list(range(1, 41))
-    assert await db.room_writer(lobby.id).fetchone(
+    assert await runtime().room_writer(lobby.id).fetchone(
         "SELECT count(*) FROM chat_message WHERE room_id = %s", [lobby.id]
     ) == (40,)
 
@@ -190,7 +190,7 @@ async def test_a_room_writer_waiting_on_a_row_lock_does_not_hold_up_another(alic
         pytest.skip("one writer")
     first = await sync_to_async(services.room_create)(user=alice, name="First")
     other = first
-    while db.room_writer(other.id) is db.room_writer(first.id):
+    while runtime().room_writer(other.id) is runtime().room_writer(first.id):
         other = await sync_to_async(services.room_create)(
             user=alice, name=f"Other {time.monotonic_ns()}"
         )
@@ -220,7 +220,7 @@ async def test_a_room_writer_waiting_on_a_row_lock_does_not_hold_up_another(alic
 
 @postgresql_only
 async def test_a_room_writer_turns_psycopg_errors_into_djangos(alice, lobby):
-    writer = db.room_writer(lobby.id)
+    writer = runtime().room_writer(lobby.id)
     with pytest.raises(DatabaseError):
         await writer.fetchone("SELECT * FROM no_such_table", [])
     sent = await send_on_loop(alice, lobby, "first")
@@ -235,7 +235,7 @@ async def test_a_room_writer_turns_psycopg_errors_into_djangos(alice, lobby):
 
 @postgresql_only
 async def test_a_room_writer_whose_connection_was_killed_reconnects(alice, lobby):
-    writer = db.room_writer(lobby.id)
+    writer = runtime().room_writer(lobby.id)
     (pid,) = await writer.fetchone("SELECT pg_backend_pid()", [])
 
     def terminate():
@@ -260,7 +260,7 @@ def tenth(items):
 
 @postgresql_only
 async def test_calls_queued_while_a_writer_is_busy_run_as_one_statement(monkeypatch):
-    writer = db.room_writer(1)
+    writer = runtime().room_writer(1)
     runs = []
     monkeypatch.setattr(db, "BATCH_MAX", 3)
 
@@ -278,7 +278,7 @@ async def test_calls_queued_while_a_writer_is_busy_run_as_one_statement(monkeypa
 
 @postgresql_only
 async def test_a_failing_batch_fails_each_of_its_calls_and_the_next_batch_runs():
-    writer = db.room_writer(1)
+    writer = runtime().room_writer(1)
     failing = [writer.batched(tenth, x) for x in (2, 0)]
     outcomes = await asyncio.gather(*failing, return_exceptions=True)
     assert all(isinstance(outcome, DatabaseError) for outcome in outcomes)
@@ -287,7 +287,7 @@ async def test_a_failing_batch_fails_each_of_its_calls_and_the_next_batch_runs()
 
 @postgresql_only
 async def test_a_batch_hitting_a_constraint_reruns_its_items_one_by_one(alice, lobby):
-    writer = db.room_writer(lobby.id)
+    writer = runtime().room_writer(lobby.id)
     sent = await send_on_loop(alice, lobby, "first")
 
     def insert(seqs):  # seq 1 is taken: only that item fails

@@ -11,7 +11,7 @@ import pytest
 import redis
 from channels_redis.utils import _consistent_hash
 
-from voiceflow.layers import PubSubChannelLayer
+from voiceflow.runtime.layers import PubSubChannelLayer
 
 from .clients import Client, settle
 from .servers import RedisServer, ServerProcess

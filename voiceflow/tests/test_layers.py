@@ -3,7 +3,7 @@ kept across a lost connection, a silent connection made again."""
 
 import asyncio
 
-from voiceflow.layers import PubSubChannelLayer
+from voiceflow.runtime.layers import PubSubChannelLayer
 
 
 class SilentRedis:

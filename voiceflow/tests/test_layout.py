@@ -33,3 +33,25 @@ def test_only_broadcast_modules_touch_the_channel_layer():
         and "tests" not in path.parts
     ]
     assert offenders == []
+
+
+def test_the_runtime_never_imports_the_apps_but_for_the_drain():
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path, names in imported_modules("voiceflow/runtime")
+        for name in names
+        if name.split(".")[0] in ("chat", "presence")
+        and (path.name, name) != ("server.py", "chat.sockets")
+    ]
+    assert offenders == []
+
+
+def test_only_the_runtime_builds_websocket_frames():
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for package in ("chat", "presence")
+        for path, names in imported_modules(package)
+        for name in names
+        if name.startswith("voiceflow.runtime.websocket") and "tests" not in path.parts
+    ]
+    assert offenders == []

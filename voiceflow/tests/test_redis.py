@@ -14,14 +14,14 @@ from django_redis.cache import RedisCache
 
 from voiceflow import health
 from voiceflow import redis as store_redis
-from voiceflow.layers import PubSubChannelLayer
 from voiceflow.redis import (
-    PipelinedRedis,
     cache_config,
     redis_key,
-    redis_pipelined,
     redis_sync_client,
 )
+from voiceflow.runtime import runtime
+from voiceflow.runtime.layers import PubSubChannelLayer
+from voiceflow.runtime.pipelined_redis import PipelinedRedis
 
 from .servers import RedisServer, free_port
 
@@ -243,7 +243,7 @@ async def test_every_client_finds_the_primary_through_sentinel_and_follows_a_fai
     address = store_redis.redis_address()
     assert address.sentinels == settings.REDIS_SENTINELS
     monkeypatch.setattr(store_redis, "_sync_clients", {})
-    store = redis_pipelined()
+    store = runtime().redis()
     sync = redis_sync_client()
     conf = cache_config(address, key_prefix="t", timeout=1, max_connections=10)
     cache = RedisCache(conf["LOCATION"], conf)

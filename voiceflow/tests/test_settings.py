@@ -61,7 +61,7 @@ def test_redis_and_database_urls_select_the_shared_backends():
     assert result.returncode == 0, result.stderr
     conf = json.loads(result.stdout)
     assert conf["debug"] is False
-    assert conf["layer"] == "voiceflow.layers.PubSubChannelLayer"
+    assert conf["layer"] == "voiceflow.runtime.layers.PubSubChannelLayer"
     assert conf["cache"] == "django_redis.cache.RedisCache"
     assert conf["engine"] == "django.db.backends.postgresql"
     assert conf["db_name"] == "chat"

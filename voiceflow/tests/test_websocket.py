@@ -10,7 +10,7 @@ import uvicorn
 import websockets
 from websockets.frames import Frame, Opcode
 
-from voiceflow.websocket import (
+from voiceflow.runtime.websocket import (
     FRAME_EXTENSION,
     OUTPUT_EXTENSION,
     BatchingWebSocketProtocol,

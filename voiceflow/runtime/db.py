@@ -10,7 +10,8 @@ dropped before the next call.
 
 On PostgreSQL the socket path's message inserts and simple reads (one autocommitted
 statement each: chat.store.postgres) skip threads altogether: LoopConnection runs them
-on async connections of the event loop.
+on async connections of the event loop, which its Runtime holds
+(`runtime().room_writer(room_id)`, `runtime().socket_connection()`).
 """
 
 import asyncio
@@ -116,12 +117,17 @@ def close_connections():
 
 
 class LoopConnection:
-    """An async PostgreSQL connection (autocommit) of the event loop, used in turn."""
+    """An async PostgreSQL connection (autocommit) of the event loop, used in turn.
 
-    def __init__(self):
+    `tasks` keeps its batch tasks alive (the loop keeps only a weak reference to a
+    task): the Runtime's, shared by its connections.
+    """
+
+    def __init__(self, tasks: set[asyncio.Task]) -> None:
         self.lock = asyncio.Lock()  # FIFO: statements run in call order
-        self.conn = None
-        self.batches = {}  # statement builder -> [(item, future)] waiting to run
+        self.conn: psycopg.AsyncConnection | None = None
+        self.batches: dict = {}  # statement builder -> [(item, future)] waiting to run
+        self.tasks = tasks
 
     async def fetchone(self, sql, params):
         """Run one statement; its first row. psycopg errors come out as Django's."""
@@ -149,8 +155,8 @@ class LoopConnection:
         if queue is None:
             queue = self.batches[statement] = []
             task = asyncio.ensure_future(self._batches_run(statement, queue))
-            _running.add(task)  # the loop keeps only a weak reference to a task
-            task.add_done_callback(_running.discard)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         queue.append((item, future))
         return await future
 
@@ -222,8 +228,6 @@ class LoopConnection:
 # Items per group commit: a batch's statement and its reply stay a few hundred KB.
 BATCH_MAX = 256
 
-_running: set[asyncio.Task] = set()  # the LoopConnections' batch tasks
-
 
 def _settle(future, *, result=None, error=None):
     if future.done():  # its caller was cancelled
@@ -244,38 +248,3 @@ def _loop_connection_params():
     # sharing it) for the kernel's TCP timeout.
     params.setdefault("connect_timeout", 10)
     return params
-
-
-_loop_connections: dict = {}  # event loop -> (writers, readers)
-_reader_turn = itertools.count()
-
-
-def _for_loop():
-    loop = asyncio.get_running_loop()
-    pair = _loop_connections.get(loop)
-    if pair is None:
-        for closed in [other for other in _loop_connections if other.is_closed()]:
-            del _loop_connections[closed]
-        pair = _loop_connections[loop] = tuple(
-            [LoopConnection() for _ in range(settings.DB_THREADS)] for _ in range(2)
-        )
-    return pair
-
-
-def room_writer(room_id):
-    """The running loop's writer connection for `room_id` (room id % DB_THREADS)."""
-    writers = _for_loop()[0]
-    return writers[room_id % len(writers)]
-
-
-def socket_connection():
-    """One of the running loop's socket connections (reads, joins), in turn."""
-    readers = _for_loop()[1]
-    return readers[next(_reader_turn) % len(readers)]
-
-
-async def loop_connections_close():
-    """Close the running loop's connections (tests, before the loop ends)."""
-    for group in _loop_connections.pop(asyncio.get_running_loop(), ()):
-        for conn in group:
-            await conn.close()

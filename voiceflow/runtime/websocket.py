@@ -30,6 +30,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import (
 )
 from websockets.protocol import State
 
+from voiceflow.runtime import runtime
+
 FRAME_EXTENSION = "voiceflow.frame"
 OUTPUT_EXTENSION = "voiceflow.output_bytes"
 # Most bytes of frames queued on one socket in one loop turn (the transport's default
@@ -51,15 +53,11 @@ def text_frame(data):
     return header + data
 
 
-_batched: list = []  # protocols holding frames to write at the end of this loop turn
-_flush_loop = None  # the loop whose turn-end flush is scheduled
-
-
-def _flush_all():
-    global _flush_loop
-    _flush_loop = None
-    protocols = _batched[:]
-    _batched.clear()
+def _flush_all(batched):
+    """Write the frames of each protocol in `batched` (its Runtime's list of those
+    holding frames for the end of this loop turn)."""
+    protocols = batched[:]
+    batched.clear()
     for protocol in protocols:
         try:
             protocol.broadcast_flush()
@@ -171,6 +169,8 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # The loop's protocols holding frames for the end of this turn: its Runtime's.
+        self.batched = runtime().batched
         self.logger = self.conn.logger = _handshake_log
         self.queue = _ReceiveQueue(self.loop)
         self.writable = _Flag(self.loop)
@@ -222,13 +222,10 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
             if not self._open():
                 return False
             self.broadcast_batch = [frame]
-            global _flush_loop
-            loop = self.loop
-            if _flush_loop is not loop:  # also when a closed loop left one pending
-                _batched.clear()
-                _flush_loop = loop
-                loop.call_soon(_flush_all)
-            _batched.append(self)
+            batched = self.batched
+            if not batched:  # the first this turn: the flush is not scheduled yet
+                self.loop.call_soon(_flush_all, batched)
+            batched.append(self)
         elif self.batch_bytes >= BATCH_BYTES_MAX:
             return False
         else:

@@ -30,7 +30,10 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from channels_redis.utils import _consistent_hash, _wrap_close
 from django.conf import settings
 
-from .redis import PipelinedRedis, RedisAddress, _pack, redis_pipelined
+from voiceflow.redis import RedisAddress
+from voiceflow.runtime import runtime
+
+from .pipelined_redis import PipelinedRedis, _pack
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
 
     async def _publish(self, name, message):
         shard = self.shards[self._shard(name)]
-        await redis_pipelined(shard).publish(name, self.serialize(message))
+        await runtime().redis(shard).publish(name, self.serialize(message))
 
     async def flush(self) -> None:
         layer = self._layers.pop(asyncio.get_running_loop(), None)

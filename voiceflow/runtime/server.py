@@ -1,4 +1,4 @@
-"""`python -m voiceflow.server`: the Procfile's web process, uvicorn that drains.
+"""`python -m voiceflow.runtime.server`: the Procfile's web line, uvicorn that drains.
 
 uvicorn alone closes every socket at once with 1012 on SIGTERM, cutting off frames in
 hand. This server stops accepting, lets each socket finish the frame it is handling
@@ -25,7 +25,9 @@ import time
 
 import uvicorn
 
-logger = logging.getLogger("voiceflow.server")
+from voiceflow.runtime import runtime, runtime_close
+
+logger = logging.getLogger("voiceflow.runtime.server")
 
 
 class DrainingServer(uvicorn.Server):
@@ -37,6 +39,7 @@ class DrainingServer(uvicorn.Server):
         # that long several times over.
         sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL)
         gc.set_threshold(*settings.GC_THRESHOLD)
+        runtime()  # the process's one: its loop's clients, connections and hub
         # What exists now (modules, the app, settings) lives as long as the process:
         # frozen, the collector never scans it again.
         gc.freeze()
@@ -84,19 +87,10 @@ class DrainingServer(uvicorn.Server):
             0.1, timeout - (loop.time() - started)
         )
         await super().shutdown()
-        await _loop_clients_close()
-
-
-async def _loop_clients_close():
-    """Close the loop's own PostgreSQL and Redis connections, so neither logs an EOF."""
-    from voiceflow.db import loop_connections_close
-    from voiceflow.redis import redis_clients_close
-
-    try:
-        await loop_connections_close()
-        await redis_clients_close()
-    except Exception:
-        logger.warning("closing database and Redis connections failed", exc_info=True)
+        try:
+            await runtime_close()
+        except Exception:
+            logger.warning("closing the runtime's connections failed", exc_info=True)
 
 
 class Supervisor:
@@ -127,7 +121,7 @@ class Supervisor:
             [
                 sys.executable,
                 "-m",
-                "voiceflow.server",
+                "voiceflow.runtime.server",
                 *self.argv,
                 "--worker-fd",
                 str(self.sock.fileno()),
@@ -243,8 +237,8 @@ def main(argv=None):
         interface="asgi3",
         host=args.host,
         port=args.port,
-        http="voiceflow.websocket:UpgradingHttpProtocol",
-        ws="voiceflow.websocket:BatchingWebSocketProtocol",
+        http="voiceflow.runtime.websocket:UpgradingHttpProtocol",
+        ws="voiceflow.runtime.websocket:BatchingWebSocketProtocol",
         ws_max_size=args.ws_max_size,
         ws_per_message_deflate=conf["WS_DEFLATE"],
         ws_ping_interval=conf["WS_PING_INTERVAL"],
