@@ -5,7 +5,7 @@
       --server-pid <PID> --profile
   python bench/profile_server.py report /tmp/web.prof --messages <sent>
 
-`run` serves as `python -m voiceflow.runtime.server` (its other arguments are the server's):
+`run` serves as `python -m voiceflow.runtime.server` (the other arguments are its):
 SIGUSR1 starts profiling, SIGUSR2 stops it and writes the file. `report` prints
 function calls per message, by module, and the functions called most often. Counts
 are exact; cProfile's times are wall-clock and inflated by its own overhead, so the
