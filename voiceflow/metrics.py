@@ -111,26 +111,25 @@ _received: dict = {}
 _sent: dict = {}
 
 
-def frame_received(kind: object) -> None:
-    """Count a frame received from a client, by its type."""
-    child = _received.get(kind) if isinstance(kind, str) else None
+def _labelled(children: dict, counter: Counter, kind: object) -> Counter:
+    """`counter`'s child for frame type `kind`, made on first use."""
+    child = children.get(kind) if isinstance(kind, str) else None
     if child is None:
         label = frame_type(kind)
-        child = _received.setdefault(label, FRAMES_RECEIVED.labels(label))
-        if label == kind:
-            _received[kind] = child
-    child.inc()
+        child = children.setdefault(label, counter.labels(label))
+        if label == kind:  # only the contract's types get an entry of their own
+            children[kind] = child
+    return child
+
+
+def frame_received(kind: object) -> None:
+    """Count a frame received from a client, by its type."""
+    _labelled(_received, FRAMES_RECEIVED, kind).inc()
 
 
 def frames_sent(kind: object, count: int = 1) -> None:
     """Count `count` frames of one type sent to clients."""
-    child = _sent.get(kind) if isinstance(kind, str) else None
-    if child is None:
-        label = frame_type(kind)
-        child = _sent.setdefault(label, FRAMES_SENT.labels(label))
-        if label == kind:
-            _sent[kind] = child
-    child.inc(count)
+    _labelled(_sent, FRAMES_SENT, kind).inc(count)
 
 
 def render():
