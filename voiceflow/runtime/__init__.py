@@ -9,10 +9,11 @@ sockets). Nothing here imports `chat` or `presence`, but the server's drain, whi
 has `chat.sockets` close the sockets.
 
 A `Runtime` owns what belongs to the process's event loop: its Redis clients, its
-PostgreSQL connections, its Hub, its sockets' frames waiting for the end of the loop
-turn, and the state apps keep per process (`app_state`). The server makes it at
-startup and closes it at shutdown; `runtime()` makes one on first use elsewhere
-(tests, whose every test runs a loop of its own, and commands).
+PostgreSQL connections, its Hub, its channel layer's connections, its sockets' frames
+waiting for the end of the loop turn, and the state apps keep per process
+(`app_state`). The server makes it at startup and closes it at shutdown; `runtime()`
+makes one on first use elsewhere (tests, whose every test runs a loop of its own, and
+commands).
 """
 
 import asyncio
@@ -27,6 +28,7 @@ from voiceflow.redis import RedisAddress, redis_address
 if TYPE_CHECKING:
     from .db import LoopConnection
     from .hub import Hub
+    from .layers import _LoopLayer
     from .pipelined_redis import PipelinedRedis
 
 State = TypeVar("State")
@@ -49,6 +51,9 @@ class Runtime:
         # make one only
         self.hubs: dict[object, Hub] = {}
         self.hub_locks: dict[object, asyncio.Lock] = {}
+        # channel layer -> its channels, groups and subscriber connections here
+        # (voiceflow.runtime.layers)
+        self.layers: dict[object, _LoopLayer] = {}
         # The sockets' protocols holding frames to write at the end of this loop turn
         # (voiceflow.runtime.websocket).
         self.batched: list = []
@@ -128,6 +133,9 @@ class Runtime:
         """Drop what needs no awaiting to close (its loop is closed already)."""
         self.hubs.clear()
         self.hub_locks.clear()
+        for layer in self.layers.values():
+            layer.close()
+        self.layers.clear()
         for client in self.redis_clients.values():
             client.close()
         self.redis_clients.clear()

@@ -27,13 +27,13 @@ from collections.abc import Callable
 import hiredis
 import redis
 from channels_redis.pubsub import RedisPubSubChannelLayer
-from channels_redis.utils import _consistent_hash, _wrap_close
+from channels_redis.utils import _consistent_hash
 from django.conf import settings
 
 from voiceflow.redis import RedisAddress
 from voiceflow.runtime import runtime
 
-from .pipelined_redis import PipelinedRedis, _pack
+from .pipelined_redis import _pack
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +61,12 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
         self.prefix = kwargs.get("prefix", "asgi")
 
     def _get_layer(self) -> "_LoopLayer":
-        loop = asyncio.get_running_loop()
-        layer = self._layers.get(loop)
+        """This layer's channels, groups and connections on the running loop: its
+        Runtime's, closed with it."""
+        states = runtime().layers
+        layer = states.get(self)
         if layer is None:
-            layer = self._layers[loop] = _LoopLayer(self)
-            _wrap_close(self, loop)  # flushed when a test's loop closes
+            layer = states[self] = _LoopLayer(self)
         return layer
 
     def _shard(self, name: str) -> int:
@@ -108,7 +109,7 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
         await runtime().redis(shard).publish(name, self.serialize(message))
 
     async def flush(self) -> None:
-        layer = self._layers.pop(asyncio.get_running_loop(), None)
+        layer = runtime().layers.pop(self, None)
         if layer is not None:
             layer.close()
 
@@ -172,9 +173,6 @@ class _LoopLayer:
         except Exception:
             logger.exception("handling a channel layer event failed")
 
-    async def flush(self):
-        self.close()
-
     def close(self):
         for subscriber in self.subscribers:
             subscriber.close()
@@ -188,7 +186,8 @@ class _Subscriber:
 
     def __init__(self, owner, shard):
         self.owner = owner
-        self.client = PipelinedRedis(shard)  # for where the shard is, and connecting
+        # The loop's client of the shard: where it is, and how a connection opens.
+        self.client = runtime().redis(shard)
         self.names: set[str] = set()  # subscribed, or to be on the next connection
         self.protocol: _SubscriberProtocol | None = None
         self.connecting: asyncio.Future | None = None
@@ -226,31 +225,18 @@ class _Subscriber:
         """A new connection, authenticated, on the primary, with every wanted name
         subscribed."""
         client = self.client
-        if client.sentinels:
-            host, port = await client._primary()
-            path = None
-        else:
-            host, port, path = client.host, client.port, client.path
-        protocol = await client._connect(
-            host, port, path, client.ssl, factory=lambda: _SubscriberProtocol(self)
-        )
-        try:
-            async with asyncio.timeout(client.timeout):
-                if client.password:
-                    auth = [client.username, client.password]
-                    await protocol.command(["AUTH", *filter(None, auth)])
-                if client.sentinels:  # a Sentinel's answer may be stale by a failover
-                    role = await protocol.command(["ROLE"])
-                    if not isinstance(role, list) or role[0] != b"master":
-                        raise redis.exceptions.ConnectionError(
-                            f"Not the primary: {role!r}"
-                        )
+        async with asyncio.timeout(client.timeout):
+            protocol = await client.open_connection(
+                lambda: _SubscriberProtocol(self), select=False
+            )
+            try:
+                protocol.pushes()
                 names = list(self.names)
                 if names:
                     await protocol.subscribe(*names)
-        except BaseException:
-            protocol.close()
-            raise
+            except BaseException:
+                protocol.close()
+                raise
         if self.closed:
             protocol.close()
             raise redis.exceptions.ConnectionError("Subscriber closed.")
@@ -280,11 +266,14 @@ class _Subscriber:
 
     def close(self):
         self.closed = True
-        if self.reconnecting is not None:
-            self.reconnecting.cancel()
-        if self.protocol is not None:
-            self.protocol.close()
-            self.protocol = None
+        try:
+            if self.reconnecting is not None:
+                self.reconnecting.cancel()
+            if self.protocol is not None:
+                self.protocol.close()
+        except RuntimeError:
+            pass  # its loop is closed already (a test's, or async_to_sync's)
+        self.protocol = None
 
 
 class _SubscriberProtocol(asyncio.Protocol):
@@ -293,7 +282,11 @@ class _SubscriberProtocol(asyncio.Protocol):
     def __init__(self, subscriber):
         self.subscriber = subscriber
         self.dispatch = subscriber.owner.dispatch
-        self.reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
+        # Text while the connection is set up (as PipelinedRedis reads it); bytes
+        # once it takes pushes, whose payloads are serialized events.
+        self.reader = hiredis.Reader(
+            encoding="utf-8", replyError=redis.exceptions.ResponseError
+        )
         self.replies: list[asyncio.Future] = []  # AUTH, ROLE: in order
         self.confirming: dict[bytes, list[_Confirmation]] = {}  # name -> waits
         self.transport = None
@@ -304,9 +297,6 @@ class _SubscriberProtocol(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
-        loop = asyncio.get_running_loop()
-        self.heard_at = loop.time()
-        self.keepalive = loop.call_later(self.silence / 3, self._keepalive)
 
     def _keepalive(self):
         loop = asyncio.get_running_loop()
@@ -323,14 +313,22 @@ class _SubscriberProtocol(asyncio.Protocol):
         if not self.lost:
             self.transport.write(packed)
 
-    async def command(self, args):
+    def call(self, packed):
+        """A future for the reply to one packed command (while set up)."""
         future = asyncio.get_running_loop().create_future()
         self.replies.append(future)
-        self.send(_pack(args))
-        reply = await future
-        if isinstance(reply, redis.exceptions.ResponseError):
-            raise redis.exceptions.ConnectionError(str(reply))
-        return reply
+        self.send(packed)
+        return future
+
+    def _fail(self, error):
+        self.close()
+
+    def pushes(self):
+        """Set up: from here on, replies are read as bytes, and silence is watched."""
+        self.reader.set_encoding(None)
+        loop = asyncio.get_running_loop()
+        self.heard_at = loop.time()
+        self.keepalive = loop.call_later(self.silence / 3, self._keepalive)
 
     async def subscribe(self, *names):
         """Subscribe to `names`; returns once Redis confirmed each."""

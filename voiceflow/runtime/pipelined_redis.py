@@ -204,23 +204,28 @@ class PipelinedRedis:
                 raise type(self.failure)(*self.failure.args)
             self.attempts += 1
             try:
-                self.pipe = await self._open()
+                self.pipe = await self.open_connection()
             except redis.exceptions.RedisError as error:
                 self.failure = error
                 raise
             self.failure = None
             return self.pipe
 
-    async def _open(self):
+    async def open_connection(self, factory=None, *, select: bool = True):
+        """A new connection to the primary: authenticated, on the URL's database if
+        `select`, its role checked when the Sentinels named it. `factory` makes its
+        protocol (default: this client's own), one with `call(packed)` returning a
+        future of the reply and `_fail(error)`."""
         if self.sentinels:
-            pipe = await self._connect(*await self._primary(), tls=self.ssl)
+            (host, port), path = await self._primary(), None
         else:
-            pipe = await self._connect(self.host, self.port, self.path, self.ssl)
+            host, port, path = self.host, self.port, self.path
+        pipe = await self._connect(host, port, path, self.ssl, factory=factory)
         setup = []
         if self.password:
             auth = [self.username, self.password] if self.username else [self.password]
             setup.append(pipe.call(_pack(["AUTH", *auth])))
-        if self.db:
+        if self.db and select:
             setup.append(pipe.call(_pack(["SELECT", self.db])))
         if self.sentinels:  # a Sentinel's answer may be stale by a failover
             setup.append(pipe.call(_pack(["ROLE"])))
