@@ -100,18 +100,10 @@ class RedisRateLimiter:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url
-        # The clients' own script objects (EVALSHA, loading the script again after a
-        # SCRIPT FLUSH), one per client; a few at most (the clients of closed loops
-        # are dropped with the rest when more come).
-        self._scripts: dict = {}
-
-    def _script(self, client):
-        script = self._scripts.get(client)
-        if script is None:
-            if len(self._scripts) >= 8:
-                self._scripts.clear()
-            script = self._scripts[client] = client.register_script(SLIDING_WINDOW_LUA)
-        return script
+        # redis-py's script objects of the sync clients (one client per address):
+        # EVALSHA, loading the script again after a SCRIPT FLUSH. The loop's
+        # PipelinedRedis keeps its own.
+        self._sync_scripts: dict = {}
 
     def _args(self, key, limit, window, now):
         now_ms = now * 1000
@@ -120,7 +112,7 @@ class RedisRateLimiter:
 
     async def hit(self, key: str, limit: int, window: float, now: float) -> Decision:
         member, keys, args = self._args(key, limit, window, now)
-        script = self._script(runtime().redis(self.url))
+        script = runtime().redis(self.url).register_script(SLIDING_WINDOW_LUA)
         try:
             reply = await script(keys, args)
         except redis.exceptions.RedisError as error:
@@ -129,7 +121,12 @@ class RedisRateLimiter:
 
     def hit_sync(self, key: str, limit: int, window: float, now: float) -> Decision:
         member, keys, args = self._args(key, limit, window, now)
-        script = self._script(redis_sync_client(self.url))
+        client = redis_sync_client(self.url)
+        script = self._sync_scripts.get(client)
+        if script is None:
+            script = self._sync_scripts[client] = client.register_script(
+                SLIDING_WINDOW_LUA
+            )
         try:
             reply = script(keys, args)
         except redis.exceptions.RedisError as error:

@@ -148,6 +148,7 @@ class PipelinedRedis:
         self.timeout = settings.REDIS_STORE_TIMEOUT
         self.connect_timeout = settings.REDIS_CONNECT_TIMEOUT
         self.pipe = None
+        self.scripts: dict = {}  # Lua source -> its script (register_script)
         self.connecting = asyncio.Lock()
         self.attempts = 0  # connection attempts made
         self.failure = None  # the last attempt's error, if it failed
@@ -270,7 +271,11 @@ class PipelinedRedis:
         return await self.execute_command("EVAL", source, numkeys, *keys_and_args)
 
     def register_script(self, source):
-        """An awaitable `script(keys=..., args=...)`: EVALSHA, EVAL if not cached."""
+        """An awaitable `script(keys=..., args=...)`: EVALSHA, EVAL if not cached.
+        One per source and client: callers may ask for it at every call."""
+        script = self.scripts.get(source)
+        if script is not None:
+            return script
         sha = hashlib.sha1(source.encode()).hexdigest()
 
         async def script(keys=(), args=()):
@@ -279,6 +284,7 @@ class PipelinedRedis:
             except redis.exceptions.NoScriptError:
                 return await self.eval(source, len(keys), *keys, *args)
 
+        self.scripts[source] = script
         return script
 
     async def set(self, key, value, ex=None):
