@@ -12,6 +12,8 @@ seq once Redis is back. A room joined meanwhile is served here at once and its g
 joined when Redis answers again.
 """
 
+import functools
+import logging
 import time
 
 from channels.layers import get_channel_layer
@@ -21,6 +23,8 @@ from voiceflow.breaker import UNREACHABLE
 from voiceflow.frames_json import frame_encode
 from voiceflow.runtime import runtime
 from voiceflow.runtime.hub import Hub, hubs_sizes, layer_breaker
+
+logger = logging.getLogger(__name__)
 
 USER_EVENTS_GROUP = "users"
 # Events a socket that is behind on reading may miss: superseded by the next one.
@@ -49,20 +53,39 @@ def hub_sizes() -> dict[str, int]:
 async def _publish(group, event):
     """Hand `event` to the layer for every process's sockets in `group`. One that
     cannot be published (Redis unreachable) goes to this process's sockets alone; a
-    published one reaches them through the layer, like everyone's."""
+    published one reaches them through the layer, like everyone's.
+
+    On Redis the publish is not waited for: it leaves with this loop turn's other
+    commands, and what its reply says is handled when it comes (`_published`).
+    """
     layer = get_channel_layer()
-    started = time.perf_counter()
     breaker = layer_breaker()
-    if not breaker.down or breaker.allows():
-        try:
-            await layer.group_send(group, event)
-        except UNREACHABLE as error:
-            breaker.failed(error)
-            _route_here(layer, event)
-    else:
+    if breaker.down and not breaker.allows():
         _route_here(layer, event)
-    if group != USER_EVENTS_GROUP:
-        metrics.FANOUT_SECONDS.observe(time.perf_counter() - started)
+        return
+    started = time.perf_counter()
+    publish = getattr(layer, "group_send_nowait", None)
+    if publish is not None:
+        publish(group, event, functools.partial(_published, group, event, started))
+        return
+    try:
+        await layer.group_send(group, event)
+    except UNREACHABLE as error:
+        _published(group, event, started, error)
+    else:
+        _published(group, event, started, None)
+
+
+def _published(group, event, started, error):
+    """A publish's outcome: timed, or its event routed here if Redis is unreachable."""
+    if error is None:
+        if group != USER_EVENTS_GROUP:
+            metrics.FANOUT_SECONDS.observe(time.perf_counter() - started)
+    elif isinstance(error, UNREACHABLE):
+        layer_breaker().failed(error)
+        _route_here(get_channel_layer(), event)
+    else:
+        logger.error("publishing a %s event failed: %r", event.get("type"), error)
 
 
 def _route_here(layer, event):

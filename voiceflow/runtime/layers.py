@@ -104,6 +104,15 @@ class PubSubChannelLayer(RedisPubSubChannelLayer):
         """Publish `message` once to the group; every subscribed process gets it."""
         await self._publish(self._group_channel(group), message)
 
+    def group_send_nowait(
+        self, group: str, message: dict, done: Callable[[BaseException | None], None]
+    ) -> None:
+        """group_send without waiting for Redis: `done(error)` is called with None
+        once Redis took the publish, or with the error group_send would raise."""
+        name = self._group_channel(group)
+        client = runtime().redis(self.shards[self._shard(name)])
+        client.execute_nowait(done, "PUBLISH", name, self.serialize(message))
+
     async def _publish(self, name, message):
         shard = self.shards[self._shard(name)]
         await runtime().redis(shard).publish(name, self.serialize(message))

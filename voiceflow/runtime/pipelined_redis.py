@@ -10,6 +10,7 @@ import functools
 import hashlib
 import ssl
 from collections import deque
+from collections.abc import Callable
 
 import hiredis
 import redis
@@ -110,6 +111,33 @@ def _pack(args):
     return b"".join(out)
 
 
+def _reply_error(pipe, reply):
+    """The error to raise for an error reply (NOSCRIPT, not the primary, others)."""
+    message = str(reply)
+    if message.startswith("NOSCRIPT"):
+        return redis.exceptions.NoScriptError(message)
+    if message.startswith(_NOT_PRIMARY):
+        pipe._fail(redis.exceptions.ConnectionError(message))
+        return redis.exceptions.ConnectionError(message)
+    return reply
+
+
+def _replied(done, pipe, waiter):
+    if waiter.cancelled():
+        done(asyncio.CancelledError())
+    elif (error := waiter.exception()) is not None:
+        done(error)
+    elif isinstance(reply := waiter.result(), redis.exceptions.ResponseError):
+        done(_reply_error(pipe, reply))
+    else:
+        done(None)
+
+
+def _executed(done, pending, task):
+    pending.discard(task)
+    done(asyncio.CancelledError() if task.cancelled() else task.exception())
+
+
 # Replies from a server that is not (or not yet) a usable primary: a replica since a
 # failover, or one still loading its data. The connection is dropped, so the next
 # command connects again (through the Sentinels, to whichever is the primary then).
@@ -150,6 +178,7 @@ class PipelinedRedis:
         self.pipe = None
         self.scripts: dict = {}  # Lua source -> its script (register_script)
         self.connecting = asyncio.Lock()
+        self.pending: set[asyncio.Task] = set()  # execute_nowait's, while connecting
         self.attempts = 0  # connection attempts made
         self.failure = None  # the last attempt's error, if it failed
 
@@ -248,14 +277,25 @@ class PipelinedRedis:
             pipe = await self._pipe()
         reply = await pipe.call(_pack(args))
         if isinstance(reply, redis.exceptions.ResponseError):
-            message = str(reply)
-            if message.startswith("NOSCRIPT"):
-                raise redis.exceptions.NoScriptError(message)
-            if message.startswith(_NOT_PRIMARY):
-                pipe._fail(redis.exceptions.ConnectionError(message))
-                raise redis.exceptions.ConnectionError(message)
-            raise reply
+            raise _reply_error(pipe, reply)
         return reply
+
+    def execute_nowait(
+        self, done: Callable[[BaseException | None], None], *args: object
+    ) -> None:
+        """Send a command without waiting for its reply: `done(error)` is called
+        with None once it succeeded, or with the error execute_command would raise.
+
+        On a connected client no task is made: the command joins this turn's write.
+        """
+        pipe = self.pipe
+        if pipe is not None and not pipe.closed:
+            waiter = pipe.call(_pack(args))
+            waiter.add_done_callback(functools.partial(_replied, done, pipe))
+            return
+        task = asyncio.ensure_future(self.execute_command(*args))
+        self.pending.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(functools.partial(_executed, done, self.pending))
 
     def close(self):
         if self.pipe is not None:

@@ -162,6 +162,46 @@ async def test_a_replica_s_readonly_reply_drops_the_connection(redis_server):
         replica.kill()
 
 
+async def _outcome(client, *command):
+    """execute_nowait's outcome: the error its `done` was called with, or None."""
+    done = asyncio.get_running_loop().create_future()
+    client.execute_nowait(done.set_result, *command)
+    return await asyncio.wait_for(done, 5)
+
+
+async def test_a_command_not_waited_for_still_reports_how_it_went(redis_server):
+    client = PipelinedRedis(redis_server.url)
+    key = redis_key("nowait")
+    try:
+        # Not connected yet: it connects first; connected: it joins the turn's write.
+        assert await _outcome(client, "SET", key, "1") is None
+        assert client.pipe is not None and not client.pipe.closed
+        assert await _outcome(client, "INCR", key) is None
+        assert await client.getdel(key) == "2"
+        error = await _outcome(client, "HGET", key)  # wrong arity: Redis refuses it
+        assert isinstance(error, redis.exceptions.ResponseError)
+        redis_server.kill()
+        assert isinstance(
+            await _outcome(client, "PING"), redis.exceptions.ConnectionError
+        )
+    finally:
+        client.close()
+
+
+async def test_a_command_not_waited_for_drops_a_replica_s_connection(redis_server):
+    replica = RedisServer("--replicaof", "127.0.0.1", str(redis_server.port)).start()
+    client = PipelinedRedis(replica.url)
+    try:
+        assert await client.ping()
+        first = client.pipe
+        error = await _outcome(client, "SET", "k", "v")
+        assert isinstance(error, redis.exceptions.ConnectionError)
+        assert "READONLY" in str(error) and first.closed
+    finally:
+        client.close()
+        replica.kill()
+
+
 # Sentinel: every client stack asks the Sentinels for the primary and follows a
 # failover by itself.
 
