@@ -5,8 +5,10 @@ copy is one `websocket.send`: a coroutine, a frame built for that socket, and on
 `send()` system call, which on loopback also runs the receiver's side of TCP. Here the
 frame is built once per process (`text_frame`), queued on each socket with the
 `voiceflow.frame` ASGI extension, and what a socket got in one loop turn leaves in one
-write; the chat consumer sends its own frames (acks, pongs) the same way. Everything
-else (handshake, pings, closes, sends to a full buffer) is uvicorn's, except that a
+write; the chat consumer sends its own frames (acks, pongs) the same way. On the way
+in, whole text frames from the client (nearly all of them) are unmasked and handed to
+the app here, without websockets' generator-based parser. Everything else (handshake,
+pings, fragments, closes, bad frames, sends to a full buffer) is uvicorn's, except that a
 close never waits behind output the client is not reading (see `send`), a send after
 the server closed the socket itself is dropped, and a pong waiting behind client frames
 the app has not taken yet is not taken for silence (see `keepalive_timeout`).
@@ -28,7 +30,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import (
     WebSocketsSansIOProtocol,
 )
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
+from websockets.speedups import apply_mask
+from websockets.streams import StreamReader
 
 from voiceflow.runtime import runtime
 
@@ -51,6 +55,13 @@ def text_frame(data):
     else:
         header = struct.pack("!BBQ", 0x81, 127, size)
     return header + data
+
+
+# websockets' parser between two frames: Protocol.parse() waiting in at_eof().
+_PARSE_CODE = Protocol.parse.__code__
+_AT_EOF_CODE = StreamReader.at_eof.__code__
+_TEXT_FIN = 0x81  # FIN set, no RSV bits, opcode TEXT
+_MASKED = 0x80
 
 
 def _flush_all(batched):
@@ -175,6 +186,10 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue = _ReceiveQueue(self.loop)
         self.writable = _Flag(self.loop)
         self.writable.set()
+        # The largest text frame data_received passes on itself; websockets refuses
+        # larger ones (1009).
+        limits = [self.conn.max_message_size, self.conn.max_fragment_size]
+        self.max_frame = min((n for n in limits if n is not None), default=1 << 63)
 
     def handle_connect(self, event):
         super().handle_connect(event)
@@ -212,6 +227,58 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"].pop(FRAME_EXTENSION, None)
             scope["extensions"].pop(OUTPUT_EXTENSION, None)
         self.conn.parser.close()
+
+    def data_received(self, data):
+        """Whole, masked, final text frames go straight to the app; the rest (the
+        handshake, control frames, fragments, deflate, a frame cut by the read, any
+        error) to websockets' parser, which sees the stream from where this left off.
+        """
+        if not self._between_frames():
+            super().data_received(data)
+            return
+        size = len(data)
+        start = 0
+        while start < size:
+            if data[start] != _TEXT_FIN or size - start < 6:
+                break
+            length = data[start + 1] ^ _MASKED  # the mask bit must be set
+            if length < 126:
+                begin = start + 6
+            elif length == 126 and size - start >= 8:
+                length = (data[start + 2] << 8) | data[start + 3]
+                begin = start + 8
+            else:
+                break  # unmasked, 8-byte length, or cut: websockets says what
+            end = begin + length
+            if end > size or length > self.max_frame:
+                break
+            try:
+                text = apply_mask(data[begin:end], data[begin - 4 : begin]).decode()
+            except UnicodeDecodeError:
+                break  # websockets' parser and uvicorn close with 1007
+            start = end
+            if self.close_sent:
+                continue  # as uvicorn: past `websocket.close`, frames are dropped
+            self.queue.put_nowait({"type": "websocket.receive", "text": text})
+            if not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+        if start < size:
+            super().data_received(data[start:] if start else data)
+
+    def _between_frames(self):
+        conn = self.conn
+        if conn.state is not State.OPEN or conn.current_size is not None:
+            return False
+        if conn.extensions or conn.reader.buffer:
+            return False
+        # The server's parse() (the handshake, then Protocol.parse) delegates to
+        # Protocol.parse, which waits in at_eof() only between frames.
+        parsing = conn.parser.gi_yieldfrom
+        if parsing is None or parsing.gi_code is not _PARSE_CODE:
+            return False
+        waiting = parsing.gi_yieldfrom
+        return waiting is not None and waiting.gi_code is _AT_EOF_CODE
 
     def broadcast_queue(self, frame):
         """Queue `frame` to leave with the socket's other frames of this loop turn."""

@@ -37,8 +37,26 @@ class App:
         closed.set_result(None)
 
 
+class Recording(App):
+    """App that also hands the test what each client sent: texts, then the close."""
+
+    def __init__(self):
+        super().__init__()
+        self.received = asyncio.Queue()
+
+    async def __call__(self, scope, receive, send):
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        closed = asyncio.get_running_loop().create_future()
+        await self.sockets.put((scope["extensions"][FRAME_EXTENSION], send, closed))
+        while (event := await receive())["type"] != "websocket.disconnect":
+            await self.received.put(event["text"])
+        await self.received.put(event["code"])
+        closed.set_result(None)
+
+
 @contextlib.asynccontextmanager
-async def serving(app, http=UpgradingHttpProtocol):
+async def serving(app, http=UpgradingHttpProtocol, max_size=2**20):
     """`app` served by uvicorn with the web process's protocols: its URL."""
     port = free_port()
     config = uvicorn.Config(
@@ -47,6 +65,7 @@ async def serving(app, http=UpgradingHttpProtocol):
         port=port,
         http=http,
         ws=BatchingWebSocketProtocol,
+        ws_max_size=max_size,
         lifespan="off",
         log_level="warning",
     )
@@ -309,3 +328,78 @@ async def test_a_closed_socket_is_freed_without_the_cycle_collector():
             assert [ref() for ref in NotedHttpProtocol.made] == [None] * 10
         finally:
             gc.enable()
+
+
+def client_frames(*frames):
+    return b"".join(frame.serialize(mask=True) for frame in frames)
+
+
+async def test_client_frames_arrive_whole_and_in_order_however_the_reads_cut_them():
+    app = Recording()
+    async with serving(app) as url:
+        client, queue, _, _ = await opened((app, url))
+        protocol = queue.__self__
+        # Each length encoding, multi-byte characters, and frames websockets' own
+        # parser takes (fragments, a ping) between those data_received takes.
+        texts = ["a", "é" * 70, "x" * 125, "y" * 126, "z" * 70000, "", "abcd", "e"]
+        stream = client_frames(
+            *[Frame(Opcode.TEXT, text.encode()) for text in texts[:6]],
+            Frame(Opcode.TEXT, b"ab", fin=False),
+            Frame(Opcode.PING, b"p"),
+            Frame(Opcode.CONT, b"cd"),
+            Frame(Opcode.TEXT, b"e"),
+        )
+        for cut in (len(stream), 1, 7, 131, 4096):
+            for start in range(0, len(stream), cut):
+                protocol.data_received(stream[start : start + cut])
+            got = [await asyncio.wait_for(app.received.get(), 5) for _ in texts]
+            assert got == texts, f"reads of {cut} bytes"
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        (Frame(Opcode.TEXT, b"ok \xff"), 1007),  # not UTF-8
+        (Frame(Opcode.TEXT, b"x" * 1025), 1009),  # over the size limit
+        # RSV1 set: an extension the handshake did not agree (mask of zeros).
+        (b"\xc1\x81\x00\x00\x00\x00x", 1002),
+    ],
+)
+async def test_a_bad_client_frame_closes_with_its_code_after_the_good_ones(frame, code):
+    app = Recording()
+    async with serving(app, max_size=1024) as url:
+        client, queue, _, _ = await opened((app, url))
+        protocol = queue.__self__
+        good = Frame(Opcode.TEXT, b"fine")
+        bad = frame if isinstance(frame, bytes) else client_frames(frame)
+        protocol.data_received(client_frames(good) + bad + client_frames(good))
+        assert await asyncio.wait_for(app.received.get(), 5) == "fine"
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await asyncio.wait_for(client.recv(), 5)
+        assert closed.value.rcvd.code == code
+
+
+async def test_an_unmasked_client_frame_closes_the_socket():
+    app = Recording()
+    async with serving(app) as url:
+        client, queue, _, _ = await opened((app, url))
+        queue.__self__.data_received(Frame(Opcode.TEXT, b"bare").serialize(mask=False))
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await asyncio.wait_for(client.recv(), 5)
+        assert closed.value.rcvd.code == 1002
+        # The app hears of the close, not of the frame.
+        assert await asyncio.wait_for(app.received.get(), 5) == 1002
+
+
+async def test_whole_text_frames_skip_websockets_parser(served, monkeypatch):
+    # What keeps the receiving side cheap: if websockets' internals move, this says
+    # so (every frame would still arrive, through its parser).
+    client, queue, _, _ = await opened(served)
+    protocol = queue.__self__
+    parsed = []
+    monkeypatch.setattr(protocol.conn, "receive_data", parsed.append)
+    protocol.data_received(client_frames(*[Frame(Opcode.TEXT, b"m")] * 3))
+    assert parsed == [] and len(protocol.queue.items) == 3
+    monkeypatch.undo()
+    await client.close()
