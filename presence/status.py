@@ -1,23 +1,24 @@
 """A user's presence status: one pure function of timestamps and settings."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 ONLINE, AWAY, OFFLINE = "online", "away", "offline"
 
 
-@dataclass(frozen=True)
-class SocketState:
+class SocketState(NamedTuple):
     """One socket as the store knows it: last frame time and its `status: away` flag."""
 
     seen_at: float
     away: bool = False
 
 
-@dataclass(frozen=True)
-class UserPresence:
-    """Everything the store knows about one user (times are epoch seconds)."""
+class UserPresence(NamedTuple):
+    """Everything the store knows about one user (times are epoch seconds).
+
+    Immutable tuples, not dataclasses: a room read builds one per member, and a
+    frozen dataclass takes several times as long to build.
+    """
 
     user_id: int
     username: str = ""
@@ -25,7 +26,7 @@ class UserPresence:
     announced: str = OFFLINE  # the status last sent in a `presence` event
     left_at: float | None = None  # when their last socket went
     sockets: tuple = ()  # SocketState of every socket not yet removed
-    rooms: frozenset = field(default_factory=frozenset)  # rooms they are present in
+    rooms: frozenset = frozenset()  # rooms they are present in
 
 
 def socket_expiry(conf: Mapping[str, Any]) -> float:

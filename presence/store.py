@@ -77,22 +77,19 @@ local function room_gone(slug)
     redis.call('SREM', k('rooms'), slug)
   end
 end
-local function connections(uid, slug)
-  local n = 0
-  for _, o in ipairs(redis.call('SMEMBERS', k('u', uid, 'sockets'))) do
-    n = n + redis.call('SISMEMBER', k('s', o, 'rooms'), slug)
-  end
-  return n
-end
-local function view(uid)
+-- A user's view; with `slug` (a room read), in place of their rooms the number of
+-- their sockets in it, counted in the same pass over the sockets.
+local function view(uid, slug)
   local u = redis.call('HMGET', k('u', uid), 'name', 'active', 'status', 'left')
-  local socks = {}
+  local socks, n = {}, 0
   for _, sid in ipairs(redis.call('SMEMBERS', k('u', uid, 'sockets'))) do
     local s = redis.call('HMGET', k('s', sid), 'seen', 'away')
     if s[1] then table.insert(socks, s[1]); table.insert(socks, s[2] or '0') end
+    if slug then n = n + redis.call('SISMEMBER', k('s', sid, 'rooms'), slug) end
   end
-  return {uid, u[1] or '', u[2] or '', u[3] or '', u[4] or '', socks,
-          redis.call('SMEMBERS', k('u', uid, 'rooms'))}
+  local last = n
+  if not slug then last = redis.call('SMEMBERS', k('u', uid, 'rooms')) end
+  return {uid, u[1] or '', u[2] or '', u[3] or '', u[4] or '', socks, last}
 end
 """
 
@@ -234,7 +231,7 @@ _ROOM_USERS = """
 local slug = ARGV[3]
 local out = {}
 for _, uid in ipairs(redis.call('SMEMBERS', k('r', slug))) do
-  table.insert(out, {connections(uid, slug), view(uid)})
+  table.insert(out, view(uid, slug))
 end
 return out
 """
@@ -320,24 +317,25 @@ return 0
 """
 
 
-def _float(value):
-    return float(value) if value not in (None, "", False) else None
+_NO_ROOMS: frozenset = frozenset()
 
 
-def _user_view(raw):
-    uid, name, active, status, left, socks, rooms = raw
-    sockets = tuple(
-        SocketState(seen_at=float(socks[i]), away=socks[i + 1] == "1")
-        for i in range(0, len(socks), 2)
-    )
+def _user_view(raw, rooms=None):
+    # Positional and inline: a room read makes one per member.
+    uid, name, active, status, left, socks, held = raw
     return UserPresence(
-        user_id=int(uid),
-        username=name,
-        active_at=_float(active),
-        announced=status or OFFLINE,
-        left_at=_float(left),
-        sockets=sockets,
-        rooms=frozenset(rooms),
+        int(uid),
+        name,
+        float(active) if active else None,
+        status or OFFLINE,
+        float(left) if left else None,
+        tuple(
+            [
+                SocketState(float(socks[i]), socks[i + 1] == "1")
+                for i in range(0, len(socks), 2)
+            ]
+        ),
+        frozenset(held) if rooms is None else rooms,
     )
 
 
@@ -408,8 +406,10 @@ class RedisPresenceStore:
         return _user_view(await self._run(_USER_GET, user_id))
 
     async def room_users(self, slug: str) -> list[tuple[UserPresence, int]]:
+        """The room's present users (their `rooms` left empty: a room read needs
+        none) and how many of their sockets joined it."""
         rows = await self._run(_ROOM_USERS, slug)
-        return [(_user_view(view), int(n)) for n, view in rows]
+        return [(_user_view(row, _NO_ROOMS), int(row[6])) for row in rows]
 
     async def room_counts(self, slugs: list[str]) -> dict[str, int]:
         if not slugs:
@@ -633,7 +633,7 @@ class MemoryPresenceStore:
 
     async def room_users(self, slug: str) -> list[tuple[UserPresence, int]]:
         return [
-            (self._view(uid), self._connections(uid, slug))
+            (self._view(uid)._replace(rooms=_NO_ROOMS), self._connections(uid, slug))
             for uid in list(self.room_sets.get(slug, ()))
         ]
 
