@@ -50,8 +50,19 @@ def redis_address(where: "RedisAddress | str | None" = None) -> RedisAddress:
         return where
     if where:
         return _store_address(where, (), "")
-    sentinels = tuple(map(tuple, settings.REDIS_SENTINELS))
-    return _store_address(settings.REDIS_URL, sentinels, settings.REDIS_SENTINEL_MASTER)
+    # Asked for at every Redis call: kept while the settings object is the same one
+    # (a test's override replaces it).
+    wrapped = settings._wrapped
+    if _default[0] is not wrapped:
+        sentinels = tuple(map(tuple, settings.REDIS_SENTINELS))
+        address = _store_address(
+            settings.REDIS_URL, sentinels, settings.REDIS_SENTINEL_MASTER
+        )
+        _default[:] = [wrapped, address]
+    return _default[1]
+
+
+_default: list = [None, None]  # [the settings object, its store address]
 
 
 def _credentials(url):

@@ -99,7 +99,12 @@ class _Pipe(asyncio.Protocol):
 
 
 def _pack(args):
-    out = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n%s" % (len(args), _pack_body(args))
+
+
+def _pack_body(args):
+    """`args` as RESP bulk strings, without the array's header."""
+    out = []
     for arg in args:
         if isinstance(arg, str):
             arg = arg.encode("utf-8", "surrogateescape")
@@ -317,8 +322,21 @@ class PipelinedRedis:
         if script is not None:
             return script
         sha = hashlib.sha1(source.encode()).hexdigest()
+        head = _pack_body(["EVALSHA", sha])  # packed once
 
         async def script(keys=(), args=()):
+            pipe = self.pipe
+            if pipe is not None and not pipe.closed:
+                # execute_command("EVALSHA", ...) without its two coroutines
+                rest = (len(keys), *keys, *args)
+                packed = b"*%d\r\n%s%s" % (len(rest) + 2, head, _pack_body(rest))
+                reply = await pipe.call(packed)
+                if not isinstance(reply, redis.exceptions.ResponseError):
+                    return reply
+                error = _reply_error(pipe, reply)
+                if not isinstance(error, redis.exceptions.NoScriptError):
+                    raise error
+                return await self.eval(source, len(keys), *keys, *args)
             try:
                 return await self.evalsha(sha, len(keys), *keys, *args)
             except redis.exceptions.NoScriptError:

@@ -6,12 +6,13 @@ copy is one `websocket.send`: a coroutine, a frame built for that socket, and on
 frame is built once per process (`text_frame`), queued on each socket with the
 `voiceflow.frame` ASGI extension, and what a socket got in one loop turn leaves in one
 write; the chat consumer sends its own frames (acks, pongs) the same way. On the way
-in, whole text frames from the client (nearly all of them) are unmasked and handed to
-the app here, without websockets' generator-based parser. Everything else (handshake,
-pings, fragments, closes, bad frames, sends to a full buffer) is uvicorn's, except that a
-close never waits behind output the client is not reading (see `send`), a send after
-the server closed the socket itself is dropped, and a pong waiting behind client frames
-the app has not taken yet is not taken for silence (see `keepalive_timeout`).
+in, whole text frames from the client (nearly all of them) are unmasked and handed
+to the app here, without websockets' generator-based parser. Everything else
+(handshake, pings, fragments, closes, bad frames, sends to a full buffer) is
+uvicorn's, except that a close never waits behind output the client is not reading
+(see `send`), a send after the server closed the socket itself is dropped, and a pong
+waiting behind client frames the app has not taken yet is not taken for silence (see
+`keepalive_timeout`).
 
 Per socket it also keeps less: uvicorn's asyncio.Queue and Event cost four deques
 (~3 KB) where a list and a future do, and the handshake's headers (~2 KB, kept alive
