@@ -430,3 +430,55 @@ async def test_a_statement_run_again_and_again_is_prepared_once_unless_turned_of
                 await reader.fetchone(insert, [None])
         rows = await reader.fetchall("SELECT statement FROM pg_prepared_statements", [])
         assert ("INSERT INTO chat_room (slug) VALUES ($1) RETURNING id",) in rows
+        for _ in range(7):  # from the sixth on, its preparing fails
+            with pytest.raises(DatabaseError):
+                await reader.fetchone("SELECT * FROM no_such_table WHERE id = %s", [1])
+        assert await reader.fetchone("SELECT %s + 1", [1]) == (2,)
+
+
+@postgresql_only
+async def test_a_statement_larger_than_the_sockets_buffer_goes_out_whole():
+    reader = runtime().socket_connection()
+    big = "x" * 20_000_000  # more than the kernel takes at once: the rest on writable
+    assert await reader.fetchone("SELECT length(%s)", [big]) == (len(big),)
+    assert await reader.fetchone("SELECT 1", []) == (1,)
+
+
+@postgresql_only
+async def test_calls_fail_while_the_database_is_unreachable_and_work_again_after(
+    monkeypatch,
+):
+    writer = runtime().room_writer(1)
+    params = db._loop_connection_params
+    monkeypatch.setattr(
+        db,
+        "_loop_connection_params",
+        lambda: {**params(), "port": 1},  # refused
+    )
+    outcomes = await asyncio.gather(
+        writer.fetchone("SELECT 1", []),
+        writer.batched(tenth, 5),
+        return_exceptions=True,
+    )
+    assert all(isinstance(outcome, DatabaseError) for outcome in outcomes), outcomes
+    monkeypatch.setattr(db, "_loop_connection_params", params)
+    assert await writer.batched(tenth, 5) == (2,)
+
+
+@postgresql_only
+async def test_close_fails_the_statements_in_flight_and_queued_then_reconnects():
+    writer = runtime().room_writer(1)
+    (pid,) = await writer.fetchone("SELECT pg_backend_pid()", [])
+    sleeping = "SELECT pg_sleep(30) AS closed"
+    calls = [
+        asyncio.ensure_future(writer.fetchone(sleeping, [])),
+        asyncio.ensure_future(writer.batched(tenth, 5)),
+    ]
+    assert await asyncio.to_thread(running_pid, sleeping) == pid
+    await writer.close()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(outcome, DatabaseError) for outcome in outcomes), outcomes
+    assert (await writer.fetchone("SELECT pg_backend_pid()", []))[0] != pid
+    # The old backend sleeps on until it next writes to the socket (as with psycopg's
+    # own close): the test database cannot be dropped while it does.
+    await asyncio.to_thread(terminate_backend, pid)
