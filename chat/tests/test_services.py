@@ -298,18 +298,19 @@ async def test_a_join_by_slug_makes_a_member_once_and_returns_the_room(alice, lo
 
 @pytest.fixture
 def batches(monkeypatch):
-    """The sizes of the group-commit statements the test's posts ran in, in order."""
-    sizes = []
+    """The group-commit statements the test's posts ran in, in order: the bodies
+    each one stored."""
+    statements = []
     from chat.store import postgres
 
     insert_statement = postgres.insert_statement
 
     def counted(posts):
-        sizes.append(len(posts))
+        statements.append([post.body for post in posts])
         return insert_statement(posts)
 
     monkeypatch.setattr(postgres, "insert_statement", counted)
-    return sizes
+    return statements
 
 
 @pytest.mark.django_db(transaction=True)
@@ -332,7 +333,9 @@ async def test_one_batch_stores_allowed_posts_gap_free_and_sorts_out_the_rest(
         send(user=bob, body="two", client_id="b-2"),
         return_exceptions=True,
     )
-    assert batches[1] == 4  # together first; the replay's constraint hit splits them
+    # Together first (but a post that found the writer idle, gone at once); the
+    # replay's constraint hit splits them.
+    assert any({"muted", "replayed", "two"} <= set(batch) for batch in batches)
     one, muted, replayed, two = outcomes
     assert isinstance(muted, Forbidden) and "muted" in muted.detail
     assert replayed.created is False and replayed.message == first.message
@@ -359,7 +362,7 @@ async def test_a_batch_stores_each_body_and_time_exactly_as_acked(
     acked = await asyncio.gather(
         *(send(body=body, client_id=f"c-{i}") for i, body in enumerate(bodies))
     )
-    assert max(batches) >= 2  # they shared a statement
+    assert max(map(len, batches)) >= 2  # they shared a statement
     stored = await sync_to_async(list)(
         Message.objects.filter(room=lobby, seq__gt=1)
         .order_by("seq")

@@ -45,7 +45,7 @@ class Runtime:
         # for the sockets' reads and joins, opened on first use.
         self.db_writers: list[LoopConnection] | None = None
         self.db_readers: list[LoopConnection] | None = None
-        self.db_tasks: set[asyncio.Task] = set()  # the connections' batch tasks
+        self.db_tasks: set[asyncio.Task] = set()  # the connections' connect tasks
         self.reader_turn = itertools.count()
         # channel layer -> its Hub (tests make a layer per test), and the locks that
         # make one only

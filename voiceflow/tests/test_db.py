@@ -233,21 +233,119 @@ async def test_a_room_writer_turns_psycopg_errors_into_djangos(alice, lobby):
     assert (await send_on_loop(alice, lobby, "second")).message["seq"] == 2
 
 
+def terminate_backend(pid):
+    """Kill backend `pid`, and wait until PostgreSQL has seen it go."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
+            if cursor.fetchone() is None:
+                break
+            time.sleep(0.01)
+    connections.close_all()
+
+
 @postgresql_only
 async def test_a_room_writer_whose_connection_was_killed_reconnects(alice, lobby):
     writer = runtime().room_writer(lobby.id)
     (pid,) = await writer.fetchone("SELECT pg_backend_pid()", [])
+    await asyncio.to_thread(terminate_backend, pid)
+    try:
+        sent = await send_on_loop(alice, lobby, "maybe")
+    except DatabaseError:
+        stored = 0  # it found the connection dead: not stored, so never acked
+    else:
+        stored = sent.message["seq"]  # the writer had seen it die: it reconnected
+    again = await send_on_loop(alice, lobby, "again")
+    assert again.message["seq"] == stored + 1
+    assert (await writer.fetchone("SELECT pg_backend_pid()", []))[0] != pid
 
-    def terminate():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+def running_pid(query, timeout=10):
+    """The backend running `query` (None after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE query = %s"
+                    " AND state = 'active'",
+                    [query],
+                )
+                row = cursor.fetchone()
+            if row:
+                return row[0]
+            time.sleep(0.01)
+        return None
+    finally:
         connections.close_all()
 
-    await asyncio.to_thread(terminate)
+
+@postgresql_only
+async def test_statements_queued_behind_one_whose_connection_dies_run_on_a_new_one():
+    writer = runtime().room_writer(1)
+    (pid,) = await writer.fetchone("SELECT pg_backend_pid()", [])
+    sleeping = "SELECT pg_sleep(30) AS dying"
+    dying = asyncio.ensure_future(writer.fetchone(sleeping, []))
+    queued = [asyncio.ensure_future(writer.batched(tenth, x)) for x in (1, 2)]
+    after = asyncio.ensure_future(writer.fetchone("SELECT pg_backend_pid()", []))
+    assert await asyncio.to_thread(running_pid, sleeping) == pid
+    await asyncio.to_thread(terminate_backend, pid)
     with pytest.raises(DatabaseError):
-        await send_on_loop(alice, lobby, "lost")  # not stored, so never acked
-    assert (await send_on_loop(alice, lobby, "again")).message["seq"] == 1
-    assert (await writer.fetchone("SELECT pg_backend_pid()", []))[0] != pid
+        await dying  # in flight: it may or may not have run, so it fails
+    assert await asyncio.gather(*queued) == [(10,), (5,)]  # never sent: they run
+    assert (await after)[0] != pid
+
+
+@postgresql_only
+async def test_a_cancelled_caller_leaves_the_connection_working_for_the_others():
+    writer = runtime().room_writer(1)
+    (pid,) = await writer.fetchone("SELECT pg_backend_pid()", [])
+    runs = []
+
+    def counted(items):
+        runs.append(list(items))
+        return tenth(items)
+
+    sleeping = "SELECT pg_sleep(30) AS cancelled"
+    sent = asyncio.ensure_future(writer.fetchone(sleeping, []))
+    queued = [asyncio.ensure_future(writer.batched(counted, x)) for x in (1, 2, 5)]
+    after = asyncio.ensure_future(writer.fetchone("SELECT pg_backend_pid()", []))
+    assert await asyncio.to_thread(running_pid, sleeping) == pid
+    sent.cancel()
+    queued[1].cancel()
+
+    def cancel_the_sleep():  # the statement sent still holds the connection
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_cancel_backend(%s)", [pid])
+        connections.close_all()
+
+    await asyncio.to_thread(cancel_the_sleep)
+    assert await queued[0] == (10,) and await queued[2] == (2,)
+    assert runs == [[1, 5]]  # the cancelled caller's item was left out
+    assert await after == (pid,)  # the same connection, its replies in step
+
+
+@postgresql_only
+async def test_a_failing_statement_fails_only_its_own_callers():
+    writer = runtime().room_writer(1)
+    await writer.fetchone("SELECT 1", [])  # connected: the first call goes at once
+    outcomes = await asyncio.gather(
+        writer.fetchone("SELECT 1 / 0", []),
+        writer.batched(tenth, 5),
+        writer.fetchall("SELECT %s + 1", [1]),
+        writer.fetchone("INSERT INTO chat_room (id) SELECT 1 WHERE false", []),
+        writer.fetchone("SELECT %s", [1, 2]),
+        writer.fetchall("SELECT generate_series(1, %s)", [3]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], DatabaseError)
+    assert outcomes[0].__cause__.sqlstate == "22012"  # division_by_zero
+    assert outcomes[1:3] == [(2,), [(2,)]]
+    assert isinstance(outcomes[3], DatabaseError)  # no rows to fetch
+    assert isinstance(outcomes[4], DatabaseError)  # two parameters for one
+    assert outcomes[5] == [(1,), (2,), (3,)]
 
 
 def tenth(items):
@@ -261,6 +359,7 @@ def tenth(items):
 @postgresql_only
 async def test_calls_queued_while_a_writer_is_busy_run_as_one_statement(monkeypatch):
     writer = runtime().room_writer(1)
+    await writer.fetchone("SELECT 1", [])  # connected
     runs = []
     monkeypatch.setattr(db, "BATCH_MAX", 3)
 
@@ -270,10 +369,14 @@ async def test_calls_queued_while_a_writer_is_busy_run_as_one_statement(monkeypa
 
     batches = REGISTRY.get_sample_value("voiceflow_db_batch_size_count") or 0
 
-    results = await asyncio.gather(*[writer.batched(counted, x) for x in (1, 2, 10, 5)])
-    assert results == [(10,), (5,), None, (2,)]  # 10 has no row
-    assert runs == [[1, 2, 10], [5]]  # in submission order, BATCH_MAX at a time
-    assert REGISTRY.get_sample_value("voiceflow_db_batch_size_count") == batches + 2
+    results = await asyncio.gather(
+        *[writer.batched(counted, x) for x in (1, 2, 10, 5, 1)]
+    )
+    assert results == [(10,), (5,), None, (2,), (10,)]  # 10 has no row
+    # The first at once (the writer was idle), then the rest in submission order,
+    # BATCH_MAX at a time.
+    assert runs == [[1], [2, 10, 5], [1]]
+    assert REGISTRY.get_sample_value("voiceflow_db_batch_size_count") == batches + 3
 
 
 @postgresql_only
@@ -307,7 +410,75 @@ async def test_a_batch_hitting_a_constraint_reruns_its_items_one_by_one(alice, l
 
 
 @postgresql_only
-def test_the_socket_paths_connections_prepare_statements_unless_turned_off(settings):
-    assert db._loop_connection_params()["prepare_threshold"] == 5
-    settings.DB_PREPARED = False  # VOICEFLOW_DB_PREPARED=0: PgBouncer before 1.21
-    assert db._loop_connection_params()["prepare_threshold"] is None
+@pytest.mark.parametrize("prepared", [True, False])
+async def test_a_statement_run_again_and_again_is_prepared_once_unless_turned_off(
+    settings, prepared
+):
+    settings.DB_PREPARED = prepared  # VOICEFLOW_DB_PREPARED=0: PgBouncer before 1.21
+    reader = runtime().socket_connection()
+    values = [*range(8), 2**40]  # the last one a bigint, the others smallints
+    assert [await reader.fetchone("SELECT %s + 1", [n]) for n in values] == [
+        (n + 1,) for n in values
+    ]
+    rows = await reader.fetchall("SELECT statement FROM pg_prepared_statements", [])
+    # Prepared once run `prepare_threshold` times, as psycopg does: the bigint's not.
+    assert rows == ([("SELECT $1 + 1",)] if prepared else [])
+    if prepared:  # a prepared statement's errors come out the same
+        insert = "INSERT INTO chat_room (slug) VALUES (%s) RETURNING id"
+        for _ in range(7):
+            with pytest.raises(IntegrityError):  # slug is NOT NULL
+                await reader.fetchone(insert, [None])
+        rows = await reader.fetchall("SELECT statement FROM pg_prepared_statements", [])
+        assert ("INSERT INTO chat_room (slug) VALUES ($1) RETURNING id",) in rows
+        for _ in range(7):  # from the sixth on, its preparing fails
+            with pytest.raises(DatabaseError):
+                await reader.fetchone("SELECT * FROM no_such_table WHERE id = %s", [1])
+        assert await reader.fetchone("SELECT %s + 1", [1]) == (2,)
+
+
+@postgresql_only
+async def test_a_statement_larger_than_the_sockets_buffer_goes_out_whole():
+    reader = runtime().socket_connection()
+    big = "x" * 20_000_000  # more than the kernel takes at once: the rest on writable
+    assert await reader.fetchone("SELECT length(%s)", [big]) == (len(big),)
+    assert await reader.fetchone("SELECT 1", []) == (1,)
+
+
+@postgresql_only
+async def test_calls_fail_while_the_database_is_unreachable_and_work_again_after(
+    monkeypatch,
+):
+    writer = runtime().room_writer(1)
+    params = db._loop_connection_params
+    monkeypatch.setattr(
+        db,
+        "_loop_connection_params",
+        lambda: {**params(), "port": 1},  # refused
+    )
+    outcomes = await asyncio.gather(
+        writer.fetchone("SELECT 1", []),
+        writer.batched(tenth, 5),
+        return_exceptions=True,
+    )
+    assert all(isinstance(outcome, DatabaseError) for outcome in outcomes), outcomes
+    monkeypatch.setattr(db, "_loop_connection_params", params)
+    assert await writer.batched(tenth, 5) == (2,)
+
+
+@postgresql_only
+async def test_close_fails_the_statements_in_flight_and_queued_then_reconnects():
+    writer = runtime().room_writer(1)
+    (pid,) = await writer.fetchone("SELECT pg_backend_pid()", [])
+    sleeping = "SELECT pg_sleep(30) AS closed"
+    calls = [
+        asyncio.ensure_future(writer.fetchone(sleeping, [])),
+        asyncio.ensure_future(writer.batched(tenth, 5)),
+    ]
+    assert await asyncio.to_thread(running_pid, sleeping) == pid
+    await writer.close()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(outcome, DatabaseError) for outcome in outcomes), outcomes
+    assert (await writer.fetchone("SELECT pg_backend_pid()", []))[0] != pid
+    # The old backend sleeps on until it next writes to the socket (as with psycopg's
+    # own close): the test database cannot be dropped while it does.
+    await asyncio.to_thread(terminate_backend, pid)
