@@ -12,6 +12,7 @@ seq once Redis is back. A room joined meanwhile is served here at once and its g
 joined when Redis answers again.
 """
 
+import asyncio
 import functools
 import logging
 import time
@@ -55,8 +56,9 @@ async def _publish(group, event):
     cannot be published (Redis unreachable) goes to this process's sockets alone; a
     published one reaches them through the layer, like everyone's.
 
-    On Redis the publish is not waited for: it leaves with this loop turn's other
-    commands, and what its reply says is handled when it comes (`_published`).
+    In the server, on Redis, the publish is not waited for: it leaves with this loop
+    turn's other commands, and what its reply says is handled when it comes
+    (`_published`). Elsewhere (a request's own loop, a command) it is waited for.
     """
     layer = get_channel_layer()
     breaker = layer_breaker()
@@ -65,7 +67,7 @@ async def _publish(group, event):
         return
     started = time.perf_counter()
     publish = getattr(layer, "group_send_nowait", None)
-    if publish is not None:
+    if publish is not None and runtime().serving:
         publish(group, event, functools.partial(_published, group, event, started))
         return
     try:
@@ -84,7 +86,7 @@ def _published(group, event, started, error):
     elif isinstance(error, UNREACHABLE):
         layer_breaker().failed(error)
         _route_here(get_channel_layer(), event)
-    else:
+    elif not isinstance(error, asyncio.CancelledError):  # cancelled: loop closing
         logger.error("publishing a %s event failed: %r", event.get("type"), error)
 
 

@@ -17,6 +17,7 @@ from chat.models import Message, Room
 from chat.tickets import LOCAL_MARK, ticket_issue
 from voiceflow.asgi import application
 from voiceflow.breaker import redis_breaker
+from voiceflow.runtime import runtime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -141,6 +142,25 @@ async def test_with_redis_gone_messages_are_acked_and_delivered_on_this_process(
         assert asyncio.get_running_loop().time() < deadline, "design not subscribed"
         await asyncio.sleep(0.05)
     assert broadcast.hub_sizes()["hubSubscribed"] == 2
+    for socket in (sender, watcher):
+        await socket.disconnect()
+
+
+async def test_in_the_server_a_publish_lost_with_redis_still_reaches_this_process(
+    alice, bob, private_redis, breaker_clock
+):
+    # The server does not wait for a publish's reply; one that fails after it was
+    # sent is routed here when the failure comes, as a publish waited for is.
+    runtime().serving = True
+    sender, watcher = await joined(alice), await joined(bob)
+    private_redis.kill()
+    assert not redis_breaker.down
+
+    await broadcast.message_created({"room": "lobby", "id": 1, "body": "sent blind"})
+
+    for socket in (sender, watcher):
+        assert (await reply(socket, "message"))["body"] == "sent blind"
+    assert redis_breaker.down
     for socket in (sender, watcher):
         await socket.disconnect()
 

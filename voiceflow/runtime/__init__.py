@@ -58,6 +58,10 @@ class Runtime:
         # (voiceflow.runtime.websocket).
         self.batched: list = []
         self.app_states: dict[type, object] = {}  # a class -> its one instance here
+        # The server's own: its loop outlives any request, so work may finish after
+        # the call that started it (a publish's reply). Elsewhere (async_to_sync's
+        # loop of one call, a command) the call waits for it.
+        self.serving = False
 
     def redis(self, where: "RedisAddress | str | None" = None) -> "PipelinedRedis":
         """The PipelinedRedis for `where` (default: the store's Redis)."""

@@ -39,7 +39,7 @@ class DrainingServer(uvicorn.Server):
         # that long several times over.
         sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL)
         gc.set_threshold(*settings.GC_THRESHOLD)
-        runtime()  # the process's one: its loop's clients, connections and hub
+        runtime().serving = True  # the process's one: its loop's clients, hub...
         # What exists now (modules, the app, settings) lives as long as the process:
         # frozen, the collector never scans it again.
         gc.freeze()
