@@ -146,7 +146,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # the seq bump's statement.)
     muted_until: Any = _UNKNOWN  # or datetime | None
     draining = False
-    silenced = False
+    silence_timer: asyncio.TimerHandle | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -200,6 +200,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user_id = self.writer.user_id = user.pk
         self.writer.connection_id = self.connection_id
         self.presence.start()
+        socket_closing.silence_watch(self)
         sockets.socket_opened(user.pk)
         sockets.consumer_opened(self)
         # The hub is in the user-events group: a kick or mute cannot slip past hello.
@@ -309,6 +310,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if getattr(self, "released", True):
             return
         self.released = True
+        socket_closing.silence_unwatch(self)
         if self.user is not None:
             await self.presence.end()
         rooms = list(self.rooms)
@@ -554,9 +556,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.writer.deliver(text, prebuilt_frame(text))
         elif event["type"] == "user.room_removed":
             asyncio.ensure_future(self._room_removed(event["room"]))
-
-    def silence_check(self, now):
-        socket_closing.silence_check(self, now)
 
     def queued_bytes(self):
         """This socket's output its client has not read yet (for /health)."""

@@ -12,6 +12,9 @@ CLOSE_RESTARTING = 1012
 CLOSE_KICKED = 4403
 CLOSE_SILENT = 4408
 
+# Seconds: how early a silence timer may fire and still be on time.
+_CLOCK_SLACK = 0.002
+
 
 class Closable(Protocol):
     """What closing needs of a socket (the chat consumer)."""
@@ -23,7 +26,8 @@ class Closable(Protocol):
     dispatching: asyncio.Lock
     released: bool
     draining: bool
-    silenced: bool
+    # Its silence timer (silence_watch); None once the socket is closing.
+    silence_timer: asyncio.TimerHandle | None
 
     async def close(self, code: int | None = None, reason: str | None = None) -> None:
         """Send the close frame."""
@@ -55,11 +59,38 @@ async def kick(socket: Closable) -> None:
         await socket.close(code=CLOSE_KICKED)
 
 
-def silence_check(socket: Closable, now: float) -> None:
-    """Close with 4408 once no frame came for the dead timeout (the hub's timer)."""
-    if not socket.silenced and socket.presence.silent(now):
-        socket.silenced = True
-        asyncio.ensure_future(_close_silent(socket))
+def silence_watch(socket: Closable) -> None:
+    """Close with 4408 once no frame came for the dead timeout, from now on.
+
+    One timer per socket, due when it would be dead: a frame only records its time
+    (SocketPresence.heard), and a timer that finds a frame came meanwhile is set
+    again for the new moment. So a socket costs one timer per dead timeout, however
+    many frames it sends, and nothing looks at the sockets that are not due.
+    """
+    loop = asyncio.get_running_loop()
+    due = socket.presence.silent_at()
+    if due is not None:
+        socket.silence_timer = loop.call_at(due, _silence_due, socket, loop)
+
+
+def silence_unwatch(socket: Closable) -> None:
+    """The socket is closing: no more silence timer."""
+    timer, socket.silence_timer = socket.silence_timer, None
+    if timer is not None:
+        timer.cancel()
+
+
+def _silence_due(socket: Closable, loop: asyncio.AbstractEventLoop) -> None:
+    socket.silence_timer = None
+    due = socket.presence.silent_at()
+    if due is None:  # left presence: closing already
+        return
+    # A timer may fire a little early (the loop's clock has millisecond steps): due
+    # within that is due.
+    if due - loop.time() > _CLOCK_SLACK:  # a frame came meanwhile
+        socket.silence_timer = loop.call_at(due, _silence_due, socket, loop)
+        return
+    asyncio.ensure_future(_close_silent(socket))
 
 
 async def _close_silent(socket):

@@ -30,6 +30,8 @@ class SocketPresence:
         "last_frame_at",
         "touched_at",
         "active_at",
+        "dead_after",
+        "touch_interval",
     )
 
     def __init__(self, sid: str, user_id: int, username: str) -> None:
@@ -52,6 +54,10 @@ class SocketPresence:
         self.last_frame_at = self.touched_at = self.active_at = (
             asyncio.get_running_loop().time()
         )
+        # Read once: each frame would otherwise look them up in the settings.
+        conf = settings.VOICEFLOW
+        self.dead_after = conf["DEAD_AFTER"]
+        self.touch_interval = conf["PRESENCE_TOUCH_INTERVAL"]
         presence_services.embedded_sweeper_start()
         presence_services.presence_watch_start(sockets.sockets_presence_restore)
 
@@ -59,10 +65,10 @@ class SocketPresence:
         """A frame came: the socket is alive."""
         self.last_frame_at = asyncio.get_running_loop().time()
 
-    def silent(self, now: float) -> bool:
-        """Whether no frame came for the dead timeout (the hub's timer asks)."""
-        dead_after = settings.VOICEFLOW["DEAD_AFTER"]
-        return self.registered and now - self.last_frame_at >= dead_after
+    def silent_at(self) -> float | None:
+        """The loop time at which the socket is dead unless a frame comes first; None
+        once it left presence (it is closing)."""
+        return self.last_frame_at + self.dead_after if self.registered else None
 
     async def touch(self, active: bool) -> bool:
         """Tell the store of frames once per touch interval; False if it lost us."""
@@ -72,7 +78,7 @@ class SocketPresence:
                 True  # closed for silence: frames that raced the close change nothing
             )
         now = self.last_frame_at
-        interval = settings.VOICEFLOW["PRESENCE_TOUCH_INTERVAL"]
+        interval = self.touch_interval
         active = active and now - self.active_at >= interval
         if not active and now - self.touched_at < interval:
             return True

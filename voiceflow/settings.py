@@ -557,9 +557,11 @@ VOICEFLOW = {
     # over the window; the process exits by the timeout whatever is left.
     "DRAIN_WINDOW": env_float("VOICEFLOW_DRAIN_WINDOW", 2),
     "DRAIN_TIMEOUT": env_float("VOICEFLOW_DRAIN_TIMEOUT", 10),
-    # uvicorn's WebSocket keepalive (voiceflow/runtime/server.py): a client that answers
-    # no ping within the timeout (e.g. one that stopped reading) is closed with 1011.
-    "WS_PING_INTERVAL": env_float("VOICEFLOW_WS_PING_INTERVAL", 20),
+    # uvicorn's WebSocket keepalive (voiceflow/runtime/server.py), off at 0: a client
+    # that answers no ping within the timeout (one that still sends but stopped
+    # reading) is closed with 1011. Off by default: clients heartbeat, and a socket
+    # silent for DEAD_AFTER is closed anyway; pinging every socket costs CPU.
+    "WS_PING_INTERVAL": env_float("VOICEFLOW_WS_PING_INTERVAL", 0),
     "WS_PING_TIMEOUT": env_float("VOICEFLOW_WS_PING_TIMEOUT", 20),
     # permessage-deflate costs ~40 KB of zlib state per socket that negotiates it
     # (browsers do) and CPU per frame, to shrink frames of a few hundred bytes.

@@ -22,9 +22,6 @@ class FakeSocket:
     def user_event(self, event):
         self.user_events.append(event)
 
-    def silence_check(self, now):
-        pass
-
 
 @pytest.fixture
 async def hub():

@@ -7,6 +7,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
+from chat import broadcast, socket_closing
 from chat.models import Room
 from chat.tickets import ticket_issue
 from presence import services as presence_services
@@ -315,6 +316,47 @@ async def test_a_silent_socket_is_closed_with_4408_and_leaves_presence(
         "users"
     ]
     assert users == []
+
+
+async def test_a_socket_is_looked_at_once_per_dead_timeout_and_closed_right_on_it(
+    alice, presence_conf, monkeypatch
+):
+    dead_after = 0.3
+    presence_conf(DEAD_AFTER=dead_after, OFFLINE_GRACE=0)
+    checks = []
+    check = socket_closing._silence_due
+
+    def counted(*args):
+        checks.append(args)
+        check(*args)
+
+    monkeypatch.setattr(socket_closing, "_silence_due", counted)
+    socket = await tab(alice, "lobby")
+    loop = asyncio.get_running_loop()
+    started = heard = loop.time()
+    while heard - started < 3 * dead_after:
+        await socket.send_json_to({"type": "ping", "ts": 1})
+        assert (await socket.receive_json_from())["type"] == "pong"
+        heard = loop.time()  # the server had the frame by then
+        await asyncio.sleep(dead_after / 20)
+    # Dozens of frames, and no check per frame or per tick: one per dead timeout.
+    assert len(checks) <= 4
+
+    closed = await socket.receive_output(timeout=1)
+    silent_for = loop.time() - heard
+    assert closed == {"type": "websocket.close", "code": 4408}
+    assert dead_after - 0.01 <= silent_for < dead_after + 0.25
+    assert len(checks) <= 5
+
+
+async def test_a_closed_socket_leaves_no_silence_timer_behind(alice, presence_conf):
+    presence_conf(DEAD_AFTER=0.2)
+    socket = await tab(alice, "lobby")
+    consumer = next(iter((await broadcast.hub()).sockets))
+    timer = consumer.silence_timer
+    await socket.disconnect()
+    # Cancelled: the loop holds neither it nor the socket until it was due.
+    assert timer.cancelled() and consumer.silence_timer is None
 
 
 async def test_nothing_reaches_a_socket_after_the_server_closed_it(

@@ -29,9 +29,9 @@ class Hub:
 
     A socket is anything with `user_id`, `deliver(text, frame, ephemeral)` (a frame's
     text and its WebSocket frame, without waiting; `ephemeral` names the event type a
-    socket behind on reading may drop, else None), `user_event(event)` and
-    `silence_check(now)`. The app names the groups (`room_group(slug)`, and
-    `user_group` for user events) and the `ephemeral` event types.
+    socket behind on reading may drop, else None) and `user_event(event)`. The app
+    names the groups (`room_group(slug)`, and `user_group` for user events) and the
+    `ephemeral` event types.
     """
 
     def __init__(
@@ -53,8 +53,9 @@ class Hub:
         self.rooms: dict = {}  # room slug → the sockets here that joined it
         self.subscribed: set[str] = set()  # room slugs whose group our channel is in
         self.unsubscribed: set[str] = set()  # joined here, group not yet (Redis down)
-        # the task joining those once Redis answers
+        # the task joining those once Redis answers, and the one waiting for that
         self.resubscribing: asyncio.Future | None = None
+        self.unsubscribed_watch: asyncio.Future | None = None
         # room slug → [lock around (un)subscribing its group, callers holding or
         # waiting for it]; dropped with its last caller, so rooms come and go
         self.room_locks: dict = {}
@@ -84,14 +85,12 @@ class Hub:
         return hub
 
     def start(self):
-        self.tasks = [
-            asyncio.ensure_future(self._receive_events()),
-            asyncio.ensure_future(self._watch_silence()),
-        ]
+        self.tasks = [asyncio.ensure_future(self._receive_events())]
 
     async def stop(self):
-        if self.resubscribing is not None:
-            self.tasks.append(self.resubscribing)
+        for task in (self.unsubscribed_watch, self.resubscribing):
+            if task is not None:
+                self.tasks.append(task)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -153,6 +152,8 @@ class Hub:
                 self.unsubscribed.discard(slug)
                 return
         self.unsubscribed.add(slug)
+        if self.unsubscribed_watch is None or self.unsubscribed_watch.done():
+            self.unsubscribed_watch = asyncio.ensure_future(self._watch_unsubscribed())
 
     async def _resubscribe(self):
         """Join the groups of the rooms joined here while Redis was down."""
@@ -219,16 +220,11 @@ class Hub:
         frame_type = event.get("frame_type") or kind.replace(".", "_")
         metrics.frames_sent(frame_type, len(targets))
 
-    async def _watch_silence(self):
-        """One timer for all sockets: each closes itself once silent too long. It
-        also joins, once Redis answers, the groups left unjoined while it did not."""
-        loop = asyncio.get_running_loop()
-        while True:
-            dead_after = settings.VOICEFLOW["DEAD_AFTER"]
-            await asyncio.sleep(min(1.0, dead_after / 10))
-            now = loop.time()
-            for socket in list(self.sockets):
-                socket.silence_check(now)
+    async def _watch_unsubscribed(self):
+        """While rooms joined here wait for their group, join them once Redis answers
+        (checked every second; nothing runs while none waits)."""
+        while self.unsubscribed:
+            await asyncio.sleep(1.0)
             idle = self.resubscribing is None or self.resubscribing.done()
             ready = self.channel is not None and not layer_breaker().down
             if self.unsubscribed and ready and idle:

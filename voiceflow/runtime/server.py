@@ -30,7 +30,43 @@ from voiceflow.runtime import runtime, runtime_close
 logger = logging.getLogger("voiceflow.runtime.server")
 
 
+def _resolve(waiter):
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class DrainingServer(uvicorn.Server):
+    # While the main loop waits: its loop and the future that wakes it.
+    _wake: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
+
+    @property
+    def should_exit(self):
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value):
+        self._should_exit = value
+        wake = self._wake
+        if value and wake is not None:
+            # Set by a signal handler too, between any two bytecodes: woken the
+            # thread-safe way.
+            wake[0].call_soon_threadsafe(_resolve, wake[1])
+
+    async def main_loop(self):
+        """uvicorn's, without waking every 0.1 s to see whether to exit: once a
+        second (the Date header's resolution), and at once when should_exit is set."""
+        loop = asyncio.get_running_loop()
+        while not await self.on_tick(0):  # tick 0: the Date header is refreshed
+            waiter = loop.create_future()
+            timer = loop.call_later(1.0, _resolve, waiter)
+            self._wake = (loop, waiter)
+            try:
+                if not self.should_exit:  # not set since on_tick looked
+                    await waiter
+            finally:
+                self._wake = None
+                timer.cancel()
+
     async def startup(self, sockets=None):
         from django.conf import settings
 
@@ -241,7 +277,7 @@ def main(argv=None):
         ws="voiceflow.runtime.websocket:BatchingWebSocketProtocol",
         ws_max_size=args.ws_max_size,
         ws_per_message_deflate=conf["WS_DEFLATE"],
-        ws_ping_interval=conf["WS_PING_INTERVAL"],
+        ws_ping_interval=conf["WS_PING_INTERVAL"] or None,  # 0: no keepalive pings
         ws_ping_timeout=conf["WS_PING_TIMEOUT"],
         lifespan="off",
         server_header=False,

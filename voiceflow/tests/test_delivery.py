@@ -337,18 +337,57 @@ class StuckSocket:
         while chunk := self.sock.recv(1 << 16):
             data += chunk
         self.sock.close()
-        frames, at = [], 0
-        while at + 2 <= len(data):
-            opcode, size = data[at] & 0x0F, data[at + 1] & 0x7F
-            at += 2
-            if size == 126:
-                size, at = int.from_bytes(data[at : at + 2], "big"), at + 2
-            elif size == 127:
-                size, at = int.from_bytes(data[at : at + 8], "big"), at + 8
-            if opcode == 1 and at + size <= len(data):
-                frames.append(json.loads(data[at : at + size]))
-            at += size
-        return frames
+        return [
+            json.loads(payload) for opcode, payload in ws_frames(data) if opcode == 1
+        ]
+
+    def read_to_close(self, timeout=20):
+        """(opcode, payload) of every frame the server sent up to its close frame,
+        and when that came (time.monotonic)."""
+        self.sock.settimeout(timeout)
+        data = b""
+        while chunk := self.sock.recv(1 << 16):
+            data += chunk
+            frames = ws_frames(data)
+            if frames and frames[-1][0] == 8:
+                closed_at = time.monotonic()
+                self.sock.close()
+                return frames, closed_at
+        raise AssertionError(f"the connection ended without a close frame: {data!r}")
+
+
+def ws_frames(data):
+    """(opcode, payload) of the complete unmasked frames at the start of `data`."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, size, start = data[at] & 0x0F, data[at + 1] & 0x7F, at + 2
+        if size == 126:
+            size, start = int.from_bytes(data[start : start + 2], "big"), start + 2
+        elif size == 127:
+            size, start = int.from_bytes(data[start : start + 8], "big"), start + 8
+        if start + size > len(data):
+            break
+        frames.append((opcode, data[start : start + size]))
+        at = start + size
+    return frames
+
+
+async def test_a_client_gone_silent_is_closed_with_4408_at_the_dead_timeout(lobby):
+    # A client whose network went: it sends nothing more and answers nothing. The
+    # server's silence timeout finds it, without WebSocket pings (off by default).
+    dead_after = 1.5
+    server = ServerProcess(VOICEFLOW_DEAD_AFTER=str(dead_after))
+    await asyncio.to_thread(server.start)
+    try:
+        gone = StuckSocket(server, server.register("gone"))
+        await asyncio.to_thread(gone.open)  # its last frame: the join
+        last_frame = time.monotonic()
+        frames, closed_at = await asyncio.to_thread(gone.read_to_close)
+    finally:
+        server.stop()
+    assert [opcode for opcode, _ in frames if opcode != 1] == [8]  # no ping came
+    assert int.from_bytes(frames[-1][1][:2], "big") == 4408
+    assert dead_after - 0.05 <= closed_at - last_frame < dead_after + 1.5
 
 
 async def test_a_socket_that_stops_reading_neither_stalls_the_room_nor_loses_silently(

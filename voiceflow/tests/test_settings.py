@@ -289,6 +289,21 @@ def test_gc_thresholds_default_high_and_come_from_the_environment():
     assert "VOICEFLOW_GC_THRESHOLD" in wrong.stderr
 
 
+KEEPALIVE_PROBE = """
+import json
+from django.conf import settings
+conf = settings.VOICEFLOW
+print(json.dumps([conf["WS_PING_INTERVAL"], conf["WS_PING_TIMEOUT"]]))
+"""
+
+
+def test_the_server_sends_websocket_pings_only_when_asked():
+    # Clients heartbeat and silent sockets close after DEAD_AFTER: pings are opt-in.
+    assert json.loads(load_settings(KEEPALIVE_PROBE).stdout) == [0, 20]
+    asked = load_settings(KEEPALIVE_PROBE, VOICEFLOW_WS_PING_INTERVAL="20")
+    assert json.loads(asked.stdout) == [20, 20]
+
+
 SECURITY_PROBE = """
 import json
 from django.conf import settings
