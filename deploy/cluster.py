@@ -214,7 +214,8 @@ SENTINEL_FAILOVER_TIMEOUT_MS = 2000
 def redis_server_start(state, name, port, *options):
     """A private redis-server on `port`, keeping nothing on disk."""
     argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port)]
-    argv += ["--save", "", "--appendonly", "no", *options]
+    # --dir: a replica writes the primary's snapshot there even with --save "".
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(state.path), *options]
     process, log = state.start(name, argv)
     wait_until(lambda: port_open(port), name, process=process, log=log)
 

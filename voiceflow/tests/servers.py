@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -250,6 +251,8 @@ class RedisServer:
         self.config = [str(config)] if config else []
         self.options = list(options)
         self.process = None
+        # A replica writes the primary's snapshot to its dir even with --save "".
+        self.dir = tempfile.TemporaryDirectory(prefix="vf-redis-")
 
     def start(self, timeout=10):
         self.process = subprocess.Popen(
@@ -264,6 +267,8 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                "--dir",
+                self.dir.name,
                 *self.options,
             ],
             stdout=subprocess.DEVNULL,
