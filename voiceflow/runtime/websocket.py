@@ -42,6 +42,9 @@ OUTPUT_EXTENSION = "voiceflow.output_bytes"
 # Most bytes of frames queued on one socket in one loop turn (the transport's default
 # high-water mark): past it they go through `websocket.send`, which waits for room.
 BATCH_BYTES_MAX = 65536
+# Client text frames the app may have waiting before reading pauses until it takes
+# them all: a client at a normal pace never pauses and resumes its socket's reads.
+RECEIVE_QUEUE_MAX = 4
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ class _ReceiveQueue:
 
     def __init__(self, loop):
         self.loop = loop
-        self.items = []  # a few events at most: uvicorn pauses reading meanwhile
+        self.items = []  # a few events at most: reading pauses past RECEIVE_QUEUE_MAX
         self.waiter = None
 
     def put_nowait(self, item):
@@ -260,8 +263,9 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
             start = end
             if self.close_sent:
                 continue  # as uvicorn: past `websocket.close`, frames are dropped
-            self.queue.put_nowait({"type": "websocket.receive", "text": text})
-            if not self.read_paused:
+            queue = self.queue
+            queue.put_nowait({"type": "websocket.receive", "text": text})
+            if len(queue.items) >= RECEIVE_QUEUE_MAX and not self.read_paused:
                 self.read_paused = True
                 self.transport.pause_reading()
         if start < size:

@@ -13,6 +13,7 @@ from websockets.frames import Frame, Opcode
 from voiceflow.runtime.websocket import (
     FRAME_EXTENSION,
     OUTPUT_EXTENSION,
+    RECEIVE_QUEUE_MAX,
     BatchingWebSocketProtocol,
     UpgradingHttpProtocol,
     text_frame,
@@ -402,4 +403,23 @@ async def test_whole_text_frames_skip_websockets_parser(served, monkeypatch):
     protocol.data_received(client_frames(*[Frame(Opcode.TEXT, b"m")] * 3))
     assert parsed == [] and len(protocol.queue.items) == 3
     monkeypatch.undo()
+    await client.close()
+
+
+async def test_reading_pauses_only_while_the_app_is_frames_behind(served):
+    # A client at a normal pace never costs a pause and a resume of its reads; one
+    # the app cannot keep up with is not read further until the app catches up.
+    client, queue, _, _ = await opened(served)
+    protocol = queue.__self__
+    frame = client_frames(Frame(Opcode.TEXT, b"m"))
+    for _ in range(RECEIVE_QUEUE_MAX - 1):
+        protocol.data_received(frame)  # the app cannot run in between
+    assert protocol.transport.is_reading()
+    protocol.data_received(frame)
+    assert not protocol.transport.is_reading()
+    for _ in range(100):
+        if protocol.queue.empty():
+            break
+        await asyncio.sleep(0.01)
+    assert protocol.transport.is_reading()
     await client.close()
