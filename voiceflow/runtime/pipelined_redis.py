@@ -99,21 +99,8 @@ class _Pipe(asyncio.Protocol):
 
 
 def _pack(args):
-    return b"*%d\r\n%s" % (len(args), _pack_body(args))
-
-
-def _pack_body(args):
-    """`args` as RESP bulk strings, without the array's header."""
-    out = []
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode("utf-8", "surrogateescape")
-        elif isinstance(arg, float):
-            arg = repr(arg).encode()
-        elif not isinstance(arg, bytes):
-            arg = str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
+    """`args` (str, bytes, int or float) as one RESP command."""
+    return hiredis.pack_command(tuple(args))
 
 
 def _reply_error(pipe, reply):
@@ -322,14 +309,12 @@ class PipelinedRedis:
         if script is not None:
             return script
         sha = hashlib.sha1(source.encode()).hexdigest()
-        head = _pack_body(["EVALSHA", sha])  # packed once
 
         async def script(keys=(), args=()):
             pipe = self.pipe
             if pipe is not None and not pipe.closed:
                 # execute_command("EVALSHA", ...) without its two coroutines
-                rest = (len(keys), *keys, *args)
-                packed = b"*%d\r\n%s%s" % (len(rest) + 2, head, _pack_body(rest))
+                packed = _pack(("EVALSHA", sha, len(keys), *keys, *args))
                 reply = await pipe.call(packed)
                 if not isinstance(reply, redis.exceptions.ResponseError):
                     return reply
