@@ -100,23 +100,27 @@ async def test_a_room_waiting_on_a_row_lock_does_not_hold_up_another_room(alice)
     assert (await asyncio.wait_for(blocked, 10)).message["seq"] == 1
 
 
-def lock_waiter_pid(timeout=10):
-    """The backend of a writer thread waiting on a lock (None after `timeout`)."""
+def activity_pid(where, params=(), timeout=10):
+    """The backend pg_stat_activity lists under `where` (None after `timeout`)."""
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()"
+                    f"SELECT pid FROM pg_stat_activity WHERE {where}", params
                 )
                 row = cursor.fetchone()
             if row:
                 return row[0]
-            time.sleep(0.02)
+            time.sleep(0.01)
         return None
     finally:
         connections.close_all()  # a pool thread: PostgreSQL must drop the test db
+
+
+def lock_waiter_pid():
+    """The backend of a writer thread waiting on a lock."""
+    return activity_pid("wait_event_type = 'Lock' AND datname = current_database()")
 
 
 async def test_a_database_error_does_not_poison_the_threads_next_call(lobby):
@@ -262,24 +266,9 @@ async def test_a_room_writer_whose_connection_was_killed_reconnects(alice, lobby
     assert (await writer.fetchone("SELECT pg_backend_pid()", []))[0] != pid
 
 
-def running_pid(query, timeout=10):
-    """The backend running `query` (None after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE query = %s"
-                    " AND state = 'active'",
-                    [query],
-                )
-                row = cursor.fetchone()
-            if row:
-                return row[0]
-            time.sleep(0.01)
-        return None
-    finally:
-        connections.close_all()
+def running_pid(query):
+    """The backend running `query`."""
+    return activity_pid("query = %s AND state = 'active'", [query])
 
 
 @postgresql_only
