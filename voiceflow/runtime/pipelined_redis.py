@@ -311,19 +311,10 @@ class PipelinedRedis:
         sha = hashlib.sha1(source.encode()).hexdigest()
 
         async def script(keys=(), args=()):
-            pipe = self.pipe
-            if pipe is not None and not pipe.closed:
-                # execute_command("EVALSHA", ...) without its two coroutines
-                packed = _pack(("EVALSHA", sha, len(keys), *keys, *args))
-                reply = await pipe.call(packed)
-                if not isinstance(reply, redis.exceptions.ResponseError):
-                    return reply
-                error = _reply_error(pipe, reply)
-                if not isinstance(error, redis.exceptions.NoScriptError):
-                    raise error
-                return await self.eval(source, len(keys), *keys, *args)
             try:
-                return await self.evalsha(sha, len(keys), *keys, *args)
+                return await self.execute_command(
+                    "EVALSHA", sha, len(keys), *keys, *args
+                )
             except redis.exceptions.NoScriptError:
                 return await self.eval(source, len(keys), *keys, *args)
 
