@@ -232,7 +232,7 @@ class LoopConnection:
         sees the error.
         """
         future = asyncio.get_running_loop().create_future()
-        if self.current is None and not self.queue and self.pgconn is not None:
+        if self._ready():
             self._send(_Call(statement, [item], [future]))
         else:
             batch = self.open_batches.get(statement)
@@ -263,8 +263,12 @@ class LoopConnection:
         for call in calls:
             _settle_all(call.futures, error)
 
+    def _ready(self) -> bool:
+        """Connected, nothing in flight or waiting: a statement may leave at once."""
+        return self.current is None and not self.queue and self.pgconn is not None
+
     def _call(self, call: _Call) -> None:
-        if self.current is None and not self.queue and self.pgconn is not None:
+        if self._ready():
             self._send(call)
         else:
             self._queue(call)

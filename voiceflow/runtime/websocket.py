@@ -265,7 +265,7 @@ class BatchingWebSocketProtocol(WebSocketsSansIOProtocol):
                 continue  # as uvicorn: past `websocket.close`, frames are dropped
             queue = self.queue
             queue.put_nowait({"type": "websocket.receive", "text": text})
-            if len(queue.items) >= RECEIVE_QUEUE_MAX and not self.read_paused:
+            if queue.qsize() >= RECEIVE_QUEUE_MAX and not self.read_paused:
                 self.read_paused = True
                 self.transport.pause_reading()
         if start < size:
