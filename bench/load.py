@@ -312,8 +312,11 @@ async def idle(args):
         keepers.append(asyncio.create_task(keep(sock)))
 
     started = time.perf_counter()
+    cpu_before = cpu_seconds(args.server_pid) if args.server_pid else 0.0
     await asyncio.gather(*(open_one(i, s) for i, s in enumerate(sockets)))
     open_s = time.perf_counter() - started
+    # Ticket, handshake, hello and join of every socket (pings of the early ones too).
+    open_cpu = cpu_seconds(args.server_pid) - cpu_before if args.server_pid else 0.0
     live = [s for s in sockets if s.ws is not None]
     await asyncio.sleep(1)
     full = rss_bytes(args.server_pid) if args.server_pid else 0
@@ -338,6 +341,7 @@ async def idle(args):
     if args.server_pid:
         out["server_rss_mb"] = full / 2**20
         out["kb_per_socket"] = (full - baseline) / 1024 / max(1, len(live))
+        out["server_cpu_ms_per_connect"] = open_cpu * 1000 / max(1, len(live))
     for sock in live:
         await sock.ws.close()
     return out
