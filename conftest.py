@@ -76,15 +76,17 @@ def _close_async_db_connections(django_db_setup):
     """Close the persistent connection of the thread behind database_sync_to_async.
 
     Otherwise PostgreSQL refuses to drop the test database at the end of the run.
-    The /health check's own thread and the per-room writer threads hold one too.
+    The /health check's own thread, the per-room writer threads and the event loops'
+    runtimes hold some too.
     """
     from voiceflow import health
-    from voiceflow.runtime import db
+    from voiceflow.runtime import db, runtimes_abandon_closed
 
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
     health.close_database_connection()
     db.close_connections()
+    runtimes_abandon_closed()  # the event loops' connections of finished tests
 
 
 @pytest.fixture(autouse=True)

@@ -143,6 +143,10 @@ class Runtime:
         for client in self.redis_clients.values():
             client.close()
         self.redis_clients.clear()
+        # Closed now, not when the collector finds them: a sync caller's async_to_sync
+        # opens them on a loop of its own, one call long.
+        for conn in [*(self.db_writers or ()), *(self.db_readers or ())]:
+            conn.abandon()
         self.db_writers = self.db_readers = None
 
     async def close(self) -> None:
@@ -153,10 +157,9 @@ class Runtime:
         self.hub_locks.clear()
         for hub in hubs:
             await hub.stop()
-        connections = [*(self.db_writers or ()), *(self.db_readers or ())]
+        for conn in [*(self.db_writers or ()), *(self.db_readers or ())]:
+            await conn.close()  # their waiting callers fail
         self.abandon()
-        for conn in connections:
-            await conn.close()
 
 
 _runtimes: dict[asyncio.AbstractEventLoop, Runtime] = {}  # one in a server process
@@ -176,11 +179,17 @@ def _runtime_of(loop):
     global _last
     current = _runtimes.get(loop)
     if current is None:
-        for closed in [other for other in _runtimes if other.is_closed()]:
-            _runtimes.pop(closed).abandon()
+        runtimes_abandon_closed()
         current = _runtimes[loop] = Runtime(loop)
     _last = current
     return current
+
+
+def runtimes_abandon_closed() -> None:
+    """Drop the Runtimes of closed loops (async_to_sync's, tests'), closing their
+    connections."""
+    for closed in [loop for loop in _runtimes if loop.is_closed()]:
+        _runtimes.pop(closed).abandon()
 
 
 async def runtime_close() -> None:

@@ -263,6 +263,14 @@ class LoopConnection:
         for call in calls:
             _settle_all(call.futures, error)
 
+    def abandon(self) -> None:
+        """Close the connection of a loop that is closed (its callers went with it)."""
+        self.connecting = None
+        self.current = None
+        self.queue.clear()
+        self.open_batches.clear()
+        self._drop()
+
     def _ready(self) -> bool:
         """Connected, nothing in flight or waiting: a statement may leave at once."""
         return self.current is None and not self.queue and self.pgconn is not None

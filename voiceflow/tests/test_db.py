@@ -1,9 +1,10 @@
 import asyncio
+import gc
 import threading
 import time
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import (
     DatabaseError,
@@ -16,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from chat import services
 from chat.models import Room
-from voiceflow.runtime import db, runtime
+from voiceflow.runtime import db, runtime, runtimes_abandon_closed
 
 # The writer threads have connections of their own: only committed rows are visible.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -100,20 +101,22 @@ async def test_a_room_waiting_on_a_row_lock_does_not_hold_up_another_room(alice)
     assert (await asyncio.wait_for(blocked, 10)).message["seq"] == 1
 
 
-def activity_pid(where, params=(), timeout=10):
-    """The backend pg_stat_activity lists under `where` (None after `timeout`)."""
+def activity_pid(where, params=(), timeout=10, gone=False):
+    """The backend pg_stat_activity lists under `where` (None after `timeout`), or
+    with `gone`, None once it lists none (one of them after `timeout`)."""
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:
+        while True:
             with connection.cursor() as cursor:
                 cursor.execute(
                     f"SELECT pid FROM pg_stat_activity WHERE {where}", params
                 )
                 row = cursor.fetchone()
-            if row:
-                return row[0]
+            if (row is None) == gone:
+                return None if row is None else row[0]
+            if time.monotonic() >= deadline:
+                return row[0] if gone else None
             time.sleep(0.01)
-        return None
     finally:
         connections.close_all()  # a pool thread: PostgreSQL must drop the test db
 
@@ -452,6 +455,33 @@ async def test_calls_fail_while_the_database_is_unreachable_and_work_again_after
     assert all(isinstance(outcome, DatabaseError) for outcome in outcomes), outcomes
     monkeypatch.setattr(db, "_loop_connection_params", params)
     assert await writer.batched(tenth, 5) == (2,)
+
+
+@postgresql_only
+def test_a_closed_loops_connections_close_once_its_runtime_is_left():
+    # async_to_sync runs each call on a loop of its own: the connections of a
+    # closed loop's runtime must not wait for the garbage collector (nor keep
+    # PostgreSQL from dropping the test database), even while something still
+    # holds them.
+    async def opened():
+        conns = [runtime().room_writer(1), runtime().socket_connection()]
+        pids = [(await c.fetchone("SELECT pg_backend_pid()", []))[0] for c in conns]
+        return conns, pids
+
+    async def another_call():
+        runtime()
+
+    gc.disable()  # the collector would close them too, in its own time
+    try:
+        held, pids = async_to_sync(opened)()
+        async_to_sync(another_call)()  # a new loop's runtime: the closed ones go
+        assert activity_pid("pid = ANY(%s)", [pids], gone=True) is None
+        held, pids = async_to_sync(opened)()
+        runtimes_abandon_closed()  # as the suite does before dropping the database
+        assert activity_pid("pid = ANY(%s)", [pids], gone=True) is None
+        assert all(conn.pgconn is None for conn in held)
+    finally:
+        gc.enable()
 
 
 @postgresql_only
