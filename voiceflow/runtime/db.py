@@ -251,20 +251,17 @@ class LoopConnection:
         statement reconnects."""
         if self.connecting is not None:
             self.connecting.cancel()
-            self.connecting = None
         calls = list(self.queue)
         if self.current is not None:
             calls.insert(0, self.current)
-        self.current = None
-        self.queue.clear()
-        self.open_batches.clear()
-        self._drop()
+        self.abandon()
         error = DatabaseError("the connection is closed")
         for call in calls:
             _settle_all(call.futures, error)
 
     def abandon(self) -> None:
-        """Close the connection of a loop that is closed (its callers went with it)."""
+        """Close the connection, leaving its callers unsettled (as `close` must not
+        on a loop that is closed: their futures went with it)."""
         self.connecting = None
         self.current = None
         self.queue.clear()

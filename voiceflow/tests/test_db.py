@@ -101,22 +101,20 @@ async def test_a_room_waiting_on_a_row_lock_does_not_hold_up_another_room(alice)
     assert (await asyncio.wait_for(blocked, 10)).message["seq"] == 1
 
 
-def activity_pid(where, params=(), timeout=10, gone=False):
-    """The backend pg_stat_activity lists under `where` (None after `timeout`), or
-    with `gone`, None once it lists none (one of them after `timeout`)."""
+def activity_pid(where, params=(), timeout=10):
+    """The backend pg_stat_activity lists under `where` (None after `timeout`)."""
     deadline = time.monotonic() + timeout
     try:
-        while True:
+        while time.monotonic() < deadline:
             with connection.cursor() as cursor:
                 cursor.execute(
                     f"SELECT pid FROM pg_stat_activity WHERE {where}", params
                 )
                 row = cursor.fetchone()
-            if (row is None) == gone:
-                return None if row is None else row[0]
-            if time.monotonic() >= deadline:
-                return row[0] if gone else None
+            if row:
+                return row[0]
             time.sleep(0.01)
+        return None
     finally:
         connections.close_all()  # a pool thread: PostgreSQL must drop the test db
 
@@ -267,6 +265,16 @@ async def test_a_room_writer_whose_connection_was_killed_reconnects(alice, lobby
     again = await send_on_loop(alice, lobby, "again")
     assert again.message["seq"] == stored + 1
     assert (await writer.fetchone("SELECT pg_backend_pid()", []))[0] != pid
+
+
+def backends_gone(pids):
+    """True once pg_stat_activity lists none of `pids` (False after 10 s)."""
+    # This backend's own row, as soon as none of theirs is left.
+    alone = (
+        "pid = pg_backend_pid() AND NOT EXISTS "
+        "(SELECT 1 FROM pg_stat_activity other WHERE other.pid = ANY(%s))"
+    )
+    return activity_pid(alone, [pids]) is not None
 
 
 def running_pid(query):
@@ -475,10 +483,10 @@ def test_a_closed_loops_connections_close_once_its_runtime_is_left():
     try:
         held, pids = async_to_sync(opened)()
         async_to_sync(another_call)()  # a new loop's runtime: the closed ones go
-        assert activity_pid("pid = ANY(%s)", [pids], gone=True) is None
+        assert backends_gone(pids)
         held, pids = async_to_sync(opened)()
         runtimes_abandon_closed()  # as the suite does before dropping the database
-        assert activity_pid("pid = ANY(%s)", [pids], gone=True) is None
+        assert backends_gone(pids)
         assert all(conn.pgconn is None for conn in held)
     finally:
         gc.enable()
