@@ -97,6 +97,10 @@ class Runtime:
         self.db_writers, self.db_readers = writers, readers
         return writers, readers
 
+    def _db_opened(self) -> list["LoopConnection"]:
+        """The loop's writer and reader connections, if made (`_db_connections`)."""
+        return [*(self.db_writers or ()), *(self.db_readers or ())]
+
     async def hub(
         self,
         layer: object,
@@ -145,7 +149,7 @@ class Runtime:
         self.redis_clients.clear()
         # Closed now, not when the collector finds them: a sync caller's async_to_sync
         # opens them on a loop of its own, one call long.
-        for conn in [*(self.db_writers or ()), *(self.db_readers or ())]:
+        for conn in self._db_opened():
             conn.abandon()
         self.db_writers = self.db_readers = None
 
@@ -157,7 +161,7 @@ class Runtime:
         self.hub_locks.clear()
         for hub in hubs:
             await hub.stop()
-        for conn in [*(self.db_writers or ()), *(self.db_readers or ())]:
+        for conn in self._db_opened():
             await conn.close()  # their waiting callers fail
         self.abandon()
 
